@@ -1,0 +1,76 @@
+"""flux_async: an asyncio-first client for asynchronous image-generation APIs.
+
+Submit many paid jobs concurrently, watch them all with one shared poll scheduler, and get the
+results as they finish, with the fewest requests and never a job lost or paid for twice.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    DownloadError,
+    FluxError,
+    InsufficientCreditsError,
+    ModerationError,
+    NotFoundError,
+    ProtocolError,
+    RateLimitError,
+    ResultExpiredError,
+    ServerError,
+    SubmissionUncertainError,
+    TaskError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+    TransportError,
+    TransportTimeout,
+    ValidationError,
+)
+from .models import (
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    Outcome,
+    TaskFailure,
+    TaskRef,
+    TaskState,
+    TaskStatus,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "DownloadError",
+    "FluxError",
+    "GeneratedImage",
+    "GenerationRequest",
+    "GenerationResult",
+    "InsufficientCreditsError",
+    "ModerationError",
+    "NotFoundError",
+    "Outcome",
+    "ProtocolError",
+    "RateLimitError",
+    "ResultExpiredError",
+    "ServerError",
+    "SubmissionUncertainError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskFailure",
+    "TaskNotFoundError",
+    "TaskRef",
+    "TaskState",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "TransportError",
+    "TransportTimeout",
+    "ValidationError",
+    "__version__",
+]

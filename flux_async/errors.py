@@ -1,0 +1,263 @@
+"""The exception tree of flux_async: every error the library raises is a :class:`FluxError`.
+
+Pure values only: this module imports nothing from the rest of the package and no I/O library.
+Errors carry their facts as attributes, are raised once at the boundary where they are
+understood, and chain their cause (``raise X(...) from exc``). No error ever holds an API key.
+
+::
+
+    FluxError
+    ├── ConfigurationError            missing key, unknown provider or model
+    ├── ValidationError               bad request, found before any network call (names the field)
+    ├── TransportError                connection failed or dropped
+    │   └── TransportTimeout          no answer in time
+    ├── ProtocolError                 a 2xx body we cannot understand (carries the body, redacted)
+    ├── APIError(status, code, message, provider, request_id)
+    │   ├── BadRequestError (400, 422)
+    │   ├── AuthenticationError (401, 403)
+    │   ├── InsufficientCreditsError (402)
+    │   ├── NotFoundError (404)
+    │   ├── RateLimitError(retry_after)
+    │   └── ServerError (5xx)
+    ├── SubmissionUncertainError      the POST may have created a paid task; carries what is known
+    ├── DownloadError                 a result could not be fetched safely
+    │   └── ResultExpiredError        the result URL expired before it was fetched
+    └── TaskError(task_id)
+        ├── TaskFailedError(code, message)
+        ├── ModerationError
+        ├── TaskNotFoundError
+        └── TaskTimeoutError          the remote task may still be running
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "DownloadError",
+    "FluxError",
+    "InsufficientCreditsError",
+    "ModerationError",
+    "NotFoundError",
+    "ProtocolError",
+    "RateLimitError",
+    "ResultExpiredError",
+    "ServerError",
+    "SubmissionUncertainError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "TransportError",
+    "TransportTimeout",
+    "ValidationError",
+    "api_error_for_status",
+]
+
+_BODY_EXCERPT = 500
+
+
+class FluxError(Exception):
+    """Base class of every error raised by flux_async."""
+
+
+class ConfigurationError(FluxError):
+    """The session cannot be set up: missing API key, unknown provider, bad option."""
+
+
+class ValidationError(FluxError, ValueError):
+    """A request was refused before anything was sent.
+
+    ``field`` names the offending field (``"size"``, ``"images[0]"``...), ``value`` is what was
+    given and ``allowed`` says what would have been accepted.
+    """
+
+    def __init__(self, field: str, value: object, allowed: str, *, reason: str | None = None) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        self.reason = reason
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        text = f"{field}: {reason or 'invalid value'} (got {shown}; allowed: {allowed})"
+        super().__init__(text)
+
+
+class TransportError(FluxError):
+    """The connection could not be made, or broke before a full response arrived.
+
+    ``request_sent`` is True when the request may have reached the server (the connection was
+    made and the body written), which matters for paid submissions.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool = False) -> None:
+        self.request_sent = request_sent
+        super().__init__(message)
+
+
+class TransportTimeout(TransportError):
+    """No response arrived in time."""
+
+
+class ProtocolError(FluxError):
+    """A successful HTTP response whose body does not say what the provider documents."""
+
+    def __init__(self, message: str, *, body: bytes | str | None = None, provider: str | None = None) -> None:
+        self.provider = provider
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", errors="replace")
+        self.body = None if body is None else body[:_BODY_EXCERPT]
+        super().__init__(message)
+
+
+class APIError(FluxError):
+    """The provider answered with an HTTP error.
+
+    ``status`` is the HTTP status, ``code`` the provider's own error code (a string or an
+    integer, as the provider sends it), ``message`` its text and ``request_id`` its request id
+    where one was given.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | int | None = None,
+        provider: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.provider = provider
+        self.request_id = request_id
+        parts = [f"HTTP {status}"]
+        if provider:
+            parts.append(provider)
+        if code is not None:
+            parts.append(f"code={code!r}")
+        if request_id:
+            parts.append(f"request_id={request_id}")
+        super().__init__(f"{message} ({', '.join(parts)})")
+
+
+class BadRequestError(APIError):
+    """400 or 422: the provider refused the request itself (no task was created)."""
+
+
+class AuthenticationError(APIError):
+    """401 or 403: the key is wrong or lacks access. Fatal for a session."""
+
+
+class InsufficientCreditsError(APIError):
+    """402: the account has no credits left. Fatal for a session."""
+
+
+class NotFoundError(APIError):
+    """404: the path or task does not exist."""
+
+
+class RateLimitError(APIError):
+    """429: slow down. ``retry_after`` is the provider's hint in seconds, when it gave one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        code: str | int | None = None,
+        provider: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, code=code, provider=provider, request_id=request_id)
+
+
+class ServerError(APIError):
+    """5xx: the provider failed. For a submit this is ambiguous: a task may exist."""
+
+
+def api_error_for_status(status: int) -> type[APIError]:
+    """The :class:`APIError` subclass that stands for an HTTP status."""
+    if status in (400, 413, 415, 422):
+        return BadRequestError
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 402:
+        return InsufficientCreditsError
+    if status == 404:
+        return NotFoundError
+    if status == 429:
+        return RateLimitError
+    if status >= 500:
+        return ServerError
+    return APIError
+
+
+class SubmissionUncertainError(FluxError):
+    """A submit failed in a way that leaves open whether the provider created (and charges) a task.
+
+    It is never retried blindly. ``client_business_id`` (toapis) or ``task_id`` is set when
+    known, so the task can be found later; ``cause`` is the underlying failure.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        model: str | None = None,
+        client_business_id: str | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.client_business_id = client_business_id
+        self.task_id = task_id
+        super().__init__(message)
+
+
+class DownloadError(FluxError):
+    """A result image could not be fetched safely (size cap, format, scheme, redirect, HTTP error)."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(message)
+
+
+class ResultExpiredError(DownloadError):
+    """The result URL expired (or is refused as expired) before it was downloaded."""
+
+
+class TaskError(FluxError):
+    """A task reached a state that gives no image."""
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(message)
+
+
+class TaskFailedError(TaskError):
+    """The provider reported the task as failed (or cancelled)."""
+
+    def __init__(self, message: str, *, task_id: str, code: str | int | None = None) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message, task_id=task_id)
+
+
+class ModerationError(TaskError):
+    """The input or the output was refused by the provider's moderation."""
+
+
+class TaskNotFoundError(TaskError):
+    """The provider does not know the task (never existed or expired)."""
+
+
+class TaskTimeoutError(TaskError):
+    """The job's deadline passed while waiting. The remote task may still be running."""

@@ -1,0 +1,203 @@
+"""Frozen values of flux_async's public API: requests, results, task states and outcomes.
+
+Pure values: no I/O, no clock, no aiohttp or anyio. Names here are Python names; the wire
+spellings of each provider live only in that provider's codec.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+import attrs
+
+__all__ = [
+    "GeneratedImage",
+    "GenerationRequest",
+    "GenerationResult",
+    "ImageInput",
+    "Outcome",
+    "TaskFailure",
+    "TaskRef",
+    "TaskState",
+    "TaskStatus",
+]
+
+#: An input image: an http(s) URL, a local path, or the image's bytes.
+ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
+
+
+def _to_images(value: object) -> tuple[ImageInput, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return (value,)
+    return tuple(value)  # type: ignore[call-overload]
+
+
+def _to_extra(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@attrs.frozen(kw_only=True)
+class GenerationRequest:
+    """One image-generation job, as the caller means it (validated by ``catalog.validate``).
+
+    ``images`` holds URLs, paths or bytes: URLs are sent as they are; paths and bytes are
+    uploaded first on the aggregators and inlined as base64 on BFL. ``extra`` is merged into the
+    provider's body unvalidated, for options this library does not know yet.
+    """
+
+    model: str
+    prompt: str
+    size: str | None = None
+    n: int | None = None
+    images: tuple[ImageInput, ...] = attrs.field(default=(), converter=_to_images)
+    response_format: str | None = None
+    safety_tolerance: int | None = None
+    prompt_upsampling: bool | None = None
+    seed: int | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_to_extra, hash=False)
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in attrs.fields(GenerationRequest):
+            value = getattr(self, field.name)
+            if field.name == "images":
+                value = tuple(f"<{len(v)} bytes>" if isinstance(v, bytes) else v for v in value)
+            elif field.name == "extra":
+                value = dict(value)
+                if not value:
+                    continue
+            elif value is None:
+                continue
+            shown.append(f"{field.name}={value!r}")
+        return f"GenerationRequest({', '.join(shown)})"
+
+
+@attrs.frozen
+class GeneratedImage:
+    """One result image: where to fetch it and until when (an aware datetime, or None if unknown)."""
+
+    url: str
+    expires_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GenerationResult:
+    """The images of a finished task."""
+
+    task_id: str
+    images: tuple[GeneratedImage, ...]
+    model: str | None = None
+    seed: int | None = None
+
+
+class TaskStatus(enum.Enum):
+    """The provider-neutral state of a task."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    MODERATED = "moderated"
+    NOT_FOUND = "not_found"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task can change no more."""
+        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+
+
+@attrs.frozen
+class TaskFailure:
+    """Why a task ended without an image, in the provider's words."""
+
+    code: str | int | None
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class TaskState:
+    """What one status check said about a task.
+
+    ``raw_status`` is the provider's own spelling. ``progress`` is 0-100 when the provider
+    reports it; ``estimated_time`` is the provider's estimate of the total run time in seconds;
+    ``created_at`` / ``completed_at`` are the provider's timestamps. A terminal state carries
+    ``result`` (success) or ``failure`` (anything else).
+    """
+
+    task_id: str
+    status: TaskStatus
+    raw_status: str
+    progress: float | None = None
+    estimated_time: float | None = None
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+    result: GenerationResult | None = None
+    failure: TaskFailure | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task can change no more."""
+        return self.status.terminal
+
+
+@attrs.frozen(kw_only=True)
+class TaskRef:
+    """A small, serialisable handle on a submitted task: enough to poll it from any session.
+
+    ``polling_url`` is BFL's poll URL, kept verbatim (it names the region). ``model`` lets a
+    resumed task count against the right limits and timing estimates.
+    """
+
+    provider: str
+    task_id: str
+    polling_url: str | None = None
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        """A JSON-ready dict (only the fields that are set)."""
+        out = {"provider": self.provider, "task_id": self.task_id}
+        if self.polling_url is not None:
+            out["polling_url"] = self.polling_url
+        if self.model is not None:
+            out["model"] = self.model
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskRef:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            provider=str(data["provider"]),
+            task_id=str(data["task_id"]),
+            polling_url=None if data.get("polling_url") is None else str(data["polling_url"]),
+            model=None if data.get("model") is None else str(data["model"]),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """The end of one job of a batch: a result, or the error that ended it.
+
+    ``index`` is the job's position in the input; ``task_id`` is None when no task was created.
+    ``files`` lists the downloaded files when the batch was asked to download.
+    """
+
+    index: int
+    request: GenerationRequest
+    task_id: str | None = None
+    result: GenerationResult | None = None
+    error: BaseException | None = None
+    files: tuple[Path, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the job produced a result."""
+        return self.error is None and self.result is not None
