@@ -31,6 +31,8 @@ understood, and chain their cause (``raise X(...) from exc``). No error ever hol
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
     "APIError",
     "AuthenticationError",
@@ -59,6 +61,15 @@ __all__ = [
 _BODY_EXCERPT = 500
 
 
+def _short_repr(value: object, limit: int = 80) -> str:
+    """A repr of at most ``limit`` characters that never builds the repr of a huge value."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        value = value[:limit]
+        return repr(value)[: limit - 3] + "..."
+    shown = reprlib.repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 class FluxError(Exception):
     """Base class of every error raised by flux_async."""
 
@@ -79,9 +90,7 @@ class ValidationError(FluxError, ValueError):
         self.value = value
         self.allowed = allowed
         self.reason = reason
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        shown = _short_repr(value)
         text = f"{field}: {reason or 'invalid value'} (got {shown}; allowed: {allowed})"
         super().__init__(text)
 
