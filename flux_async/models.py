@@ -37,7 +37,7 @@ def _to_images(value: object) -> tuple[ImageInput, ...]:
         return ()
     if isinstance(value, (str, bytes, os.PathLike)):
         return (value,)
-    return tuple(value)  # type: ignore[call-overload]
+    return tuple(value)  # type: ignore[arg-type]
 
 
 def _to_extra(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
