@@ -1,0 +1,221 @@
+"""The apimart codec (https://api.apimart.ai): Flux Kontext pro/max.
+
+Pure: builds :class:`~flux_async._http.HttpRequest` values and reads
+:class:`~flux_async._http.HttpResponse` values; no I/O, no clock, no aiohttp/anyio, nothing
+from transport, scheduler or session. Wire names live here and in this module's private
+converter only.
+
+Tolerated (PROVIDERS.md): ``data`` as a list (documented for submit) or a single object (seen
+on other model pages; accepted on submit and on poll alike), ``result.images[].url`` as a list
+of strings or one string, and extra fields (``cost``, ``credits_cost``, ``usage``...) ignored.
+
+Choices:
+- Options (``response_format``, ``safety_tolerance``, ``prompt_upsampling``) sit at the top
+  level of the body; ``response_format`` "jpeg" is spelt "jpg" here.
+- ``seed`` is not documented by apimart, so it is not sent: a request with ``seed`` set raises
+  ValidationError; pass it through ``extra`` (``extra={"seed": 42}``) to try it anyway.
+- ``n`` is sent for Grok models only; apimart documents Kontext, which has no ``n``.
+- apimart cannot look a task up by a client id: ``client_business_id`` is ignored and
+  :meth:`ApimartCodec.build_lookup` returns None.
+- A 404 on a poll is a terminal ``NOT_FOUND`` state (the session raises TaskNotFoundError).
+- The upload reply is not wrapped (``{"url": ...}``); the ``{"data": {"url": ...}}`` envelope of
+  apimart's other replies is accepted too.
+"""
+
+from __future__ import annotations
+
+from typing import NewType
+
+import attrs
+
+from .. import catalog
+from .._http import FormField, HttpRequest, HttpResponse
+from ..models import (
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    TaskRef,
+    TaskState,
+    TaskStatus,
+)
+from ._common import (
+    BaseCodec,
+    Failure,
+    Percent,
+    Seconds,
+    Timestamp,
+    Urls,
+    aggregator_fields,
+    make_converter,
+    map_status,
+    merge_extra,
+    path_segment,
+    register_one_or_many,
+)
+
+__all__ = ["ApimartCodec"]
+
+_STATUSES = {
+    "submitted": TaskStatus.QUEUED,
+    "pending": TaskStatus.QUEUED,
+    "processing": TaskStatus.RUNNING,
+    "in_progress": TaskStatus.RUNNING,
+    "completed": TaskStatus.SUCCEEDED,
+    "failed": TaskStatus.FAILED,
+    "cancelled": TaskStatus.CANCELLED,
+}
+
+# Wire shapes (only the fields we read; everything else is ignored).
+
+
+@attrs.frozen
+class _SubmitItem:
+    task_id: str
+
+
+_SubmitItems = NewType("_SubmitItems", list[_SubmitItem])
+
+
+@attrs.frozen
+class _Submit:
+    data: _SubmitItems
+
+
+@attrs.frozen
+class _Image:
+    url: Urls
+    expires_at: Timestamp | None = None
+
+
+@attrs.frozen
+class _Result:
+    images: list[_Image] | None = None
+
+
+@attrs.frozen
+class _Task:
+    status: str
+    progress: Percent | None = None
+    estimated_time: Seconds | None = None
+    created: Timestamp | None = None
+    completed: Timestamp | None = None
+    result: _Result | None = None
+    error: Failure | None = None
+
+
+_Tasks = NewType("_Tasks", list[_Task])
+
+
+@attrs.frozen
+class _Poll:
+    data: _Tasks
+
+
+@attrs.frozen
+class _UploadData:
+    url: str
+
+
+@attrs.frozen
+class _Upload:
+    url: str | None = None
+    data: _UploadData | None = None
+
+
+_converter = make_converter()
+register_one_or_many(_converter, _SubmitItems, _SubmitItem)
+register_one_or_many(_converter, _Tasks, _Task)
+
+
+@attrs.frozen(kw_only=True)
+class ApimartCodec(BaseCodec):
+    """apimart's wire format. ``ApimartCodec(api_key=..., user_agent=...)``."""
+
+    name = "apimart"
+    default_base_url = "https://api.apimart.ai"
+    max_upload_bytes = catalog.max_upload_bytes("apimart")
+    supports_client_business_id = False
+    _wire = _converter
+
+    def build_submit(
+        self, request: GenerationRequest, *, client_business_id: str | None = None
+    ) -> HttpRequest:
+        """``POST /v1/images/generations`` with the request's set fields, options at top level."""
+        body, options = aggregator_fields(request, provider=self.name)
+        body.update(options)
+        merge_extra(body, request.extra)
+        return HttpRequest(
+            method="POST", url="/v1/images/generations", headers=self._headers(), json=body
+        )
+
+    def parse_submit(self, response: HttpResponse, *, model: str) -> TaskRef:
+        """The task from a submit response (``data[0].task_id``; ``data`` a list or an object)."""
+        submit = self._structure(response, _Submit, "submit")
+        if not submit.data:
+            raise self._protocol_error(response, "submit response carries no task")
+        task_id = self._task_id(submit.data[0].task_id, response)
+        return TaskRef(provider=self.name, task_id=task_id, model=model)
+
+    def build_poll(self, ref: TaskRef) -> HttpRequest:
+        """``GET /v1/tasks/{task_id}``."""
+        self._check_ref(ref)
+        return self._get(f"/v1/tasks/{path_segment(ref.task_id)}")
+
+    def parse_poll(self, response: HttpResponse, *, ref: TaskRef) -> TaskState:
+        """The task's state; a 404 is a terminal NOT_FOUND state."""
+        if response.status == 404:
+            return self._not_found(response, ref)
+        poll = self._structure(response, _Poll, "poll")
+        if not poll.data:
+            raise self._protocol_error(response, "poll response carries no task")
+        task = poll.data[0]
+        status = map_status(self.name, task.status, _STATUSES)
+        result = failure = None
+        if status is TaskStatus.SUCCEEDED:
+            wire_images = task.result.images if task.result is not None else None
+            images = tuple(
+                GeneratedImage(url, image.expires_at)
+                for image in wire_images or ()
+                for url in image.url
+            )
+            if not images:
+                raise self._protocol_error(response, "completed task carries no image URL")
+            result = GenerationResult(task_id=ref.task_id, images=images, model=ref.model)
+        elif status is TaskStatus.FAILED:
+            failure = self._failure(task.error, "task failed")
+        elif status is TaskStatus.CANCELLED:
+            failure = self._failure(task.error, "task cancelled")
+        return TaskState(
+            task_id=ref.task_id,
+            status=status,
+            raw_status=task.status,
+            progress=task.progress,
+            estimated_time=task.estimated_time,
+            created_at=task.created,
+            completed_at=task.completed,
+            result=result,
+            failure=failure,
+        )
+
+    def build_lookup(self, client_business_id: str) -> HttpRequest | None:
+        """None: apimart cannot find a task by a client-chosen id."""
+        return None
+
+    def parse_lookup(self, response: HttpResponse, *, model: str) -> TaskRef | None:
+        """None: there is no lookup on apimart."""
+        return None
+
+    def build_upload(self, data: bytes, *, filename: str, content_type: str) -> HttpRequest:
+        """``POST /v1/uploads/images``, multipart field ``file``."""
+        form = (FormField(name="file", value=data, filename=filename, content_type=content_type),)
+        return HttpRequest(
+            method="POST", url="/v1/uploads/images", headers=self._headers(), form=form
+        )
+
+    def parse_upload(self, response: HttpResponse) -> str:
+        """The uploaded image's URL (``{"url": ...}``)."""
+        upload = self._structure(response, _Upload, "upload")
+        url = upload.url or (upload.data.url if upload.data is not None else None)
+        if not url:
+            raise self._protocol_error(response, "upload response carries no URL")
+        return url

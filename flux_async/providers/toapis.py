@@ -1,0 +1,201 @@
+"""The toapis codec (https://toapis.com): Flux Kontext pro/max and Grok image models.
+
+Pure: builds :class:`~flux_async._http.HttpRequest` values and reads
+:class:`~flux_async._http.HttpResponse` values; no I/O, no clock, no aiohttp/anyio, nothing
+from transport, scheduler or session. Wire names live here and in this module's private
+converter only.
+
+Tolerated (PROVIDERS.md): the ``submitted`` status and the ``image.generation`` object (ignored:
+``object`` is not read), result URLs in ``result.data[].url``, a top-level ``images[].url`` or a
+top-level ``url``, and an error ``code`` that is a string or an integer.
+
+Choices:
+- Options (``response_format``, ``safety_tolerance``, ``prompt_upsampling``) go under
+  ``metadata``; ``response_format`` "jpeg" is spelt "jpg" here.
+- ``n`` is sent for Grok models only (it is not documented for Kontext).
+- ``seed`` is not documented by toapis, so it is not sent: a request with ``seed`` set raises
+  ValidationError, and a caller who knows better passes it through ``extra``
+  (e.g. ``extra={"metadata": {"seed": 42}}``; objects in ``extra`` are merged, not replaced).
+- A 404 on a poll is a terminal ``NOT_FOUND`` state (the session raises TaskNotFoundError).
+- A task's top-level ``expires_at`` applies to every image of it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .. import catalog
+from .._http import FormField, HttpRequest, HttpResponse
+from ..errors import BadRequestError
+from ..models import (
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    TaskRef,
+    TaskState,
+    TaskStatus,
+)
+from ._common import (
+    BaseCodec,
+    Failure,
+    Percent,
+    Timestamp,
+    Urls,
+    aggregator_fields,
+    clip,
+    make_converter,
+    map_status,
+    merge_extra,
+    path_segment,
+    redact,
+)
+
+__all__ = ["ToapisCodec"]
+
+_GENERATIONS = "/v1/images/generations"
+
+_STATUSES = {
+    "queued": TaskStatus.QUEUED,
+    "submitted": TaskStatus.QUEUED,
+    "in_progress": TaskStatus.RUNNING,
+    "completed": TaskStatus.SUCCEEDED,
+    "failed": TaskStatus.FAILED,
+}
+
+# Wire shapes (only the fields we read; everything else is ignored).
+
+
+@attrs.frozen
+class _Result:
+    data: Urls | None = None
+
+
+@attrs.frozen
+class _Task:
+    status: str
+    model: str | None = None
+    progress: Percent | None = None
+    created_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
+    # The documented place, and the two spellings tolerated when it is empty.
+    result: _Result | None = None
+    images: Urls | None = None
+    url: Urls | None = None
+    error: Failure | None = None
+
+
+@attrs.frozen
+class _UploadData:
+    url: str
+
+
+@attrs.frozen
+class _Upload:
+    success: bool | None = None
+    message: str | None = None
+    data: _UploadData | None = None
+
+
+_converter = make_converter()
+
+
+@attrs.frozen(kw_only=True)
+class ToapisCodec(BaseCodec):
+    """toapis' wire format. ``ToapisCodec(api_key=..., user_agent=...)``."""
+
+    name = "toapis"
+    default_base_url = "https://toapis.com"
+    max_upload_bytes = catalog.max_upload_bytes("toapis")
+    supports_client_business_id = True
+    _wire = _converter
+
+    def build_submit(
+        self, request: GenerationRequest, *, client_business_id: str | None = None
+    ) -> HttpRequest:
+        """``POST /v1/images/generations`` with the request's set fields."""
+        body, options = aggregator_fields(request, provider=self.name)
+        if options:
+            body["metadata"] = options
+        if client_business_id is not None:
+            body["client_business_id"] = client_business_id
+        merge_extra(body, request.extra)
+        return HttpRequest(method="POST", url=_GENERATIONS, headers=self._headers(), json=body)
+
+    def parse_submit(self, response: HttpResponse, *, model: str) -> TaskRef:
+        """The task from a submit response (``id``)."""
+        data = self._object(response, "submit")
+        task_id = self._task_id(data.get("id"), response)
+        return TaskRef(provider=self.name, task_id=task_id, model=model)
+
+    def build_poll(self, ref: TaskRef) -> HttpRequest:
+        """``GET /v1/images/generations/{task_id}``."""
+        self._check_ref(ref)
+        return self._get(f"{_GENERATIONS}/{path_segment(ref.task_id)}")
+
+    def parse_poll(self, response: HttpResponse, *, ref: TaskRef) -> TaskState:
+        """The task's state; a 404 is a terminal NOT_FOUND state."""
+        if response.status == 404:
+            return self._not_found(response, ref)
+        task = self._structure(response, _Task, "poll")
+        status = map_status(self.name, task.status, _STATUSES)
+        result = failure = None
+        if status is TaskStatus.SUCCEEDED:
+            result = GenerationResult(
+                task_id=ref.task_id,
+                images=self._images(task, response),
+                model=task.model or ref.model,
+            )
+        elif status is TaskStatus.FAILED:
+            failure = self._failure(task.error, "task failed")
+        return TaskState(
+            task_id=ref.task_id,
+            status=status,
+            raw_status=task.status,
+            progress=task.progress,
+            created_at=task.created_at,
+            completed_at=task.completed_at,
+            result=result,
+            failure=failure,
+        )
+
+    def build_lookup(self, client_business_id: str) -> HttpRequest | None:
+        """``GET /v1/images/generations/{client_business_id}``: toapis finds a task by the id
+        the client gave it at submit time, which recovers a task whose submit reply was lost."""
+        return self._get(f"{_GENERATIONS}/{path_segment(client_business_id)}")
+
+    def parse_lookup(self, response: HttpResponse, *, model: str) -> TaskRef | None:
+        """The task (with its real task id) found by a lookup, or None on 404."""
+        if response.status == 404:
+            return None
+        data = self._object(response, "lookup")
+        task_id = self._task_id(data.get("id"), response)
+        return TaskRef(provider=self.name, task_id=task_id, model=model)
+
+    def build_upload(self, data: bytes, *, filename: str, content_type: str) -> HttpRequest:
+        """``POST /v1/uploads/images``, multipart ``file`` plus ``purpose=generation``."""
+        form = (
+            FormField(name="file", value=data, filename=filename, content_type=content_type),
+            FormField(name="purpose", value="generation"),
+        )
+        return HttpRequest(
+            method="POST", url="/v1/uploads/images", headers=self._headers(), form=form
+        )
+
+    def parse_upload(self, response: HttpResponse) -> str:
+        """The uploaded image's URL from ``{"success": true, "data": {"url": ...}}``;
+        ``"success": false`` is a BadRequestError with the provider's message, whatever the
+        HTTP status."""
+        upload = self._structure(response, _Upload, "upload")
+        if upload.success is False:
+            message = clip(redact(upload.message or "upload refused", self.api_key))
+            raise BadRequestError(message, status=response.status, provider=self.name)
+        if upload.data is None or not upload.data.url:
+            raise self._protocol_error(response, "upload response carries no URL")
+        return upload.data.url
+
+    def _images(self, task: _Task, response: HttpResponse) -> tuple[GeneratedImage, ...]:
+        urls = (task.result.data if task.result else None) or task.images or task.url
+        if not urls:
+            raise self._protocol_error(response, "completed task carries no image URL")
+        return tuple(GeneratedImage(url, task.expires_at) for url in urls)
