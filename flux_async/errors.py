@@ -63,10 +63,7 @@ _BODY_EXCERPT = 500
 
 def _short_repr(value: object, limit: int = 80) -> str:
     """A repr of at most ``limit`` characters that never builds the repr of a huge value."""
-    if isinstance(value, (str, bytes)):
-        shown = repr(value[: limit + 1])
-    else:
-        shown = reprlib.repr(value)
+    shown = repr(value[: limit + 1]) if isinstance(value, (str, bytes)) else reprlib.repr(value)
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 

@@ -247,6 +247,16 @@ POLLS = {
             "task_failed", "Image generation failed: upstream rejected the input image"
         ),
     ),
+    "poll_failed_content_policy.json": TaskState(
+        task_id=TASK_ID,
+        status=TaskStatus.MODERATED,
+        raw_status="failed",
+        progress=0.0,
+        estimated_time=60.0,
+        created_at=ts(1763088289),
+        completed_at=ts(1763088301),
+        failure=TaskFailure("content_policy_violation", "Output rejected by moderation"),
+    ),
     "poll_cancelled.json": TaskState(
         task_id=TASK_ID,
         status=TaskStatus.CANCELLED,

@@ -363,6 +363,14 @@ POLLS = {
             "generation_failed", "call upstream API failed: upstream returned status 422"
         ),
     ),
+    "poll_failed_content_policy.json": TaskState(
+        task_id="img_5b8b",
+        status=TaskStatus.MODERATED,
+        raw_status="failed",
+        progress=0.0,
+        created_at=ts(1768215312),
+        failure=TaskFailure("content_policy_violation", "The prompt was rejected by the content policy"),
+    ),
     "poll_failed_int_code.json": TaskState(
         task_id="img_5b8b",
         status=TaskStatus.FAILED,

@@ -81,6 +81,10 @@ Failure = NewType("Failure", TaskFailure)
 Urls = NewType("Urls", list[str])
 
 
+#: Failure codes (lower case, substring) that mean the content was refused by moderation.
+_MODERATION_WORDS = ("content_policy", "moderat", "nsfw", "sensitive_content", "safety")
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -603,6 +607,17 @@ class BaseCodec:
             return TaskFailure(code=None, message=default)
         code = redact(failure.code, self.api_key) if isinstance(failure.code, str) else failure.code
         return TaskFailure(code=code, message=redact(failure.message, self.api_key) or default)
+
+    def _failed_status(self, failure: TaskFailure) -> TaskStatus:
+        """FAILED, or MODERATED when the aggregator's failure code says content policy.
+
+        The aggregators report a refused prompt or image as an ordinary ``failed`` task; only its
+        error code tells moderation apart, so the caller gets ``ModerationError`` for it.
+        """
+        code = str(failure.code or "").lower()
+        if any(word in code for word in _MODERATION_WORDS):
+            return TaskStatus.MODERATED
+        return TaskStatus.FAILED
 
     def _not_found(self, response: HttpResponse, ref: TaskRef) -> TaskState:
         """A 404 on a poll: the provider does not know the task (a terminal state)."""

@@ -183,6 +183,7 @@ class ApimartCodec(BaseCodec):
             result = GenerationResult(task_id=ref.task_id, images=images, model=ref.model)
         elif status is TaskStatus.FAILED:
             failure = self._failure(task.error, "task failed")
+            status = self._failed_status(failure)
         elif status is TaskStatus.CANCELLED:
             failure = self._failure(task.error, "task cancelled")
         return TaskState(

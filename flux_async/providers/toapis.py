@@ -148,6 +148,7 @@ class ToapisCodec(BaseCodec):
             )
         elif status is TaskStatus.FAILED:
             failure = self._failure(task.error, "task failed")
+            status = self._failed_status(failure)
         return TaskState(
             task_id=ref.task_id,
             status=status,

@@ -1,0 +1,333 @@
+"""The I/O edge: sends :class:`HttpRequest` values over aiohttp and streams result downloads.
+
+This is the only client-side module that imports aiohttp. It owns the ``ClientSession`` (one per
+``Session``, or one the caller passes in and keeps), timeouts, the one place where aiohttp's
+exceptions become :class:`~flux_async.errors.TransportError`, and the download safety checks
+(scheme, redirects, byte cap, magic bytes, atomic files). It must not import the session, the
+scheduler or the codecs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import attrs
+
+from ._http import HttpRequest, HttpResponse
+from .errors import DownloadError, ResultExpiredError, TransportError, TransportTimeout
+
+__all__ = [
+    "AiohttpTransport",
+    "DownloadLimits",
+    "Transport",
+    "TransportStatistics",
+    "sniff_image_type",
+]
+
+#: Largest API (JSON) response body read into memory; anything larger is a protocol fault.
+MAX_API_BODY = 16 * 1024 * 1024
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "png"),
+    (b"\xff\xd8\xff", 0, "jpg"),
+    (b"WEBP", 8, "webp"),
+)
+
+
+def sniff_image_type(head: bytes) -> str | None:
+    """The file extension ("png", "jpg", "webp") matching an image's first bytes, or None."""
+    for magic, offset, ext in _MAGIC:
+        if head[offset : offset + len(magic)] == magic and (ext != "webp" or head[:4] == b"RIFF"):
+            return ext
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class DownloadLimits:
+    """Safety limits applied to every result download."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_redirects: int = 3
+    timeout: float = 120.0
+
+
+@attrs.frozen(kw_only=True)
+class TransportStatistics:
+    """Counters of one transport."""
+
+    requests_sent: int
+    transport_errors: int
+    downloads: int
+    bytes_downloaded: int
+    open_connections: int
+
+
+class Transport(Protocol):
+    """What the session needs from the network: one ``send``, one ``download`` and ``aclose``.
+
+    Tests can hand the session an in-memory object with these methods.
+    """
+
+    async def send(self, request: HttpRequest, *, time_limit: float | None = None) -> HttpResponse:
+        """Send ``request`` and return the whole response; raise TransportError on failure."""
+        ...
+
+    async def download(
+        self, url: str, dest: Path | None, *, limits: DownloadLimits, expires_at: datetime | None = None
+    ) -> tuple[bytes | Path, str]:
+        """Fetch an image; return (bytes or the written path, extension)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (a caller-supplied aiohttp session is left open)."""
+        ...
+
+    def statistics(self) -> TransportStatistics:
+        """Counters."""
+        ...
+
+
+def _map_exception(exc: BaseException, what: str) -> TransportError:
+    """The one translation of aiohttp/OS failures into the library's transport errors.
+
+    ``request_sent`` tells whether the server may have received the request: only a failure to
+    connect at all proves it did not.
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return TransportTimeout(f"{what}: timed out while connecting", request_sent=False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return TransportError(f"{what}: could not connect ({exc.os_error.__class__.__name__})", request_sent=False)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return TransportError(f"{what}: invalid URL", request_sent=False)
+    if isinstance(exc, (aiohttp.SocketTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return TransportTimeout(f"{what}: timed out waiting for the response", request_sent=True)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return TransportError(f"{what}: server closed the connection without a response", request_sent=True)
+    return TransportError(f"{what}: {exc.__class__.__name__}: {exc}", request_sent=True)
+
+
+class AiohttpTransport:
+    """The aiohttp transport.
+
+    ``base_url`` is joined to relative request paths; absolute URLs (BFL's ``polling_url``) are
+    used verbatim. Credentials travel only in the headers a codec put on an API request: the
+    aiohttp session itself carries none, so a download never sends a key to a result host.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int = 100,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._owned = session is None
+        self._session = session
+        self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout, sock_read=read_timeout)
+        self._connect_timeout = connect_timeout
+        self._requests = 0
+        self._errors = 0
+        self._downloads = 0
+        self._bytes = 0
+
+    def __repr__(self) -> str:
+        return f"AiohttpTransport(base_url={self._base_url!r})"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
+        return self._session
+
+    def resolve(self, url: str) -> str:
+        """The absolute URL of a request path."""
+        if url.startswith(("http://", "https://")):
+            return url
+        return self._base_url + url
+
+    async def send(self, request: HttpRequest, *, time_limit: float | None = None) -> HttpResponse:
+        """Send one API request and read its whole (bounded) body."""
+        url = self.resolve(request.url)
+        kwargs: dict[str, object] = {"headers": dict(request.headers), "allow_redirects": False}
+        if time_limit is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(
+                total=time_limit, sock_connect=min(time_limit, self._connect_timeout)
+            )
+        if request.json is not None:
+            kwargs["json"] = request.json
+        elif request.form is not None:
+            form = aiohttp.FormData()
+            for field in request.form:
+                form.add_field(field.name, field.value, filename=field.filename, content_type=field.content_type)
+            kwargs["data"] = form
+        self._requests += 1
+        try:
+            async with self._client().request(request.method, url, **kwargs) as resp:  # type: ignore[arg-type]
+                length = resp.content_length
+                if length is not None and length > MAX_API_BODY:
+                    raise TransportError(f"{request.method} {_path(url)}: response of {length} bytes is too large", request_sent=True)
+                body = await resp.content.read(MAX_API_BODY + 1)
+                if len(body) > MAX_API_BODY:
+                    raise TransportError(f"{request.method} {_path(url)}: response is too large", request_sent=True)
+                return HttpResponse(
+                    status=resp.status,
+                    headers=dict(resp.headers.items()),
+                    body=body,
+                    received_at=datetime.now(UTC),
+                )
+        except TransportError:
+            self._errors += 1
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._errors += 1
+            raise _map_exception(exc, f"{request.method} {_path(url)}") from exc
+
+    async def download(
+        self, url: str, dest: Path | None, *, limits: DownloadLimits, expires_at: datetime | None = None
+    ) -> tuple[bytes | Path, str]:
+        """Fetch a result image with every safety check.
+
+        Only http(s) URLs, at most ``limits.max_redirects`` redirects (each checked again), at
+        most ``limits.max_bytes`` bytes, and the first bytes must be PNG, JPEG or WebP. With
+        ``dest`` the bytes stream into a temporary file beside it that is renamed into place
+        only when complete (``dest``'s suffix is replaced by the detected type's); otherwise
+        they are returned.
+        """
+        current = url
+        timeout = aiohttp.ClientTimeout(total=limits.timeout, sock_connect=self._connect_timeout)
+        for _hop in range(limits.max_redirects + 1):
+            _check_scheme(current)
+            self._requests += 1
+            try:
+                async with self._client().get(current, allow_redirects=False, timeout=timeout) as resp:
+                    if resp.status in (301, 302, 303, 307, 308):
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise DownloadError("redirect without a Location header", url=_path(current))
+                        current = urljoin(current, location)
+                        continue
+                    if resp.status in (403, 404, 410):
+                        expired = expires_at is not None and expires_at <= datetime.now(UTC)
+                        reason = "has expired" if expired else "is no longer available (it may have expired)"
+                        raise ResultExpiredError(f"result URL {reason}: HTTP {resp.status}", url=_path(current))
+                    if resp.status != 200:
+                        raise DownloadError(f"result download failed: HTTP {resp.status}", url=_path(current))
+                    if resp.content_length is not None and resp.content_length > limits.max_bytes:
+                        raise DownloadError(
+                            f"result is {resp.content_length} bytes, over the {limits.max_bytes}-byte cap",
+                            url=_path(current),
+                        )
+                    return await self._stream(resp, dest, limits, current)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self._errors += 1
+                raise DownloadError(str(_map_exception(exc, "download")), url=_path(current)) from exc
+        raise DownloadError(f"more than {limits.max_redirects} redirects", url=_path(url))
+
+    async def _stream(
+        self, resp: aiohttp.ClientResponse, dest: Path | None, limits: DownloadLimits, url: str
+    ) -> tuple[bytes | Path, str]:
+        head = b""
+        ext: str | None = None
+        chunks: list[bytes] = []
+        size = 0
+        tmp_fd: int | None = None
+        tmp_path: str | None = None
+        try:
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise DownloadError(f"result exceeds the {limits.max_bytes}-byte cap", url=_path(url))
+                if ext is None:
+                    head += chunk
+                    if len(head) < 12:
+                        continue
+                    ext = _require_image(head, url)
+                    chunk, head = head, b""
+                if dest is None:
+                    chunks.append(chunk)
+                else:
+                    if tmp_fd is None:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        tmp_fd, tmp_path = tempfile.mkstemp(prefix=".part-", dir=dest.parent)
+                    os.write(tmp_fd, chunk)
+            if ext is None:
+                ext = _require_image(head, url)
+                chunks.append(head)
+                if dest is not None:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    tmp_fd, tmp_path = tempfile.mkstemp(prefix=".part-", dir=dest.parent)
+                    os.write(tmp_fd, head)
+            self._downloads += 1
+            self._bytes += size
+            if dest is None:
+                return b"".join(chunks), ext
+            assert tmp_fd is not None
+            assert tmp_path is not None
+            os.close(tmp_fd)
+            tmp_fd = None
+            final = dest.with_suffix("." + ext)
+            os.replace(tmp_path, final)
+            tmp_path = None
+            return final, ext
+        finally:
+            if tmp_fd is not None:
+                os.close(tmp_fd)
+            if tmp_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp_path)
+
+    async def aclose(self) -> None:
+        """Close the aiohttp session if this transport created it."""
+        if self._owned and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def statistics(self) -> TransportStatistics:
+        """Counters, including the connections the pool still holds."""
+        open_connections = 0
+        if self._session is not None and not self._session.closed:
+            connector = self._session.connector
+            if connector is not None:
+                # aiohttp exposes no public count of pooled connections; these two attributes
+                # are its idle pool and in-use set.
+                conns = getattr(connector, "_conns", {})
+                acquired: set[object] = getattr(connector, "_acquired", set())
+                open_connections = sum(len(v) for v in conns.values()) + len(acquired)
+        return TransportStatistics(
+            requests_sent=self._requests,
+            transport_errors=self._errors,
+            downloads=self._downloads,
+            bytes_downloaded=self._bytes,
+            open_connections=open_connections,
+        )
+
+
+def _path(url: str) -> str:
+    """A URL without its query string (signed URLs carry credentials in the query)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _check_scheme(url: str) -> None:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise DownloadError(f"refusing to fetch a {scheme or 'scheme-less'} URL: only http(s) is allowed", url=None)
+
+
+def _require_image(head: bytes, url: str) -> str:
+    ext = sniff_image_type(head)
+    if ext is None:
+        raise DownloadError("result is not a PNG, JPEG or WebP image (magic bytes)", url=_path(url))
+    return ext
