@@ -6,6 +6,7 @@ results as they finish, with the fewest requests and never a job lost or paid fo
 
 from __future__ import annotations
 
+from .catalog import PROVIDERS, validate
 from .errors import (
     APIError,
     AuthenticationError,
@@ -39,10 +40,14 @@ from .models import (
     TaskState,
     TaskStatus,
 )
+from .retry import RetryPolicy
+from .scheduler import PollPolicy, SchedulerStatistics
+from .session import Job, Limits, Session, SessionStatistics
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "PROVIDERS",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
@@ -53,13 +58,20 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "InsufficientCreditsError",
+    "Job",
+    "Limits",
     "ModerationError",
     "NotFoundError",
     "Outcome",
+    "PollPolicy",
     "ProtocolError",
     "RateLimitError",
     "ResultExpiredError",
+    "RetryPolicy",
+    "SchedulerStatistics",
     "ServerError",
+    "Session",
+    "SessionStatistics",
     "SubmissionUncertainError",
     "TaskError",
     "TaskFailedError",
@@ -73,4 +85,5 @@ __all__ = [
     "TransportTimeout",
     "ValidationError",
     "__version__",
+    "validate",
 ]

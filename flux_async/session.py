@@ -15,7 +15,15 @@ import os
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, overload
@@ -233,6 +241,17 @@ class Job:
         assert self._state is not None
         assert self._state.result is not None
         return self._state.result
+
+    def add_done_callback(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback(job)`` once the job is done (at once if it already is).
+
+        The callback runs synchronously on the session's event loop and must not block; it is
+        how many jobs are awaited without a coroutine each.
+        """
+        if self._done:
+            callback(self)
+        else:
+            self._add_listener(callback)
 
     def _add_listener(self, listener: Callable[[Job], None]) -> None:
         if self._listeners is None:
@@ -714,7 +733,7 @@ class Session:
         *,
         download_to: str | os.PathLike[str] | None = None,
         on_submit: Callable[[int, TaskRef], None] | None = None,
-    ) -> AsyncIterator[Outcome]:
+    ) -> AsyncGenerator[Outcome, None]:
         """Run many jobs; yield one :class:`Outcome` per input, in the order they finish.
 
         The input is read lazily and at most ``limits.max_outstanding`` jobs are in flight ahead

@@ -1,0 +1,328 @@
+"""The engine of ``flux-async batch`` (and of the demo): submit, journal, wait, download, record.
+
+A :class:`BatchRunner` drives one batch on one open :class:`~flux_async.Session`, on the public
+API only:
+
+- new requests go through ``session.as_completed`` (lazy input, bounded window, one shared
+  poll scheduler); its ``on_submit`` hook appends every accepted task to the journal, on disk,
+  before anything waits on it;
+- tasks journaled by an earlier run and not finished are re-attached with ``session.resume``
+  by a bounded pool of waiters (never more than the batch's window at a time);
+- each finished job's images are downloaded as ``<index>-<task_id>.<ext>`` and its line is
+  appended to ``results.jsonl``.
+
+:meth:`BatchRunner.request_stop` (the first Ctrl-C) stops submitting at once and lets every
+accepted task finish and be recorded; cancelling the runner (the second) leaves the journal to
+a later ``--resume``. Imports the package's public names, its journal module and the display.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._batchfile import Entry, LineError
+from .._journal import BatchState, OutputDir, image_name
+from ._api import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    GeneratedImage,
+    GenerationRequest,
+    InsufficientCreditsError,
+    ModerationError,
+    Outcome,
+    Session,
+    SubmissionUncertainError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskRef,
+    ValidationError,
+)
+from ._display import Counts
+
+__all__ = ["BatchRunner", "error_record"]
+
+_FATAL = (AuthenticationError, InsufficientCreditsError)
+_KEPT_UNRESOLVED = 100
+
+#: Errors that settle a job for good once its task exists: the provider ended the task.
+_FINAL_WITH_TASK = (TaskFailedError, ModerationError, TaskNotFoundError)
+#: Errors that settle a request no task was created for: sending it again cannot help (a
+#: refusal) or might pay twice (an uncertain submission).
+_FINAL_WITHOUT_TASK = (BadRequestError, ValidationError, ConfigurationError, SubmissionUncertainError)
+
+
+def error_record(error: BaseException) -> dict[str, str]:
+    """How an error is written to ``results.jsonl``: its kind (class name) and message."""
+    return {"kind": type(error).__name__, "message": str(error) or type(error).__name__}
+
+
+def is_final(error: BaseException, *, with_task: bool) -> bool:
+    """Whether a failed job is settled (a result line) or left for ``--resume``.
+
+    A job is settled when its task ended at the provider (failed, moderated, unknown), or when
+    no task exists and resending could not help or might pay twice. Anything else (the network,
+    the key, a timeout while the task may still run, a download that did not complete) leaves an
+    accepted task in the journal to be re-attached, and a request that created no task to be
+    submitted again.
+    """
+    return isinstance(error, _FINAL_WITH_TASK if with_task else _FINAL_WITHOUT_TASK)
+
+
+class BatchRunner:
+    """One batch on one session: new submissions, re-attached tasks, downloads and records.
+
+    ``source`` returns a fresh iterator over the batch's entries each time it is called (the
+    input is read as it is consumed). ``state`` is what an earlier run left (``--resume``).
+    ``on_change`` is called after every counter change (to redraw the progress display).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        out: OutputDir,
+        counts: Counts,
+        *,
+        source: Callable[[], Iterable[Entry | LineError]],
+        state: BatchState | None = None,
+        on_change: Callable[[Counts], None] = lambda _counts: None,
+    ) -> None:
+        self.session = session
+        self.out = out
+        self.counts = counts
+        self.source = source
+        self.state = state
+        self.on_change = on_change
+        self.fatal: BaseException | None = None
+        self.journal_error: OSError | None = None
+        #: The first jobs of this run that failed without being settled (index, line, task_id,
+        #: error); ``counts.unresolved`` counts them all.
+        self.unresolved: list[tuple[int, int, str | None, BaseException]] = []
+        self._unresolved_tasks = 0
+        limits = session.limits
+        # Submissions failing one after another without creating a task (the network is down,
+        # the service is failing): past this many in a row, stop instead of running through the
+        # whole input.
+        self._failure_streak_limit = max(10, 3 * limits.max_concurrent_submits)
+        self._failure_streak = 0
+        self._window_size = limits.max_outstanding
+        # Accepted (journaled) tasks without a result line yet: index -> (line, ref).
+        self._in_flight: dict[int, tuple[int, TaskRef]] = {}
+        # In-flight indices some coroutine is already finishing (downloading or re-attached).
+        self._handled: set[int] = set()
+        # as_completed's own index -> (input index, line), for the requests it holds.
+        self._window: dict[int, tuple[int, int]] = {}
+        self._reattach: deque[tuple[int, int, TaskRef]] = deque()
+        self._reattach_workers = 0
+        self._download_slots = anyio.Semaphore(2 * limits.max_concurrent_downloads)
+        self._stopping = False
+        self._submitting_done = False
+        self._consume_scope: anyio.CancelScope | None = None
+        self._tg: TaskGroup | None = None
+
+    # -- control -------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`request_stop` was called (or a fatal error stopped the batch)."""
+        return self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        """Accepted tasks still being waited on (not settled, not given up for this run)."""
+        return len(self._in_flight)
+
+    @property
+    def left_accepted(self) -> int:
+        """Accepted tasks without a result line: what ``--resume`` will re-attach."""
+        return len(self._in_flight) + self._unresolved_tasks
+
+    def request_stop(self) -> None:
+        """Submit nothing more; every task already accepted is still waited for and recorded."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.counts.stopping = True
+        self.on_change(self.counts)
+        if self._consume_scope is not None:
+            self._consume_scope.cancel()
+
+    async def run(self) -> None:
+        """Run the batch to its end (or to the end of what was accepted, once stopped)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            if self.state is not None:
+                for index, (line, ref) in sorted(self.state.unfinished.items()):
+                    self._in_flight[index] = (line, ref)
+                    self.counts.reattached += 1
+                    self._queue_reattach(index, line, ref)
+                self.on_change(self.counts)
+            if not self._stopping:
+                with anyio.CancelScope() as scope:
+                    self._consume_scope = scope
+                    await self._submit_new()
+                self._consume_scope = None
+            self._submitting_done = True
+            # Tasks accepted but whose outcome the stream did not deliver (a stop, or a fatal
+            # error): finish them by their refs. Later acceptances (a POST that was on the
+            # wire) are queued by _on_submit itself.
+            for index, (line, ref) in list(self._in_flight.items()):
+                if index not in self._handled:
+                    self._queue_reattach(index, line, ref)
+        self._tg = None
+
+    # -- new submissions -----------------------------------------------------------------------
+
+    def _requests(self) -> Iterator[GenerationRequest]:
+        """The requests never submitted, in input order; records unreadable lines as failures."""
+        position = 0
+        state = self.state
+        for item in self.source():
+            if state is not None and not state.needs_submit(item.index):
+                continue
+            if self._stopping:
+                return
+            if isinstance(item, LineError):
+                # The file changed between the checking pass and this one.
+                error = ValidationError(item.field or "line", None, "a valid request", reason=item.message)
+                self._record_failure(item.index, item.line, None, error, with_task=False)
+                continue
+            self._window[position] = (item.index, item.line)
+            position += 1
+            yield item.request
+
+    def _on_submit(self, position: int, ref: TaskRef) -> None:
+        """The provider accepted a task: journal it before anything waits on it."""
+        index, line = self._window[position]
+        self._in_flight[index] = (line, ref)
+        self._failure_streak = 0
+        self.counts.submitted += 1
+        try:
+            self.out.record_submit(index, line, ref)
+        except OSError as exc:
+            # The task is paid for and still tracked in memory; stop adding to what cannot be
+            # recorded, and finish what was accepted.
+            if self.journal_error is None:
+                self.journal_error = exc
+            self.request_stop()
+        if self._submitting_done:
+            self._queue_reattach(index, line, ref)
+        self.on_change(self.counts)
+
+    async def _submit_new(self) -> None:
+        # Close the generator explicitly so that leaving early stops its batch at once, not
+        # whenever it is collected.
+        stream = self.session.as_completed(self._requests(), on_submit=self._on_submit)
+        try:
+            async with aclosing(stream) as outcomes:
+                async for outcome in outcomes:
+                    index, line = self._window.pop(outcome.index)
+                    if outcome.ok:
+                        # A stop may cancel this wait: the index then stays unhandled and is
+                        # re-attached by its ref below.
+                        await self._download_slots.acquire()
+                        self._handled.add(index)
+                        self._task_group().start_soon(self._download_outcome, index, line, outcome)
+                    else:
+                        assert outcome.error is not None
+                        with_task = outcome.task_id is not None
+                        self._record_failure(index, line, outcome.task_id, outcome.error, with_task=with_task)
+                        if not with_task and not is_final(outcome.error, with_task=False):
+                            self._failure_streak += 1
+                            if self._failure_streak >= self._failure_streak_limit:
+                                self.fatal = outcome.error
+                                self.request_stop()
+        except _FATAL as exc:
+            self.fatal = exc
+            self.request_stop()
+
+    # -- finishing jobs ------------------------------------------------------------------------
+
+    def _task_group(self) -> TaskGroup:
+        assert self._tg is not None
+        return self._tg
+
+    def _queue_reattach(self, index: int, line: int, ref: TaskRef) -> None:
+        self._handled.add(index)
+        self._reattach.append((index, line, ref))
+        if self._reattach_workers < self._window_size:
+            self._reattach_workers += 1
+            self._task_group().start_soon(self._reattach_worker)
+
+    async def _reattach_worker(self) -> None:
+        try:
+            while self._reattach:
+                index, line, ref = self._reattach.popleft()
+                job = self.session.resume(ref)
+                await job.wait()
+                if job.error is not None:
+                    self._record_failure(index, line, ref.task_id, job.error, with_task=True)
+                    continue
+                result = await job.result()
+                async with self._download_slots:
+                    await self._download(index, line, ref.task_id, result.images)
+        finally:
+            self._reattach_workers -= 1
+
+    async def _download_outcome(self, index: int, line: int, outcome: Outcome) -> None:
+        try:
+            assert outcome.result is not None
+            assert outcome.task_id is not None
+            await self._download(index, line, outcome.task_id, outcome.result.images)
+        finally:
+            self._download_slots.release()
+
+    async def _download(
+        self, index: int, line: int, task_id: str, images: tuple[GeneratedImage, ...]
+    ) -> None:
+        files: list[Path] = []
+        try:
+            for k, image in enumerate(images):
+                # The transport replaces the placeholder suffix with the image's real type.
+                target = self.out.path / image_name(index, task_id, "img", k=k, count=len(images))
+                files.append(await self.session.download(image, target))
+        except Exception as exc:
+            self._record_failure(index, line, task_id, exc, with_task=True, files=files)
+            return
+        self._in_flight.pop(index, None)
+        self._handled.discard(index)
+        self.out.record_result(index, line, task_id=task_id, status="succeeded", files=files)
+        self.counts.succeeded += 1
+        self.counts.finished_with_task += 1
+        self.on_change(self.counts)
+
+    def _record_failure(
+        self,
+        index: int,
+        line: int,
+        task_id: str | None,
+        error: BaseException,
+        *,
+        with_task: bool,
+        files: Iterable[Path] = (),
+    ) -> None:
+        self._in_flight.pop(index, None)
+        self._handled.discard(index)
+        if is_final(error, with_task=with_task):
+            self.out.record_result(
+                index, line, task_id=task_id, status="failed", files=tuple(files), error=error_record(error)
+            )
+            self.counts.failed += 1
+        else:
+            # Not settled: no result line, so --resume re-attaches the task (or resubmits a
+            # request that created none).
+            if len(self.unresolved) < _KEPT_UNRESOLVED:
+                self.unresolved.append((index, line, task_id, error))
+            if task_id is not None:
+                self._unresolved_tasks += 1
+            self.counts.unresolved += 1
+        self.counts.failures[type(error).__name__] += 1
+        if with_task:
+            self.counts.finished_with_task += 1
+        self.on_change(self.counts)

@@ -1,0 +1,312 @@
+"""What every command shares: output streams, error-to-exit-code mapping, running batches under
+the two-stage Ctrl-C, and the closing summary.
+
+Exit codes: 0 everything succeeded, 1 some job (or the service) failed, 2 a usage or input
+error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import attrs
+import click
+from anyio.abc import TaskStatus
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ._api import ConfigurationError, FluxError, SessionStatistics, ValidationError
+from ._batch import BatchRunner
+from ._display import Counts, RunSummary, summary_json, summary_table
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CommandError",
+    "Interrupts",
+    "Output",
+    "Run",
+    "execute",
+    "exit_on_error",
+    "fail",
+    "library_log",
+    "report",
+    "run_command",
+    "summarize",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """Ends a command with ``message`` on stderr and exit code ``code``."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Raise :class:`CommandError`."""
+    raise CommandError(message, code)
+
+
+@attrs.define
+class Output:
+    """Where a command writes: stdout for data, stderr for people."""
+
+    quiet: bool
+    json: bool
+    err: Console
+
+    @classmethod
+    def make(cls, *, quiet: bool, json_: bool) -> Output:
+        """Consoles are made per command so they bind the streams of that invocation."""
+        return cls(quiet=quiet, json=json_, err=Console(stderr=True, highlight=False))
+
+    @property
+    def interactive(self) -> bool:
+        """True when progress displays and notes are wanted."""
+        return not (self.quiet or self.json)
+
+    def info(self, message: str) -> None:
+        """A note for people (hidden by --quiet and --json)."""
+        if self.interactive:
+            self.err.print(message, soft_wrap=True, markup=False)
+
+    def error(self, message: str) -> None:
+        """An error: always shown, on stderr."""
+        self.err.print("[bold red]error:[/] ", end="")
+        self.err.print(message, soft_wrap=True, markup=False)
+
+    def data(self, value: Any) -> None:
+        """Machine output on stdout: JSON with --json, else the text."""
+        click.echo(json.dumps(value, ensure_ascii=False) if self.json else value)
+
+
+@contextmanager
+def library_log(output: Output, verbose: int) -> Iterator[None]:
+    """The library's log on stderr while a command runs: errors only, unless -v (info) or -vv
+    (debug). The logger is put back as it was afterwards (the command may run in-process)."""
+    logger = logging.getLogger("flux_async")
+    saved = (logger.level, logger.propagate)
+    handler = RichHandler(console=output.err, show_path=False)
+    logger.setLevel(logging.ERROR if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one error inside (possibly nested) groups, or None when there are several."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+@contextmanager
+def exit_on_error(output: Output) -> Iterator[None]:
+    """Turn the errors a command can end with into a message on stderr and an exit code."""
+    try:
+        try:
+            yield
+        except BaseExceptionGroup as group:
+            # A task group may wrap the one error that ended a command: report that error.
+            sole = _sole_error(group)
+            if sole is None:
+                raise
+            raise sole from None
+    except CommandError as exc:
+        output.error(str(exc))
+        raise SystemExit(exc.code) from None
+    except (ConfigurationError, ValidationError) as exc:
+        output.error(str(exc))
+        raise SystemExit(EXIT_USAGE) from None
+    except FluxError as exc:
+        output.error(f"{type(exc).__name__}: {exc}")
+        raise SystemExit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except OSError as exc:
+        # A file that cannot be written (a full disk...): the journal keeps what was accepted.
+        output.error(f"{type(exc).__name__}: {exc}")
+        raise SystemExit(EXIT_FAILED) from None
+
+
+def run_command(output: Output, body: Callable[[], Awaitable[int]], *, verbose: int = 0) -> NoReturn:
+    """Run an async command body on asyncio and exit with its code, mapping errors to codes."""
+    with exit_on_error(output), library_log(output, verbose):
+        code = anyio.run(body, backend="asyncio")
+    raise SystemExit(code)
+
+
+# -- running batches -----------------------------------------------------------------------------
+
+
+@attrs.define
+class Interrupts:
+    """What Ctrl-C did: ``soft`` (stop submitting) and ``hard`` (stop everything)."""
+
+    soft: bool = False
+    hard: bool = False
+
+    @property
+    def any(self) -> bool:
+        """True after at least one Ctrl-C."""
+        return self.soft or self.hard
+
+
+async def execute(runners: Sequence[BatchRunner], out: Output) -> Interrupts:
+    """Run the batches to their end. The first Ctrl-C stops submitting and waits for what is in
+    flight; the second cancels everything at once (the journal already holds every accepted
+    task; a submit already on the wire is still answered and recorded)."""
+    flags = Interrupts()
+    with anyio.CancelScope() as everything:
+        async with anyio.create_task_group() as tg:
+            # Started (the handler installed) before the first request can be sent.
+            await tg.start(_watch_interrupts, runners, everything, flags, out)
+            async with anyio.create_task_group() as work:
+                for runner in runners:
+                    work.start_soon(runner.run)
+            tg.cancel_scope.cancel()
+    return flags
+
+
+async def _watch_interrupts(
+    runners: Sequence[BatchRunner],
+    everything: anyio.CancelScope,
+    flags: Interrupts,
+    out: Output,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    with ExitStack() as stack:
+        try:
+            signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGINT))
+        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+            # No signal handling here (not the main thread, another platform): Ctrl-C then
+            # raises KeyboardInterrupt, which leaves the journal intact all the same.
+            task_status.started()
+            return
+        task_status.started()
+        async for _signum in signals:
+            if not flags.soft:
+                flags.soft = True
+                for runner in runners:
+                    runner.request_stop()
+                waiting = sum(runner.in_flight for runner in runners)
+                out.err.print(
+                    f"Stopping: nothing more will be submitted; waiting for {waiting} job(s) in "
+                    "flight. Press Ctrl-C again to exit now (--resume collects them later).",
+                    soft_wrap=True,
+                    markup=False,
+                )
+            else:
+                flags.hard = True
+                everything.cancel()
+                return
+
+
+@attrs.frozen
+class Run:
+    """One finished batch: its tally, its runner and its session's statistics."""
+
+    counts: Counts
+    runner: BatchRunner
+    stats: SessionStatistics
+
+
+def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interrupts) -> RunSummary:
+    """The closing summary of one or more batches (the demo runs one per provider)."""
+    failures: dict[str, int] = {}
+    for run in runs:
+        for kind, count in run.counts.failures.items():
+            failures[kind] = failures.get(kind, 0) + count
+    failed = sum(r.counts.failed for r in runs)
+    unresolved = sum(r.counts.unresolved for r in runs)
+    previous_failed = sum(r.counts.previous_failed for r in runs)
+    left_accepted = sum(r.runner.left_accepted for r in runs)
+    not_submitted = sum(
+        max(0, r.counts.total - r.counts.settled - r.runner.left_accepted) for r in runs
+    )
+    trouble = any(r.runner.fatal is not None or r.runner.journal_error is not None for r in runs)
+    if flags.any:
+        code = EXIT_INTERRUPTED
+    elif trouble or failed or unresolved or previous_failed or left_accepted or not_submitted:
+        code = EXIT_FAILED
+    else:
+        code = EXIT_OK
+    return RunSummary(
+        output=str(output),
+        jobs=sum(r.counts.total for r in runs),
+        succeeded=sum(r.counts.succeeded for r in runs),
+        failed=failed,
+        failures=failures,
+        unresolved=unresolved,
+        previous_done=sum(r.counts.previous_done for r in runs),
+        previous_failed=previous_failed,
+        submitted=sum(r.counts.submitted for r in runs),
+        reattached=sum(r.counts.reattached for r in runs),
+        left_accepted=left_accepted,
+        not_submitted=not_submitted,
+        requests=sum(
+            r.stats.submit_attempts + r.stats.polls_sent + r.stats.uploads + r.stats.downloads for r in runs
+        ),
+        retries=sum(r.stats.submit_retries + r.stats.poll_retries for r in runs),
+        rate_limited=sum(r.stats.rate_limited for r in runs),
+        wall_time=wall_time,
+        interrupted=flags.any,
+        exit_code=code,
+    )
+
+
+_LISTED_UNRESOLVED = 10
+
+
+def report(out: Output, summary: RunSummary, runs: Sequence[Run], *, title: str, extra: dict[str, Any] | None = None) -> None:
+    """Errors that need attention on stderr, then the summary (a table, or JSON with --json)."""
+    for run in runs:
+        runner = run.runner
+        if runner.fatal is not None:
+            out.error(f"stopped submitting: {type(runner.fatal).__name__}: {runner.fatal}")
+        if runner.journal_error is not None:
+            out.error(f"cannot write the journal ({runner.journal_error}); submitting was stopped")
+    unresolved = [item for run in runs for item in run.runner.unresolved]
+    for index, line, task_id, error in unresolved[:_LISTED_UNRESOLVED]:
+        task = f" (task {task_id})" if task_id else ""
+        out.error(f"request {index} (line {line}){task}: {type(error).__name__}: {error}")
+    if summary.unresolved > _LISTED_UNRESOLVED:
+        out.error(f"... and {summary.unresolved - _LISTED_UNRESOLVED} more")
+    if summary.left_accepted or summary.not_submitted:
+        out.error(
+            f"{summary.left_accepted} accepted job(s) not collected and {summary.not_submitted} request(s) "
+            "not submitted: rerun with --resume to finish the batch (nothing is paid for twice)"
+        )
+    if out.json:
+        out.data({**summary_json(summary), **(extra or {})})
+    elif not out.quiet:
+        Console(highlight=False).print(summary_table(summary, title=title))

@@ -1,0 +1,124 @@
+"""The batch engine's bookkeeping, driven by a scripted stand-in for the session.
+
+What is settled (a result line) and what is left for ``--resume`` (a journal entry without one),
+and the stop after a streak of failed submissions. The stand-in plays ``as_completed`` from a
+script, so these tests need no server and no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flux_async import (
+    GenerationRequest,
+    Outcome,
+    TaskFailedError,
+    TaskRef,
+    TaskTimeoutError,
+    TransportError,
+)
+from flux_async._batchfile import Entry
+from flux_async._journal import JournalHeader, OutputDir, load_state
+from flux_async.cli._batch import BatchRunner
+from flux_async.cli._display import Counts
+from flux_async.session import Limits
+
+pytestmark = pytest.mark.anyio
+
+Script = Callable[[int, GenerationRequest], tuple[str | None, BaseException]]
+
+
+class ScriptedSession:
+    """Answers every request with the (task id or None, error) the script gives for it."""
+
+    def __init__(self, script: Script, limits: Limits) -> None:
+        self.script = script
+        self.limits = limits
+        self.pulled = 0
+
+    async def as_completed(
+        self,
+        requests: Iterable[GenerationRequest],
+        *,
+        on_submit: Callable[[int, TaskRef], None] | None = None,
+    ) -> AsyncIterator[Outcome]:
+        for index, request in enumerate(requests):
+            self.pulled += 1
+            task_id, error = self.script(index, request)
+            if task_id is not None and on_submit is not None:
+                on_submit(index, TaskRef(provider="toapis", task_id=task_id))
+            yield Outcome(index=index, request=request, task_id=task_id, error=error)
+
+
+def entries(count: int) -> Callable[[], Iterator[Entry]]:
+    def source() -> Iterator[Entry]:
+        for i in range(count):
+            yield Entry(i, i + 1, GenerationRequest(model="flux-kontext-pro", prompt=f"p{i}"))
+
+    return source
+
+
+def output(tmp_path: Path, count: int) -> OutputDir:
+    header = JournalHeader(provider="toapis", input="x", fingerprint="f", requests=count)
+    return OutputDir.create(tmp_path, header)
+
+
+async def test_settled_failures_get_a_result_line_and_the_rest_stay_in_the_journal(tmp_path: Path) -> None:
+    def script(index: int, request: GenerationRequest) -> tuple[str | None, BaseException]:
+        if index % 3 == 0:
+            return f"t{index}", TaskFailedError("the model failed", task_id=f"t{index}")
+        if index % 3 == 1:
+            return f"t{index}", TaskTimeoutError("still running", task_id=f"t{index}")
+        return None, TransportError("could not connect")
+
+    out = output(tmp_path, 9)
+    counts = Counts(label="x", total=9)
+    session = ScriptedSession(script, Limits())
+    runner = BatchRunner(session, out, counts, source=entries(9))  # type: ignore[arg-type]
+    await runner.run()
+    out.close()
+
+    state = load_state(tmp_path)
+    assert sorted(i for i in range(9) if i in state.finished) == [0, 3, 6]  # task failed: settled
+    assert sorted(state.unfinished) == [1, 4, 7]  # timed out: re-attached by --resume
+    assert [i for i in range(9) if state.needs_submit(i)] == [2, 5, 8]  # no task: submitted again
+    assert (counts.failed, counts.unresolved) == (3, 6)
+    assert runner.left_accepted == 3
+    assert dict(counts.failures) == {"TaskFailedError": 3, "TaskTimeoutError": 3, "TransportError": 3}
+    assert runner.fatal is None
+
+
+async def test_a_streak_of_failed_submissions_stops_the_batch(tmp_path: Path) -> None:
+    def script(index: int, request: GenerationRequest) -> tuple[str | None, BaseException]:
+        return None, TransportError("network is unreachable")
+
+    out = output(tmp_path, 1000)
+    counts = Counts(label="x", total=1000)
+    session = ScriptedSession(script, Limits(max_concurrent_submits=2))
+    runner = BatchRunner(session, out, counts, source=entries(1000))  # type: ignore[arg-type]
+    await runner.run()
+    out.close()
+
+    assert isinstance(runner.fatal, TransportError)
+    assert counts.unresolved == 10  # max(10, 3 * max_concurrent_submits)
+    assert session.pulled <= 11  # the rest of the input was never read
+    assert len(load_state(tmp_path).finished) == 0
+
+
+async def test_an_acceptance_resets_the_streak(tmp_path: Path) -> None:
+    def script(index: int, request: GenerationRequest) -> tuple[str | None, BaseException]:
+        if index % 5 == 4:
+            return f"t{index}", TaskFailedError("no", task_id=f"t{index}")
+        return None, TransportError("flaky")
+
+    out = output(tmp_path, 100)
+    counts = Counts(label="x", total=100)
+    runner = BatchRunner(ScriptedSession(script, Limits()), out, counts, source=entries(100))  # type: ignore[arg-type]
+    await runner.run()
+    out.close()
+    assert runner.fatal is None
+    assert counts.unresolved == 80
+    assert counts.failed == 20

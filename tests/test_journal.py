@@ -1,0 +1,189 @@
+"""The batch output directory: journal of accepted tasks, results.jsonl and reading them back."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flux_async import TaskRef
+from flux_async._journal import (
+    JOURNAL_NAME,
+    RESULTS_NAME,
+    IndexSet,
+    JournalError,
+    JournalHeader,
+    OutputDir,
+    image_name,
+    load_state,
+)
+
+HEADER = JournalHeader(
+    provider="bfl",
+    input="jobs.txt",
+    fingerprint="ab" * 32,
+    requests=5,
+    defaults={"model": "flux-kontext-pro"},
+)
+
+
+def ref(n: int) -> TaskRef:
+    return TaskRef(
+        provider="bfl",
+        task_id=f"t{n}",
+        polling_url=f"https://api.us1.bfl.ai/v1/get_result?id=t{n}",
+        model="flux-kontext-pro",
+    )
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+@given(
+    st.sets(st.integers(min_value=0, max_value=5000), max_size=200),
+    st.integers(min_value=-3, max_value=5100),
+)
+def test_index_set_behaves_like_a_set(members: set[int], probe: int) -> None:
+    bits = IndexSet()
+    for m in members:
+        bits.add(m)
+        bits.add(m)
+    assert len(bits) == len(members)
+    assert (probe in bits) == (probe in members)
+
+
+def test_create_writes_the_header_and_refuses_an_existing_batch(tmp_path: Path) -> None:
+    out = OutputDir.create(tmp_path / "out", HEADER)
+    out.close()
+    header_line = lines(tmp_path / "out" / JOURNAL_NAME)[0]
+    assert JournalHeader.from_json(header_line) == HEADER
+    assert (tmp_path / "out" / RESULTS_NAME).exists()
+    with pytest.raises(JournalError, match="--resume"):
+        OutputDir.create(tmp_path / "out", HEADER)
+
+
+def test_submit_entries_are_on_disk_and_fsynced_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    out = OutputDir.create(tmp_path, HEADER)
+    monkeypatch.setattr(os, "fsync", spy)
+    out.record_submit(3, 7, ref(3))
+    # Read through a separate handle while the writer is still open: the entry is already there.
+    assert lines(tmp_path / JOURNAL_NAME)[1] == {"index": 3, "line": 7, "ref": ref(3).to_dict()}
+    assert synced == [out._journal.fileno()]
+    out.record_result(3, 7, task_id="t3", status="succeeded", files=[tmp_path / "3-t3.png"])
+    assert lines(tmp_path / RESULTS_NAME) == [
+        {
+            "index": 3,
+            "line": 7,
+            "task_id": "t3",
+            "status": "succeeded",
+            "files": ["3-t3.png"],
+            "error": None,
+        }
+    ]
+    assert synced == [out._journal.fileno()]  # results are flushed, not fsynced
+    out.close()
+
+
+def test_load_state_sorts_requests_into_done_running_and_never_sent(tmp_path: Path) -> None:
+    out = OutputDir.create(tmp_path, HEADER)
+    for i in (0, 1, 3):
+        out.record_submit(i, i + 1, ref(i))
+    out.record_result(0, 1, task_id="t0", status="succeeded", files=[tmp_path / "0-t0.png"])
+    out.record_result(
+        2, 3, task_id=None, status="failed", error={"kind": "BadRequestError", "message": "no"}
+    )
+    out.close()
+    state = load_state(tmp_path)
+    assert state.header == HEADER
+    assert dict(state.unfinished) == {1: (2, ref(1)), 3: (4, ref(3))}
+    assert [i for i in range(5) if state.needs_submit(i)] == [4]
+    assert len(state.finished) == 2
+    assert state.failed == 1
+    assert len(state.submitted) == 3
+
+
+def test_resume_of_a_directory_without_a_journal_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="nothing to resume"):
+        load_state(tmp_path)
+
+
+def test_a_cut_short_last_line_is_ignored_and_removed_on_reopen(tmp_path: Path) -> None:
+    out = OutputDir.create(tmp_path, HEADER)
+    out.record_submit(0, 1, ref(0))
+    out.record_result(0, 1, task_id="t0", status="succeeded")
+    out.close()
+    with open(tmp_path / RESULTS_NAME, "a", encoding="utf-8") as f:
+        f.write('{"index": 1, "task_')
+    with open(tmp_path / JOURNAL_NAME, "a", encoding="utf-8") as f:
+        f.write('{"index": 1, "line": 2, "ref": {"provider": "bfl", "task_id": "t1", "polling_')
+    state = load_state(tmp_path)
+    assert 1 not in state.finished
+    assert 1 not in state.submitted
+    reopened = OutputDir.reopen(tmp_path)
+    reopened.record_result(1, 2, task_id=None, status="failed", error={"kind": "X", "message": "y"})
+    reopened.close()
+    assert [r["index"] for r in lines(tmp_path / RESULTS_NAME)] == [0, 1]
+    assert len(lines(tmp_path / JOURNAL_NAME)) == 2
+
+
+def test_a_complete_entry_missing_its_newline_is_kept(tmp_path: Path) -> None:
+    out = OutputDir.create(tmp_path, HEADER)
+    out.close()
+    with open(tmp_path / JOURNAL_NAME, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"index": 0, "line": 1, "ref": ref(0).to_dict()}))
+    assert dict(load_state(tmp_path).unfinished) == {0: (1, ref(0))}
+    reopened = OutputDir.reopen(tmp_path)
+    reopened.record_submit(1, 2, ref(1))
+    reopened.close()
+    assert dict(load_state(tmp_path).unfinished) == {0: (1, ref(0)), 1: (2, ref(1))}
+
+
+def test_a_corrupt_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
+    out = OutputDir.create(tmp_path, HEADER)
+    out.close()
+    with open(tmp_path / JOURNAL_NAME, "a", encoding="utf-8") as f:
+        f.write("garbage\n" + json.dumps({"index": 0, "ref": ref(0).to_dict()}) + "\n")
+    with pytest.raises(JournalError, match=r"journal.jsonl:2: not valid JSON"):
+        load_state(tmp_path)
+
+
+def test_a_journal_must_start_with_a_header(tmp_path: Path) -> None:
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps({"index": 0}) + "\n")
+    with pytest.raises(JournalError, match="header"):
+        load_state(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"provider": "toapis"}, "provider"),
+        ({"fingerprint": "cd" * 32}, "input file changed"),
+        ({"defaults": {"model": "flux-kontext-max"}}, "options"),
+    ],
+)
+def test_header_mismatch_explains_itself(change: dict[str, object], text: str) -> None:
+    other = JournalHeader.from_json({**HEADER.to_json(), **change})
+    reason = HEADER.mismatch(other)
+    assert reason is not None
+    assert text in reason
+    assert HEADER.mismatch(JournalHeader.from_json(HEADER.to_json())) is None
+
+
+def test_image_names() -> None:
+    assert image_name(4, "task_01", "png") == "4-task_01.png"
+    assert image_name(4, "a/b:c", ".jpg") == "4-a_b_c.jpg"
+    assert image_name(0, "t", "webp", k=2, count=4) == "0-t-2.webp"
