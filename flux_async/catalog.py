@@ -1,6 +1,6 @@
 """What each model accepts on each provider, as data, and the rules that check a request against it.
 
-The tables below transcribe PROVIDERS.md; :func:`validate` checks a :class:`GenerationRequest`
+The tables below transcribe the providers' documentation; :func:`validate` checks a :class:`GenerationRequest`
 against them before anything is sent and returns a copy with the documented defaults filled in.
 Pure: no network, no clock, no aiohttp/anyio. The only I/O is looking at local image files named
 in a request (``os.stat`` and the first few bytes, to sniff the format). Imports only

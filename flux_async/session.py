@@ -1,7 +1,7 @@
 """``Session``: the public entry point that submits jobs, waits on them and fetches their images.
 
 A session owns one transport (one aiohttp connection pool), one shared poll scheduler and one
-anyio task group. Every public call of DESIGN.md §2 lives here; the wire formats live in the
+anyio task group. Every public call of the library lives here; the wire formats live in the
 codecs, the timing in the scheduler, the retry rules in ``retry.py``. Nothing imports this
 module except the package root and the CLI.
 """

@@ -240,6 +240,9 @@ POLLS = {
     "poll_pending.json": TaskState(
         task_id="b9b1...", status=TaskStatus.RUNNING, raw_status="Pending"
     ),
+    "poll_pending_fraction.json": TaskState(
+        task_id="b9b1...", status=TaskStatus.RUNNING, raw_status="Pending", progress=35.0
+    ),
     "poll_pending_progress.json": TaskState(
         task_id="b9b1...", status=TaskStatus.RUNNING, raw_status="Pending", progress=42.5
     ),

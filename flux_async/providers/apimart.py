@@ -5,7 +5,7 @@ Pure: builds :class:`~flux_async._http.HttpRequest` values and reads
 from transport, scheduler or session. Wire names live here and in this module's private
 converter only.
 
-Tolerated (PROVIDERS.md): ``data`` as a list (documented for submit) or a single object (seen
+Tolerated (the providers' documentation): ``data`` as a list (documented for submit) or a single object (seen
 on other model pages; accepted on submit and on poll alike), ``result.images[].url`` as a list
 of strings or one string, and extra fields (``cost``, ``credits_cost``, ``usage``...) ignored.
 

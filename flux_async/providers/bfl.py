@@ -5,7 +5,7 @@ Pure: builds :class:`~flux_async._http.HttpRequest` values and reads
 from transport, scheduler or session. Wire names live here and in this module's private
 converter only.
 
-Tolerated (PROVIDERS.md): ``progress`` null or a number; ``cost``, ``input_mp``, ``output_mp``
+Tolerated (the providers' documentation): ``progress`` null or a number; ``cost``, ``input_mp``, ``output_mp``
 and any other extra field ignored.
 
 Choices:
@@ -23,7 +23,8 @@ Choices:
   ``Content Moderated`` are MODERATED, ``Task not found`` (or an HTTP 404) is NOT_FOUND.
 - Result URLs carry no expiry field but are documented to live 10 minutes: ``expires_at`` is
   the response's ``received_at`` plus 10 minutes, or None when the arrival time is unknown.
-- ``progress`` is read as a percentage, like the aggregators' (clamped to 0-100).
+- ``progress`` is documented only as "a number or null", and both scales are seen: a value up to
+  1 is read as a fraction (0.35 = 35 %), a larger one as a percentage (clamped to 0-100).
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class BflCodec(BaseCodec):
             task_id=ref.task_id,
             status=status,
             raw_status=task.status,
-            progress=task.progress,
+            progress=_percent_or_fraction(task.progress),
             result=result,
             failure=failure,
         )
@@ -259,3 +260,10 @@ class BflCodec(BaseCodec):
         except (TypeError, ValueError, RecursionError):
             return task.status
         return clip(redact(f"{task.status}: {details}", self.api_key))
+
+
+def _percent_or_fraction(value: float | None) -> float | None:
+    """BFL progress on the 0-100 scale, whichever scale it was sent on."""
+    if value is None:
+        return None
+    return value * 100.0 if value <= 1.0 else value

@@ -5,7 +5,7 @@ Pure: builds :class:`~flux_async._http.HttpRequest` values and reads
 from transport, scheduler or session. Wire names live here and in this module's private
 converter only.
 
-Tolerated (PROVIDERS.md): the ``submitted`` status and the ``image.generation`` object (ignored:
+Tolerated (the providers' documentation): the ``submitted`` status and the ``image.generation`` object (ignored:
 ``object`` is not read), result URLs in ``result.data[].url``, a top-level ``images[].url`` or a
 top-level ``url``, and an error ``code`` that is a string or an integer.
 

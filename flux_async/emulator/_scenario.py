@@ -1,0 +1,459 @@
+"""The emulator's script: :class:`Scenario` and its parts, plain frozen values.
+
+A scenario says how the fake providers behave (job durations, outcome rates, limits, faults,
+spelling variants) and is the only input besides the seed that decides what the emulator does,
+so two emulators with equal scenarios answer the same request sequence the same way.
+
+Imports attrs and the standard library only; nothing from the rest of flux_async.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+import time
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import attrs
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "ENDPOINTS",
+    "FAULT_KINDS",
+    "PROVIDERS",
+    "Duration",
+    "Fault",
+    "FaultRates",
+    "ManualClock",
+    "Scenario",
+]
+
+#: The key every emulator accepts unless ``Scenario.api_keys`` says otherwise.
+DEFAULT_API_KEY = "emulator-test-key"
+
+#: The provider surfaces, each under its own path prefix (``/toapis``, ``/apimart``, ``/bfl``).
+PROVIDERS = ("toapis", "apimart", "bfl")
+
+#: Request kinds as counted in the stats and matched by scripted faults.
+ENDPOINTS = ("submit", "poll", "lookup", "upload", "download")
+
+#: Scripted fault kinds (see :class:`Fault`) and the endpoints each applies to.
+FAULT_KINDS: Mapping[str, frozenset[str]] = {
+    "status": frozenset(ENDPOINTS),
+    "drop": frozenset(ENDPOINTS),
+    "drop_after_create": frozenset({"submit"}),
+    "malformed_json": frozenset({"submit", "poll", "lookup", "upload"}),
+    "truncated": frozenset(ENDPOINTS),
+    "html": frozenset(ENDPOINTS),
+    "slow": frozenset(ENDPOINTS),
+    "expired": frozenset({"download"}),
+    "oversized": frozenset({"download"}),
+    "oversized_chunked": frozenset({"download"}),
+    "wrong_magic": frozenset({"download"}),
+    "redirect_scheme": frozenset({"download"}),
+}
+
+_NORMAL = statistics.NormalDist()
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _probability(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be within [0, 1], got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Duration:
+    """A distribution of job durations in seconds (before ``Scenario.time_scale``).
+
+    Build one with :meth:`fixed`, :meth:`uniform` or :meth:`lognormal`; in JSON, a number means
+    a fixed duration and an object names its ``kind`` (``{"kind": "lognormal", "median": 10,
+    "sigma": 0.35}``). Sampling is by inverse CDF from one uniform draw, so the same draw always
+    gives the same duration on every platform.
+    """
+
+    kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    #: ``fixed``: the duration.
+    seconds: float = attrs.field(default=0.0, validator=_non_negative)
+    #: ``uniform``: the bounds.
+    low: float = attrs.field(default=0.0, validator=_non_negative)
+    high: float = attrs.field(default=0.0, validator=_non_negative)
+    #: ``lognormal``: the median and the sigma of the underlying normal.
+    median: float = attrs.field(default=0.0, validator=_non_negative)
+    sigma: float = attrs.field(default=0.0, validator=_non_negative)
+    #: Optional upper bound applied to every sample (keeps log-normal tails finite).
+    maximum: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind not in ("fixed", "uniform", "lognormal"):
+            raise ValueError(f"unknown duration kind {self.kind!r}")
+        if self.kind == "uniform" and self.high < self.low:
+            raise ValueError("uniform duration needs low <= high")
+
+    @classmethod
+    def fixed(cls, seconds: float) -> Duration:
+        """Every job takes ``seconds``."""
+        return cls(kind="fixed", seconds=float(seconds))
+
+    @classmethod
+    def uniform(cls, low: float, high: float) -> Duration:
+        """Durations spread evenly between ``low`` and ``high``."""
+        return cls(kind="uniform", low=float(low), high=float(high))
+
+    @classmethod
+    def lognormal(cls, median: float, sigma: float, maximum: float | None = None) -> Duration:
+        """Log-normal durations: ``median * exp(sigma * N(0, 1))``, optionally capped."""
+        return cls(kind="lognormal", median=float(median), sigma=float(sigma), maximum=maximum)
+
+    def sample(self, u: float) -> float:
+        """The duration at quantile ``u`` (0 < u < 1)."""
+        if self.kind == "fixed":
+            value = self.seconds
+        elif self.kind == "uniform":
+            value = self.low + (self.high - self.low) * u
+        else:
+            value = self.median * math.exp(self.sigma * _NORMAL.inv_cdf(u)) if self.median else 0.0
+        if self.maximum is not None:
+            value = min(value, self.maximum)
+        return value
+
+    def typical(self) -> float:
+        """The median duration: what a provider would quote as its estimate."""
+        if self.kind == "fixed":
+            value = self.seconds
+        elif self.kind == "uniform":
+            value = (self.low + self.high) / 2
+        else:
+            value = self.median
+        return value if self.maximum is None else min(value, self.maximum)
+
+
+def _to_duration(value: Duration | float | Mapping[str, object]) -> Duration:
+    if isinstance(value, Duration):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Duration.fixed(float(value))
+    if isinstance(value, Mapping):
+        return Duration(**{str(k): v for k, v in value.items()})  # type: ignore[arg-type]
+    raise TypeError(f"not a duration: {value!r}")
+
+
+def _to_durations(value: Mapping[str, Duration | float | Mapping[str, object]]) -> dict[str, Duration]:
+    return {str(k): _to_duration(v) for k, v in value.items()}
+
+
+@attrs.frozen(kw_only=True)
+class FaultRates:
+    """Probabilities of faults on one kind of request, drawn per request from the seeded RNG.
+
+    The rates of one ``FaultRates`` are exclusive outcomes of a single draw, so their sum must
+    not exceed 1. Which fields apply: ``drop_after_create`` to submits only (elsewhere it acts as
+    ``drop``); ``oversized``, ``wrong_magic`` and ``bad_redirect`` to downloads only.
+    """
+
+    #: A 5xx answer (status drawn from ``Scenario.server_error_statuses``) with the provider's
+    #: error body. On a submit no task is created.
+    server_error: float = attrs.field(default=0.0, validator=_probability)
+    #: The connection is closed without a byte of response. On a submit: before the task exists.
+    drop: float = attrs.field(default=0.0, validator=_probability)
+    #: Submit only: the task is created (and counted as charged), then the connection is closed
+    #: without a response: the ambiguous case.
+    drop_after_create: float = attrs.field(default=0.0, validator=_probability)
+    #: A 200 whose body is broken (kind drawn from ``Scenario.malformed_kinds``). On a submit
+    #: the task has been created.
+    malformed: float = attrs.field(default=0.0, validator=_probability)
+    #: The normal answer, but only after ``Scenario.slow_delay`` seconds. On a submit the task
+    #: is created before the wait.
+    slow: float = attrs.field(default=0.0, validator=_probability)
+    #: Downloads: a body far larger than any image (``Scenario.oversized_bytes``).
+    oversized: float = attrs.field(default=0.0, validator=_probability)
+    #: Downloads: an image content type over bytes that are not an image.
+    wrong_magic: float = attrs.field(default=0.0, validator=_probability)
+    #: Downloads: a redirect to a non-http scheme (``file:///etc/passwd``).
+    bad_redirect: float = attrs.field(default=0.0, validator=_probability)
+
+    def __attrs_post_init__(self) -> None:
+        if self.total() > 1.0 + 1e-9:
+            raise ValueError("fault rates of one endpoint must add up to at most 1")
+
+    def total(self) -> float:
+        """The probability that a request gets any fault at all."""
+        return float(sum(attrs.astuple(self)))
+
+
+def _to_fault_rates(value: FaultRates | Mapping[str, float]) -> FaultRates:
+    if isinstance(value, FaultRates):
+        return value
+    return FaultRates(**{str(k): float(v) for k, v in value.items()})
+
+
+@attrs.frozen(kw_only=True)
+class Fault:
+    """A scripted fault: the next ``count`` requests matching ``endpoint`` (and ``provider``,
+    when given) get ``kind`` instead of their normal answer, in the order the faults were
+    scripted. Scripted faults are checked before the random ``FaultRates``, and only once the
+    request has passed authentication, validation and the limits (rate, active-task cap), so a
+    401, 400 or 429 never consumes one.
+
+    Kinds (``FAULT_KINDS`` lists where each applies):
+    ``status`` (answer ``status`` with the provider's error body; a 429 or a set
+    ``retry_after`` adds ``Retry-After``), ``drop`` (close, nothing written; a submit creates
+    nothing), ``drop_after_create`` (submit: create the task, then close), ``malformed_json``,
+    ``truncated`` (Content-Length promises more than is sent, then close), ``html`` (a 200
+    HTML page), ``slow`` (answer after ``delay``), and for downloads ``expired``, ``oversized``,
+    ``oversized_chunked`` (no Content-Length), ``wrong_magic``, ``redirect_scheme``.
+    """
+
+    endpoint: Literal["submit", "poll", "lookup", "upload", "download"]
+    kind: str
+    count: int = 1
+    provider: str | None = None
+    status: int = 503
+    retry_after: float | None = None
+    delay: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {self.endpoint!r}; one of {ENDPOINTS}")
+        allowed = FAULT_KINDS.get(self.kind)
+        if allowed is None:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(FAULT_KINDS)}")
+        if self.endpoint not in allowed:
+            raise ValueError(f"fault {self.kind!r} does not apply to {self.endpoint!r}")
+        if self.provider is not None and self.provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {self.provider!r}")
+        if self.count < 1:
+            raise ValueError("count must be >= 1")
+        if not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+
+
+def _to_fault(value: Fault | Mapping[str, object]) -> Fault:
+    if isinstance(value, Fault):
+        return value
+    return Fault(**{str(k): v for k, v in value.items()})  # type: ignore[arg-type]
+
+
+def _to_faults(value: Iterable[Fault | Mapping[str, object]]) -> tuple[Fault, ...]:
+    return tuple(_to_fault(v) for v in value)
+
+
+def _to_str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def _to_int_tuple(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in value)
+
+
+def _to_float_map(value: Mapping[str, float]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def _to_int_map(value: Mapping[str, int]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in value.items()}
+
+
+def _to_overrides(value: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for provider, fields in value.items():
+        if provider not in PROVIDERS:
+            raise ValueError(f"per_provider: unknown provider {provider!r}")
+        out[str(provider)] = dict(fields)
+    return out
+
+
+def _default_url_ttl() -> dict[str, float]:
+    return {"toapis": 86400.0, "apimart": 86400.0, "bfl": 600.0}
+
+
+def _default_caps() -> dict[str, int]:
+    return {"bfl": 24, "bfl/flux-kontext-max": 6}
+
+
+@attrs.frozen(kw_only=True)
+class Scenario:
+    """How the emulated providers behave. Every default describes a healthy, fast provider.
+
+    Keyword-only and frozen; change a running emulator with ``emu.scenario = new`` (tasks and
+    counters are kept). ``Scenario.from_dict`` / ``to_dict`` give the JSON form used by the CLI's
+    ``--scenario`` and ``PUT /_emulator/scenario``. The package docstring documents every field.
+    """
+
+    # -- determinism -------------------------------------------------------------------------
+    seed: int = 0
+    outcome_key: Literal["counter", "prompt"] = "counter"
+
+    # -- keys ------------------------------------------------------------------------------------
+    api_keys: tuple[str, ...] = attrs.field(default=(DEFAULT_API_KEY,), converter=_to_str_tuple)
+    accept_any_key: bool = False
+    forbidden_keys: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
+    no_credit_keys: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
+    toapis_require_user_agent: bool = False
+
+    # -- job timeline and outcomes ---------------------------------------------------------------
+    duration: Duration = attrs.field(factory=lambda: Duration.fixed(0.0), converter=_to_duration)
+    model_durations: dict[str, Duration] = attrs.field(factory=dict, converter=_to_durations)
+    time_scale: float = attrs.field(default=1.0, validator=_non_negative)
+    queue_fraction: float = attrs.field(default=0.2, validator=_probability)
+    failure_rate: float = attrs.field(default=0.0, validator=_probability)
+    moderation_rate: float = attrs.field(default=0.0, validator=_probability)
+    request_moderation_share: float = attrs.field(default=0.5, validator=_probability)
+    cancellation_rate: float = attrs.field(default=0.0, validator=_probability)
+    blocked_terms: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
+
+    # -- latency ---------------------------------------------------------------------------------
+    latency: float = attrs.field(default=0.0, validator=_non_negative)
+    latency_jitter: float = attrs.field(default=0.0, validator=_non_negative)
+    slow_delay: float = attrs.field(default=30.0, validator=_non_negative)
+
+    # -- result URLs -----------------------------------------------------------------------------
+    url_ttl: dict[str, float] = attrs.field(factory=_default_url_ttl, converter=_to_float_map)
+    url_expired_status: int = 410
+
+    # -- limits ----------------------------------------------------------------------------------
+    active_task_cap: dict[str, int] = attrs.field(factory=_default_caps, converter=_to_int_map)
+    rate_limit: float | None = None
+    rate_limit_burst: int | None = None
+    rate_limit_scope: Literal["all", "submit"] = "all"
+    retry_after: float | None = None
+    retry_after_format: Literal["seconds", "http_date", "absent"] = "seconds"
+
+    # -- faults ----------------------------------------------------------------------------------
+    server_error_statuses: tuple[int, ...] = attrs.field(
+        default=(500, 502, 503), converter=_to_int_tuple
+    )
+    malformed_kinds: tuple[str, ...] = attrs.field(
+        default=("malformed_json", "truncated", "html"), converter=_to_str_tuple
+    )
+    submit_faults: FaultRates = attrs.field(factory=FaultRates, converter=_to_fault_rates)
+    poll_faults: FaultRates = attrs.field(factory=FaultRates, converter=_to_fault_rates)
+    upload_faults: FaultRates = attrs.field(factory=FaultRates, converter=_to_fault_rates)
+    download_faults: FaultRates = attrs.field(factory=FaultRates, converter=_to_fault_rates)
+    faults: tuple[Fault, ...] = attrs.field(default=(), converter=_to_faults)
+    oversized_bytes: int = 64 * 1024 * 1024
+
+    # -- wire variants (documented alternative spellings) ----------------------------------------
+    report_progress: bool = True
+    unknown_status: str | None = None
+    toapis_submitted_status: bool = False
+    toapis_legacy_object: bool = False
+    toapis_result_layout: Literal["result.data", "images", "url"] = "result.data"
+    apimart_data_object: bool = False
+    apimart_url_string: bool = False
+    apimart_extra_fields: bool = False
+    bfl_extra_fields: bool = False
+
+    # -- per-provider overrides ------------------------------------------------------------------
+    per_provider: dict[str, dict[str, object]] = attrs.field(
+        factory=dict, converter=_to_overrides
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.url_expired_status not in (403, 404, 410):
+            raise ValueError("url_expired_status must be 403, 404 or 410")
+        if self.retry_after_format not in ("seconds", "http_date", "absent"):
+            raise ValueError("retry_after_format must be 'seconds', 'http_date' or 'absent'")
+        if self.toapis_result_layout not in ("result.data", "images", "url"):
+            raise ValueError("toapis_result_layout must be 'result.data', 'images' or 'url'")
+        if self.outcome_key not in ("counter", "prompt"):
+            raise ValueError("outcome_key must be 'counter' or 'prompt'")
+        if self.rate_limit_scope not in ("all", "submit"):
+            raise ValueError("rate_limit_scope must be 'all' or 'submit'")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError("rate_limit must be > 0 requests/s (or None)")
+        if self.failure_rate + self.moderation_rate + self.cancellation_rate > 1.0 + 1e-9:
+            raise ValueError("failure_rate + moderation_rate + cancellation_rate must be <= 1")
+        bad = [k for k in self.malformed_kinds if k not in ("malformed_json", "truncated", "html")]
+        if bad or not self.malformed_kinds:
+            raise ValueError("malformed_kinds: choose among 'malformed_json', 'truncated', 'html'")
+        if not self.server_error_statuses or any(
+            not 500 <= s <= 599 for s in self.server_error_statuses
+        ):
+            raise ValueError("server_error_statuses must be 5xx codes")
+        names = {a.name for a in attrs.fields(Scenario)}
+        for provider, fields in self.per_provider.items():
+            unknown = set(fields) - names
+            if unknown or "per_provider" in fields or "seed" in fields:
+                raise ValueError(
+                    f"per_provider[{provider!r}]: cannot override {sorted(unknown or fields)}"
+                )
+
+    # -- derived values ----------------------------------------------------------------------------
+
+    def for_provider(self, provider: str) -> Scenario:
+        """This scenario with ``per_provider[provider]`` applied (and no overrides left)."""
+        overrides = self.per_provider.get(provider, {})
+        return attrs.evolve(self, per_provider={}, **overrides)  # type: ignore[arg-type]
+
+    def duration_for(self, provider: str, model: str) -> Duration:
+        """The duration distribution of ``model`` on ``provider``, before ``time_scale``."""
+        found = self.model_durations.get(f"{provider}/{model}")
+        if found is None:
+            found = self.model_durations.get(model, self.duration)
+        return found
+
+    # -- JSON form ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Scenario:
+        """Build a scenario from its JSON form; unknown keys are an error."""
+        names = {a.name for a in attrs.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown scenario fields: {sorted(unknown)}")
+        return cls(**{str(k): v for k, v in data.items()})  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form of this scenario (lists for tuples)."""
+        return attrs.asdict(self)
+
+
+class ManualClock:
+    """A clock that only moves when told to: pass it as ``Emulator(clock=...)`` and call
+    :meth:`advance` instead of sleeping. It reads as unix seconds (it starts at
+    2026-01-01T00:00:00Z unless told otherwise), so timestamps in answers look real.
+    """
+
+    __slots__ = ("now",)
+
+    def __init__(self, start: float = 1_767_225_600.0) -> None:
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        """Move forward by ``seconds`` and return the new time."""
+        if seconds < 0:
+            raise ValueError("a clock never goes back")
+        self.now += seconds
+        return self.now
+
+    def __repr__(self) -> str:
+        return f"ManualClock({self.now!r})"
+
+
+def uniforms(*parts: object) -> tuple[float, float, float, float]:
+    """Four independent uniforms in (0, 1), a pure function of ``parts`` (blake2b)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=32).digest()
+    scale = 1.0 / 18446744073709551616.0  # 2**-64
+    return (
+        (int.from_bytes(digest[0:8], "big") + 0.5) * scale,
+        (int.from_bytes(digest[8:16], "big") + 0.5) * scale,
+        (int.from_bytes(digest[16:24], "big") + 0.5) * scale,
+        (int.from_bytes(digest[24:32], "big") + 0.5) * scale,
+    )
+
+
+def wall_clock() -> float:
+    """The default emulator clock: unix seconds."""
+    return time.time()
