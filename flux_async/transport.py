@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -260,14 +260,14 @@ class AiohttpTransport:
                 else:
                     if tmp_fd is None:
                         dest.parent.mkdir(parents=True, exist_ok=True)
-                        tmp_fd, tmp_path = tempfile.mkstemp(prefix=".part-", dir=dest.parent)
+                        tmp_fd, tmp_path = _create_part_file(dest.parent)
                     os.write(tmp_fd, chunk)
             if ext is None:
                 ext = _require_image(head, url)
                 chunks.append(head)
                 if dest is not None:
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    tmp_fd, tmp_path = tempfile.mkstemp(prefix=".part-", dir=dest.parent)
+                    tmp_fd, tmp_path = _create_part_file(dest.parent)
                     os.write(tmp_fd, head)
             self._downloads += 1
             self._bytes += size
@@ -318,6 +318,20 @@ def _path(url: str) -> str:
     """A URL without its query string (signed URLs carry credentials in the query)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _create_part_file(directory: Path) -> tuple[int, str]:
+    """A new, empty ``.part-*`` file beside the destination.
+
+    Created with mode 0o666 filtered by the umask, like any file the user writes, so the image
+    it becomes is readable as usual (a private temporary file would stay 0600 after the rename).
+    """
+    while True:
+        path = os.path.join(directory, f".part-{secrets.token_hex(8)}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
 
 
 def _check_scheme(url: str) -> None:

@@ -480,3 +480,15 @@ async def test_bfl_key_is_never_sent_to_a_foreign_polling_host(emulator: Emulato
             await session.resume(ref).result()
         with pytest.raises(flux_async.ConfigurationError):
             await session.get_task(ref)
+
+
+@pytest.mark.anyio
+async def test_downloaded_files_get_ordinary_permissions(emulator: Emulator, tmp_path: Path) -> None:
+    import os
+
+    async with session_for(emulator, "toapis") as session:
+        result = await session.generate(model="flux-kontext-pro", prompt="fox")
+        target = await session.download(result.images[0], tmp_path / "fox")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
