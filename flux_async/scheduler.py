@@ -39,7 +39,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .errors import RateLimitError, TaskTimeoutError
 from .models import TaskRef, TaskState, TaskStatus
-from .retry import RetryPolicy, _non_negative, _positive, backoff_delay, is_retryable_poll
+from .retry import (
+    RetryBudget,
+    RetryPolicy,
+    _non_negative,
+    _positive,
+    backoff_delay,
+    is_retryable_poll,
+)
 
 __all__ = ["PollPolicy", "PollScheduler", "SchedulerStatistics"]
 
@@ -423,8 +430,10 @@ class PollScheduler:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         self._poll = poll
+        self._retry_budget = retry_budget
         self.policy = policy
         self._default_clock = clock is None
         self._clock = clock or self._loop_time
@@ -680,6 +689,8 @@ class PollScheduler:
             self._lag.add(start - due)
             self._polls_sent += 1
             rec.polls += 1
+            if rec.errors == 0 and self._retry_budget is not None:
+                self._retry_budget.record_request()  # a first attempt, not a retry
             try:
                 state = await self._poll(rec.ref)
             except Exception as exc:
@@ -732,7 +743,9 @@ class PollScheduler:
             return
         if is_retryable_poll(exc):
             rec.errors += 1
-            if rec.errors >= self.policy.max_poll_errors:
+            if rec.errors >= self.policy.max_poll_errors or (
+                self._retry_budget is not None and not self._retry_budget.try_spend_retry()
+            ):
                 self._finish(rec, exc)
                 return
             self._retries += 1

@@ -67,6 +67,7 @@ from .retry import (
     classify_submit_failure,
     is_retryable_poll,
     retry_delay,
+    should_retry,
 )
 from .scheduler import PollPolicy, PollScheduler
 from .transport import AiohttpTransport, DownloadLimits, Transport
@@ -343,8 +344,10 @@ class Session:
         self._rng = random.Random(seed)
         self._sleep = sleep or anyio.sleep
         self._clock = clock
+        self._budget = RetryBudget(self.retry_policy)
         self._scheduler = PollScheduler(
-            self._poll, policy=self.poll_policy, clock=clock, sleep=sleep, rng=random.Random(self._rng.random())
+            self._poll, policy=self.poll_policy, clock=clock, sleep=sleep, rng=random.Random(self._rng.random()),
+            retry_budget=self._budget,
         )
         total_cap, model_caps = _PROVIDER_CAPS.get(provider, (None, {}))
         if self.limits.max_active_tasks is not None:
@@ -354,13 +357,13 @@ class Session:
         self._limiter = _ActiveLimiter(total_cap, model_caps) if (total_cap or model_caps) else None
         self._submit_slots = anyio.Semaphore(self.limits.max_concurrent_submits)
         self._download_slots = anyio.Semaphore(self.limits.max_concurrent_downloads)
-        self._budget = RetryBudget(self.retry_policy)
         self._download_limits = DownloadLimits(
             max_bytes=self.limits.max_download_bytes, max_redirects=self.limits.max_redirects
         )
         self._tg: TaskGroup | None = None
         self._jobs: dict[str, Job] = {}
         self._abandoned: dict[str, TaskRef] = {}
+        self._batches: set[_Batch] = set()
         self._uploads: dict[str, _Upload] = {}
         self._counts: Counter[str] = Counter()
 
@@ -393,6 +396,16 @@ class Session:
     ) -> None:
         tg, self._tg = self._tg, None
         try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                # The body's own exception is not handed to the task group: it propagates
+                # unchanged instead of being wrapped in an exception group.
+                await tg.__aexit__(None, None, None)
+        finally:
+            # Only now: a shielded POST answered during the drain is watched by now, and a
+            # batch whose iterator was never closed still holds undelivered results.
+            for batch in list(self._batches):
+                batch.stop()
             left = self._scheduler.outstanding()
             if left:
                 for ref in left:
@@ -404,16 +417,13 @@ class Session:
                     "(resume them with Session.resume; they are listed in statistics().abandoned_tasks)",
                     len(left), self.provider, shown, more,
                 )
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                # The body's own exception is not handed to the task group: it propagates
-                # unchanged instead of being wrapped in an exception group.
-                await tg.__aexit__(None, None, None)
-        finally:
             if self._transport is not None:
                 await self._transport.aclose()
                 if self._transport_arg is None:
                     self._transport = None
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else anyio.current_time()
 
     def _task_group(self) -> TaskGroup:
         if self._tg is None:
@@ -439,7 +449,12 @@ class Session:
         (``ValidationError`` before anything is sent, ``TaskFailedError``, ``ModerationError``...).
         """
         job = await self.submit(_as_request(request, fields))
-        return await job.result()
+        try:
+            return await job.result()
+        except anyio.get_cancelled_exc_class():
+            # The caller gave up, the paid task runs on: keep it listed (resume it by ref).
+            self._abandon(job.ref)
+            raise
 
     async def submit(self, request: GenerationRequest) -> Job:
         """Validate, upload local images, submit; return once the provider accepted the task."""
@@ -554,6 +569,7 @@ class Session:
         cbid = uuid.uuid4().hex if codec.supports_client_business_id else None
         policy = self.retry_policy
         attempt = 0
+        started = self._now()
         while True:
             http = codec.build_submit(request, client_business_id=cbid)
             self._counts["submit_attempts"] += 1
@@ -573,11 +589,15 @@ class Session:
             retry_after = getattr(error, "retry_after", None)
             if retry_after is not None or getattr(error, "status", None) == 429:
                 self._counts["rate_limited"] += 1
-            if decision is SubmitDecision.RETRY and attempt + 1 < policy.max_attempts and self._budget.try_spend_retry():
-                self._counts["submit_retries"] += 1
-                await self._sleep(retry_delay(policy, attempt, self._rng, retry_after=retry_after))
-                attempt += 1
-                continue
+            if decision is SubmitDecision.RETRY:
+                delay = retry_delay(policy, attempt, self._rng, retry_after=retry_after)
+                if should_retry(
+                    policy, attempts=attempt + 1, elapsed=self._now() - started, delay=delay
+                ) and self._budget.try_spend_retry():
+                    self._counts["submit_retries"] += 1
+                    await self._sleep(delay)
+                    attempt += 1
+                    continue
             if decision is SubmitDecision.AMBIGUOUS:
                 if cbid is None:
                     self._counts["uncertain_submits"] += 1
@@ -587,11 +607,16 @@ class Session:
                         provider=self.provider,
                         model=request.model,
                     ) from error
-                found = await self._lookup(cbid, request.model, cause=error)
+                # Shielded like the POST: a task may exist under cbid, and a cancelled caller
+                # must not forget it (the lookup is bounded by the retry policy).
+                with anyio.CancelScope(shield=True):
+                    found = await self._lookup(cbid, request.model, cause=error)
                 if found is not None:
                     self._counts["recovered_submits"] += 1
                     return found
-                if attempt + 1 < policy.max_attempts:
+                if should_retry(
+                    policy, attempts=attempt + 1, elapsed=self._now() - started, delay=0.0
+                ) and self._budget.try_spend_retry():
                     # The provider has no task under our id: the request never created one, so
                     # sending it again (with the same id) cannot pay twice.
                     self._counts["submit_retries"] += 1
@@ -751,6 +776,7 @@ class Session:
         tg = self._task_group()
         send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
         batch = _Batch(self, requests, None if download_to is None else Path(download_to), send, on_submit)
+        self._batches.add(batch)
         tg.start_soon(batch.run)
         fatal: BaseException | None = None
         try:
@@ -766,6 +792,7 @@ class Session:
                     yield outcome
         finally:
             batch.stop()
+            self._batches.discard(batch)
         if fatal is not None:
             raise fatal
 

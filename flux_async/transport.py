@@ -206,7 +206,11 @@ class AiohttpTransport:
         they are returned.
         """
         current = url
-        timeout = aiohttp.ClientTimeout(total=limits.timeout, sock_connect=self._connect_timeout)
+        # The session's read timeout applies to every read of a download too: a result host
+        # that stops sending must not hold a job for the whole of limits.timeout.
+        timeout = aiohttp.ClientTimeout(
+            total=limits.timeout, sock_connect=self._connect_timeout, sock_read=self._timeout.sock_read
+        )
         for _hop in range(limits.max_redirects + 1):
             _check_scheme(current)
             self._requests += 1
