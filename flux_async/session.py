@@ -14,7 +14,7 @@ import math
 import os
 import random
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -463,9 +463,12 @@ class Session:
     async def _submit(self, request: GenerationRequest, *, on_accept: Callable[[Job], None] | None) -> Job:
         self._task_group()
         checked = catalog.validate(request, self.provider)
-        async with self._submit_slots:
+        await _acquire(self._submit_slots)
+        try:
             prepared = await self._prepare_images(checked)
             return await self._submit_job(prepared, original=request, on_accept=on_accept)
+        finally:
+            self._submit_slots.release()
 
     def resume(self, ref: TaskRef | str) -> Job:
         """Re-attach to a task submitted earlier (by this or another session); never resubmits.
@@ -894,6 +897,8 @@ class _Batch:
         self.scope: anyio.CancelScope | None = None
         self.tg: TaskGroup | None = None
         self.waiting: dict[str, Job] = {}
+        self.queue: deque[tuple[int, GenerationRequest]] = deque()
+        self.submitters = 0
 
     async def run(self) -> None:
         try:
@@ -903,11 +908,16 @@ class _Batch:
                     self.tg = tg
                     index = 0
                     async for request in _aiter(self.requests):
-                        await self.slots.acquire()
+                        await _acquire(self.slots)
                         if self.stopped:
                             break
                         self.pending += 1
-                        tg.start_soon(self._submit, index, request)
+                        self.queue.append((index, request))
+                        # Submitters are a pool, not a task per job: a new one starts only
+                        # while every running one is busy and the bound allows it.
+                        if self.submitters < self.session.limits.max_concurrent_submits:
+                            self.submitters += 1
+                            tg.start_soon(self._submitter)
                         index += 1
                     self.input_done = True
                     if self.pending == 0:
@@ -934,6 +944,14 @@ class _Batch:
                 ", ".join(list(self.waiting)[:20]),
                 " ..." if len(self.waiting) > 20 else "",
             )
+
+    async def _submitter(self) -> None:
+        try:
+            while self.queue and not self.stopped:
+                index, request = self.queue.popleft()
+                await self._submit(index, request)
+        finally:
+            self.submitters -= 1
 
     async def _submit(self, index: int, request: GenerationRequest) -> None:
         def accepted(job: Job) -> None:
@@ -1000,6 +1018,14 @@ def _outcome(index: int, job: Job) -> Outcome:
 
 def _safe(task_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:120]
+
+
+async def _acquire(semaphore: anyio.Semaphore) -> None:
+    """Take a semaphore slot, without a trip through the event loop when one is free."""
+    try:
+        semaphore.acquire_nowait()
+    except anyio.WouldBlock:
+        await semaphore.acquire()
 
 
 async def _aiter(source: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest]) -> AsyncIterator[GenerationRequest]:
