@@ -331,16 +331,18 @@ def _in_ratio_range(spec: ModelSpec, size: str) -> bool:
 def _check_size(spec: ModelSpec, size: object, *, has_image: bool) -> str:
     if size is None:
         return spec.default_size_with_image if has_image else spec.default_size
-    allowed = _sizes_text(spec, has_image=has_image)
-    where = f"{spec.model} on {spec.provider}"
     if not isinstance(size, str):
-        raise ValidationError("size", size, allowed, reason="the size must be a str")
-    normal = spec.size_aliases.get(size, size)
-    if normal in spec.image_sizes and not has_image:
-        raise ValidationError("size", size, allowed, reason=f"{size} needs an input image")
-    if normal not in spec.sizes and not _in_ratio_range(spec, normal):
-        raise ValidationError("size", size, allowed, reason=f"{where} does not take this size")
-    return normal
+        reason = "the size must be a str"
+    else:
+        normal = spec.size_aliases.get(size, size)
+        if normal in spec.image_sizes and not has_image:
+            reason = f"{size} needs an input image"
+        elif normal not in spec.sizes and not _in_ratio_range(spec, normal):
+            reason = f"{spec.model} on {spec.provider} does not take this size"
+        else:
+            return normal
+    # The list of allowed sizes is spelled out only for an error.
+    raise ValidationError("size", size, _sizes_text(spec, has_image=has_image), reason=reason)
 
 
 def _check_prompt(spec: ModelSpec, prompt: object) -> None:

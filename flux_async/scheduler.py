@@ -35,7 +35,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import RateLimitError, TaskTimeoutError
 from .models import TaskRef, TaskState, TaskStatus
@@ -459,8 +458,10 @@ class PollScheduler:
             None if policy.max_polls_per_second is None else _Budget(policy.max_polls_per_second)
         )
         self._tg: anyio.abc.TaskGroup | None = None
-        self._orders: MemoryObjectSendStream[_PollOrder] | None = None
-        self._receive: MemoryObjectReceiveStream[_PollOrder] | None = None
+        # Polls handed to the workers, and the event an idle worker waits on: a plain queue, so
+        # that taking an order costs no trip through the event loop.
+        self._orders: collections.deque[_PollOrder] = collections.deque()
+        self._work: anyio.Event | None = None
         self._idle_workers = 0
         self._sleep_scope: anyio.CancelScope | None = None
         self._wake_at = -math.inf  # when the sleeping driver will wake by itself
@@ -563,38 +564,32 @@ class PollScheduler:
             raise RuntimeError("PollScheduler.run() is already running")
         if self._default_clock:
             self._clock = self._loop_time  # this run's loop
-        send, receive = anyio.create_memory_object_stream[_PollOrder](self.policy.max_in_flight)
+        orders = self._orders
         try:
-            with send, receive:
-                try:
-                    async with anyio.create_task_group() as tg:
-                        self._tg = tg
-                        self._orders = send
-                        self._receive = receive
-                        while True:
-                            wake_at = self._dispatch()
-                            with anyio.CancelScope() as scope:
-                                self._sleep_scope = scope
-                                self._wake_at = wake_at
-                                if wake_at == math.inf:
-                                    await anyio.sleep_forever()
-                                else:
-                                    await self._sleep(max(0.0, wake_at - self._clock()))
-                            self._sleep_scope = None
-                            self._wakeups += 1
-                finally:
-                    # Polls handed over but never sent go back to the heap, so that a later
-                    # run() still watches every task.
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
                     while True:
-                        try:
-                            rec, _ = receive.receive_nowait()
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                        if rec.on_done is not None:
-                            self._push(rec, self._clock())
+                        wake_at = self._dispatch()
+                        with anyio.CancelScope() as scope:
+                            self._sleep_scope = scope
+                            self._wake_at = wake_at
+                            if wake_at == math.inf:
+                                await anyio.sleep_forever()
+                            else:
+                                await self._sleep(max(0.0, wake_at - self._clock()))
+                        self._sleep_scope = None
+                        self._wakeups += 1
+            finally:
+                # Polls handed over but never sent go back to the heap, so that a later
+                # run() still watches every task.
+                while orders:
+                    rec, _ = orders.popleft()
+                    if rec.on_done is not None:
+                        self._push(rec, self._clock())
         finally:
             self._tg = None
-            self._orders = self._receive = None
+            self._work = None
             self._sleep_scope = None
             self._wake_at = -math.inf
             self._idle_workers = self._in_flight = 0
@@ -627,10 +622,8 @@ class PollScheduler:
             rec, state = self._ready.popleft()
             if rec.on_done is not None:
                 self._finish(rec, state)
-        tg, orders, receive = self._tg, self._orders, self._receive
+        tg, orders = self._tg, self._orders
         assert tg is not None
-        assert orders is not None
-        assert receive is not None
         now = self._clock()
         limit = now + _EPS
         policy = self.policy
@@ -674,17 +667,26 @@ class PollScheduler:
                 budget.starts.append(now)
             heapq.heappop(best.heap)
             self._in_flight += 1
-            orders.send_nowait((rec, best_due))
+            orders.append((rec, best_due))
             if self._idle_workers:
                 self._idle_workers -= 1
+                work, self._work = self._work, None
+                if work is not None:
+                    work.set()
             else:
                 # Every worker is busy, so there are fewer than max_in_flight of them.
-                tg.start_soon(self._worker, receive)
+                tg.start_soon(self._worker)
 
-    async def _worker(self, orders: MemoryObjectReceiveStream[_PollOrder]) -> None:
+    async def _worker(self) -> None:
         """Send the polls handed over by :meth:`_dispatch`, one at a time."""
         clock = self._clock
-        async for rec, due in orders:
+        orders = self._orders
+        while True:
+            while not orders:
+                if self._work is None:
+                    self._work = anyio.Event()
+                await self._work.wait()
+            rec, due = orders.popleft()
             start = clock()
             self._lag.add(start - due)
             self._polls_sent += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import random
 import uuid
@@ -33,7 +32,6 @@ import aiohttp
 import anyio
 import attrs
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from . import catalog
 from ._http import HttpResponse
@@ -100,6 +98,8 @@ class Limits:
     (BFL: 24 per account, 6 for flux-kontext-max) so the client never causes a cap 429; pass a
     number to match your account, or 0 to disable. ``job_timeout`` is each job's deadline from
     its submission (``TaskTimeoutError`` after it; the remote task may still run).
+    ``read_timeout`` bounds each API request from start to full answer (connecting included,
+    which ``connect_timeout`` bounds on its own); for a download it bounds each read.
     """
 
     max_concurrent_submits: int = 16
@@ -777,23 +777,23 @@ class Session:
         logged and the job carries on.
         """
         tg = self._task_group()
-        send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
-        batch = _Batch(self, requests, None if download_to is None else Path(download_to), send, on_submit)
+        outbox = _Outbox()
+        batch = _Batch(self, requests, None if download_to is None else Path(download_to), outbox, on_submit)
         self._batches.add(batch)
         tg.start_soon(batch.run)
         fatal: BaseException | None = None
         try:
-            async with receive:
-                async for outcome in receive:
-                    batch.slots.release()
-                    if outcome.task_id is not None:
-                        # Delivered only now: until the consumer holds it, it stays listed.
-                        batch.waiting.pop(outcome.task_id, None)
-                    if isinstance(outcome.error, _FATAL):
-                        fatal = outcome.error
-                        break
-                    yield outcome
+            while (outcome := await outbox.get()) is not None:
+                batch.slots.release()
+                if outcome.task_id is not None:
+                    # Delivered only now: until the consumer holds it, it stays listed.
+                    batch.waiting.pop(outcome.task_id, None)
+                if isinstance(outcome.error, _FATAL):
+                    fatal = outcome.error
+                    break
+                yield outcome
         finally:
+            outbox.consumer_gone = True
             batch.stop()
             self._batches.discard(batch)
         if fatal is not None:
@@ -869,6 +869,49 @@ class _Upload:
         return self._url
 
 
+class _Outbox:
+    """Finished outcomes waiting for the consumer: a deque and a wake-up event.
+
+    The consumer takes whatever is ready without a trip through the event loop (a memory object
+    stream checkpoints on every receive), and sleeps only when nothing is.
+    """
+
+    __slots__ = ("_items", "_wakeup", "consumer_gone", "finished")
+
+    def __init__(self) -> None:
+        self._items: deque[Outcome] = deque()
+        self._wakeup: anyio.Event | None = None
+        self.finished = False
+        self.consumer_gone = False
+
+    def put(self, outcome: Outcome) -> bool:
+        """Queue an outcome; False when nobody will ever take it."""
+        if self.consumer_gone:
+            return False
+        self._items.append(outcome)
+        self._wake()
+        return True
+
+    def finish(self) -> None:
+        """No outcome will follow."""
+        self.finished = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    async def get(self) -> Outcome | None:
+        """The next outcome, or None once finished and drained."""
+        while not self._items:
+            if self.finished:
+                return None
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+        return self._items.popleft()
+
+
 class _Batch:
     """The machinery behind one ``as_completed`` call, run in the session's task group.
 
@@ -881,14 +924,14 @@ class _Batch:
         session: Session,
         requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest],
         download_to: Path | None,
-        send: MemoryObjectSendStream[Outcome],
+        outbox: _Outbox,
         on_submit: Callable[[int, TaskRef], None] | None = None,
     ) -> None:
         self.session = session
         self.on_submit = on_submit
         self.requests = requests
         self.download_to = download_to
-        self.send = send
+        self.outbox = outbox
         self.slots = anyio.Semaphore(session.limits.max_outstanding)
         self.pending = 0
         self.input_done = False
@@ -899,6 +942,8 @@ class _Batch:
         self.waiting: dict[str, Job] = {}
         self.queue: deque[tuple[int, GenerationRequest]] = deque()
         self.submitters = 0
+        self.idle_submitters = 0
+        self.more_work: anyio.Event | None = None
 
     async def run(self) -> None:
         try:
@@ -913,19 +958,22 @@ class _Batch:
                             break
                         self.pending += 1
                         self.queue.append((index, request))
-                        # Submitters are a pool, not a task per job: a new one starts only
-                        # while every running one is busy and the bound allows it.
-                        if self.submitters < self.session.limits.max_concurrent_submits:
+                        # Submitters are a pool, not a task per job: an idle one is woken, and a
+                        # new one starts only while every one is busy and the bound allows it.
+                        if self.idle_submitters:
+                            self._wake_submitters()
+                        elif self.submitters < self.session.limits.max_concurrent_submits:
                             self.submitters += 1
                             tg.start_soon(self._submitter)
                         index += 1
                     self.input_done = True
+                    self._wake_submitters()
                     if self.pending == 0:
                         self.all_done.set()
                     await self.all_done.wait()
         finally:
             self.tg = None
-            self.send.close()
+            self.outbox.finish()
 
     def stop(self) -> None:
         """The consumer left: submit nothing more; keep a record of every accepted task."""
@@ -947,11 +995,27 @@ class _Batch:
 
     async def _submitter(self) -> None:
         try:
-            while self.queue and not self.stopped:
-                index, request = self.queue.popleft()
-                await self._submit(index, request)
+            while not self.stopped:
+                if self.queue:
+                    index, request = self.queue.popleft()
+                    await self._submit(index, request)
+                elif self.input_done:
+                    return
+                else:
+                    if self.more_work is None:
+                        self.more_work = anyio.Event()
+                    self.idle_submitters += 1
+                    try:
+                        await self.more_work.wait()
+                    finally:
+                        self.idle_submitters -= 1
         finally:
             self.submitters -= 1
+
+    def _wake_submitters(self) -> None:
+        event, self.more_work = self.more_work, None
+        if event is not None:
+            event.set()
 
     async def _submit(self, index: int, request: GenerationRequest) -> None:
         def accepted(job: Job) -> None:
@@ -999,9 +1063,7 @@ class _Batch:
         self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, files=tuple(files)))
 
     def _deliver(self, outcome: Outcome) -> None:
-        try:
-            self.send.send_nowait(outcome)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        if not self.outbox.put(outcome):
             job = self.waiting.get(outcome.task_id) if outcome.task_id is not None else None
             if job is not None:
                 self.session._abandon(job.ref)

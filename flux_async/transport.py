@@ -135,7 +135,12 @@ class AiohttpTransport:
         self._owned = session is None
         self._session = session
         self._max_connections = max_connections
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout, sock_read=read_timeout)
+        # API answers are small: one deadline per request (``read_timeout``, connecting included)
+        # costs one timer, where a per-read timeout would re-arm a timer on every chunk received.
+        self._timeout = aiohttp.ClientTimeout(
+            total=read_timeout, sock_connect=connect_timeout, connect=connect_timeout
+        )
+        self._read_timeout = read_timeout
         self._connect_timeout = connect_timeout
         self._requests = 0
         self._errors = 0
@@ -209,7 +214,7 @@ class AiohttpTransport:
         # The session's read timeout applies to every read of a download too: a result host
         # that stops sending must not hold a job for the whole of limits.timeout.
         timeout = aiohttp.ClientTimeout(
-            total=limits.timeout, sock_connect=self._connect_timeout, sock_read=self._timeout.sock_read
+            total=limits.timeout, sock_connect=self._connect_timeout, sock_read=self._read_timeout
         )
         for _hop in range(limits.max_redirects + 1):
             _check_scheme(current)
