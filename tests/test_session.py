@@ -492,3 +492,15 @@ async def test_downloaded_files_get_ordinary_permissions(emulator: Emulator, tmp
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.anyio
+async def test_a_caller_supplied_aiohttp_session_is_used_and_left_open(emulator: Emulator) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with session_for(emulator, "apimart", http_session=http) as session:
+            await session.generate(model="flux-kontext-pro", prompt="kept open")
+        assert not http.closed
+        async with http.get(emulator.base_url("apimart") + "/v1/tasks/none") as resp:
+            assert resp.status == 401  # still usable after the Session closed
