@@ -856,11 +856,18 @@ class PollScheduler:
         rec.w_hi = hi
         if hi < math.inf and rec.a_t is not None and rec.a_t < (rec.c_t or -math.inf):
             # Two reports pin the completion to [lo, hi]: step through it at most tau apart.
+            # While the window is still ahead, fresh progress outranks any earlier lateness:
+            # the lateness stretch applies only once the window itself has passed.
+            ahead = now <= hi
             if lo - now > policy.max_interval:  # far away: check the prediction on the way
                 return self._floor(
-                    rec, now, now + max(policy.max_interval, 0.75 * (lo - now)), jitter=False
+                    rec,
+                    now,
+                    now + max(policy.max_interval, 0.75 * (lo - now)),
+                    jitter=False,
+                    stretch=not ahead,
                 )
-            return self._floor(rec, now, self._through(lo, hi, now), jitter=False)
+            return self._floor(rec, now, self._through(lo, hi, now), jitter=False, stretch=not ahead)
         belief = rec.km.belief(rec.estimate)
         if belief is not None:
             mu, sigma = belief
@@ -893,16 +900,18 @@ class PollScheduler:
         steps = max(1, math.ceil((hi - start) / self.policy.target_delay - _EPS))
         return start + (hi - start) / steps
 
-    def _floor(self, rec: _Watch, now: float, target: float, *, jitter: bool) -> float:
-        """Apply jitter, ``min_interval`` and, for a task later than predicted, a spacing that
-        grows with its lateness."""
+    def _floor(
+        self, rec: _Watch, now: float, target: float, *, jitter: bool, stretch: bool = True
+    ) -> float:
+        """Apply jitter, ``min_interval`` and, for a task later than predicted (unless
+        ``stretch`` is False), a spacing that grows with its lateness."""
         policy = self.policy
         wait = target - now
         if jitter and policy.jitter:
             wait = min(
                 policy.max_interval, wait * (1.0 + policy.jitter * self._rng.uniform(-1.0, 1.0))
             )
-        if rec.miss_t is not None:
+        if stretch and rec.miss_t is not None:
             late = _OVERDUE_FRACTION * (now - rec.miss_t)
             wait = max(wait, min(policy.max_interval, late))
         return now + max(wait, policy.min_interval)
