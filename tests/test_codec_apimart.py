@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from _fuzzing import FUZZ, as_json, only_documented_errors
+from _fuzzing import responses as fuzz_responses
+from hypothesis import given
 from hypothesis import strategies as st
 
 import flux_async
@@ -45,6 +48,8 @@ HEADERS = {
 }
 TASK_ID = "task_01KA040M0HP1GJWBJYZMKX1XS1"
 REF = TaskRef(provider="apimart", task_id=TASK_ID, model="flux-kontext-pro")
+
+T = TypeVar("T")
 
 
 def ts(seconds: int) -> datetime:
@@ -478,35 +483,11 @@ task = st.fixed_dictionaries(
 shaped = st.fixed_dictionaries(
     {"data": mostly(one_or_many(task))}, optional={"code": scalars, "url": url_values}
 )
-headers = st.dictionaries(
-    st.sampled_from(["Retry-After", "X-Request-Id", "CF-Ray"]), st.text(max_size=40), max_size=3
-)
-received = st.none() | st.datetimes(timezones=st.just(UTC))
-responses = st.builds(
-    HttpResponse,
-    status=st.just(200),
-    headers=headers,
-    body=shaped.map(lambda v: json.dumps(v).encode()),
-    received_at=received,
-) | st.builds(
-    HttpResponse,
-    status=st.sampled_from([200, 400, 401, 402, 404, 413, 429, 500]) | st.integers(100, 599),
-    headers=headers,
-    body=(shaped | json_values).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200),
-    received_at=received,
-)
-FUZZ = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+responses = fuzz_responses(shaped, (shaped | json_values).map(as_json) | st.binary(max_size=200), [200, 400, 401, 402, 404, 413, 429, 500])
 
 
-def _only_documented_errors(call: Any) -> Any:
-    """The call's value, or None when it raised ProtocolError or APIError (checked here)."""
-    try:
-        return call()
-    except (ProtocolError, APIError) as exc:
-        error = exc
-    assert error.provider == "apimart"
-    assert KEY not in str(error)
-    return None
+def _only_documented_errors(call: Callable[[], T]) -> T | None:
+    return only_documented_errors(call, provider="apimart", key=KEY)
 
 
 @FUZZ

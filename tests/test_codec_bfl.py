@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from _fuzzing import FUZZ, as_json, only_documented_errors
+from _fuzzing import responses as fuzz_responses
+from hypothesis import given
 from hypothesis import strategies as st
 
 import flux_async
@@ -50,6 +53,8 @@ HEADERS = {
 POLLING_URL = "https://api.us1.bfl.ai/v1/get_result?id=b9b1..."
 REF = TaskRef(provider="bfl", task_id="b9b1...", polling_url=POLLING_URL, model="flux-kontext-pro")
 RECEIVED = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+T = TypeVar("T")
 
 
 def response(
@@ -472,35 +477,11 @@ shaped = st.fixed_dictionaries(
         "cost": scalars,
     },
 )
-headers = st.dictionaries(
-    st.sampled_from(["Retry-After", "X-Request-Id", "CF-Ray"]), st.text(max_size=40), max_size=3
-)
-received = st.none() | st.datetimes(timezones=st.none() | st.just(UTC))
-responses = st.builds(
-    HttpResponse,
-    status=st.just(200),
-    headers=headers,
-    body=shaped.map(lambda v: json.dumps(v).encode()),
-    received_at=received,
-) | st.builds(
-    HttpResponse,
-    status=st.sampled_from([200, 402, 403, 404, 422, 429, 500, 503]) | st.integers(100, 599),
-    headers=headers,
-    body=(shaped | json_values).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200),
-    received_at=received,
-)
-FUZZ = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+responses = fuzz_responses(shaped, (shaped | json_values).map(as_json) | st.binary(max_size=200), [200, 402, 403, 404, 422, 429, 500, 503], received=st.none() | st.datetimes(timezones=st.none() | st.just(UTC)))
 
 
-def _only_documented_errors(call: Any) -> Any:
-    """The call's value, or None when it raised ProtocolError or APIError (checked here)."""
-    try:
-        return call()
-    except (ProtocolError, APIError) as exc:
-        error = exc
-    assert error.provider == "bfl"
-    assert KEY not in str(error)
-    return None
+def _only_documented_errors(call: Callable[[], T]) -> T | None:
+    return only_documented_errors(call, provider="bfl", key=KEY)
 
 
 @FUZZ

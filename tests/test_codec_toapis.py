@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from _fuzzing import FUZZ, only_documented_errors
+from _fuzzing import responses as fuzz_responses
+from hypothesis import given
 from hypothesis import strategies as st
 
 import flux_async
@@ -46,6 +49,8 @@ SAMPLES = Path(__file__).parent / "samples" / "toapis"
 UA = f"flux-async/{flux_async.__version__}"
 HEADERS = {"Authorization": f"Bearer {KEY}", "User-Agent": UA, "Accept": "application/json"}
 REF = TaskRef(provider="toapis", task_id="img_5b8b", model="flux-kontext-pro")
+
+T = TypeVar("T")
 
 
 def ts(seconds: int) -> datetime:
@@ -778,40 +783,11 @@ shaped = st.fixed_dictionaries(
     },
 )
 bodies = (shaped | json_values).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200)
-headers = st.dictionaries(
-    st.sampled_from(["Retry-After", "X-Request-Id", "CF-Ray", "Content-Type"]),
-    st.text(max_size=40),
-    max_size=3,
-)
-received = st.none() | st.datetimes(timezones=st.just(UTC))
-responses = st.builds(
-    HttpResponse,
-    status=st.just(200),
-    headers=headers,
-    body=shaped.map(lambda v: json.dumps(v).encode()),
-    received_at=received,
-) | st.builds(
-    HttpResponse,
-    status=st.sampled_from([200, 201, 400, 401, 402, 404, 422, 429, 500, 503])
-    | st.integers(100, 599),
-    headers=headers,
-    body=bodies,
-    received_at=received,
-)
-FUZZ = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+responses = fuzz_responses(shaped, bodies, [200, 201, 400, 401, 402, 404, 422, 429, 500, 503])
 
 
-def _only_documented_errors(call: Any) -> Any:
-    """The call's value, or None when it raised ProtocolError or APIError (checked here)."""
-    try:
-        return call()
-    except (ProtocolError, APIError) as exc:
-        error = exc
-    assert error.provider == "toapis"
-    assert KEY not in str(error)
-    if isinstance(error, ProtocolError):
-        assert KEY not in (error.body or "")
-    return None
+def _only_documented_errors(call: Callable[[], T]) -> T | None:
+    return only_documented_errors(call, provider="toapis", key=KEY)
 
 
 @FUZZ
