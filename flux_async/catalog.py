@@ -494,4 +494,6 @@ def validate(request: GenerationRequest, provider: str) -> GenerationRequest:
     for i, (image, kind) in enumerate(zip(images, kinds, strict=True)):
         if kind != "url":
             _check_local_image(spec, image, f"images[{i}]")
+    if size == request.size and n == request.n and response_format == request.response_format:
+        return request  # already normal: no copy
     return attrs.evolve(request, size=size, n=n, response_format=response_format)

@@ -183,9 +183,16 @@ class AiohttpTransport:
                 length = resp.content_length
                 if length is not None and length > MAX_API_BODY:
                     raise TransportError(f"{request.method} {_path(url)}: response of {length} bytes is too large", request_sent=True)
-                body = await resp.content.read(MAX_API_BODY + 1)
-                if len(body) > MAX_API_BODY:
-                    raise TransportError(f"{request.method} {_path(url)}: response is too large", request_sent=True)
+                # read(n) returns what has arrived so far: keep reading until the end, so that a
+                # body split over several chunks is never cut short.
+                buf = bytearray()
+                while chunk := await resp.content.read(MAX_API_BODY + 1 - len(buf)):
+                    buf += chunk
+                    if len(buf) > MAX_API_BODY:
+                        raise TransportError(
+                            f"{request.method} {_path(url)}: response is too large", request_sent=True
+                        )
+                body = bytes(buf)
                 return HttpResponse(
                     status=resp.status,
                     headers=dict(resp.headers.items()),
