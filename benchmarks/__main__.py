@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help=(
-            "measured repetitions after one warm-up (default 3, except polling: 3 for the library "
-            "and the 0.5 s poller, 1 for the others; in scale, measurement windows; --quick: 1)"
+            "measured repetitions after one warm-up (default: overhead 5; polling 3 for the "
+            "library and the 0.5 s poller, 1 for the others; scale 3 measurement windows; "
+            "--quick: 1)"
         ),
     )
     parser.add_argument(
