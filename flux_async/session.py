@@ -556,8 +556,7 @@ class Session:
         self._jobs[job.task_id] = job
         deadline = None
         if self.limits.job_timeout is not None:
-            now = self._clock() if self._clock is not None else anyio.current_time()
-            deadline = now + self.limits.job_timeout
+            deadline = self._now() + self.limits.job_timeout
         self._scheduler.watch(job.ref, job._on_done, deadline=deadline, initial=initial)
 
     def _job_finished(self, job: Job) -> None:
@@ -692,15 +691,17 @@ class Session:
         if self.provider == "bfl":
             raise ConfigurationError("BFL has no upload API: pass the bytes or path in `images` and they are sent inline")
         data = source if isinstance(source, bytes) else await anyio.Path(os.fspath(source)).read_bytes()
-        return await self._upload_bytes(data, _filename(source))
-
-    async def _upload_bytes(self, data: bytes, filename: str) -> str:
+        # A request's images were checked by catalog.validate; a direct upload is checked here.
         limit = catalog.max_upload_bytes(self.provider)
         if len(data) > limit:
             raise ValidationError("images", f"<{len(data)} bytes>", f"at most {limit} bytes", reason="image is too large")
-        content_type = catalog.sniff_image_type(data)
-        if content_type is None:
+        if catalog.sniff_image_type(data) is None:
             raise ValidationError("images", f"<{len(data)} bytes>", "JPEG, PNG, WebP or GIF", reason="not a supported image")
+        return await self._upload_bytes(data, _filename(source))
+
+    async def _upload_bytes(self, data: bytes, filename: str) -> str:
+        """Upload checked bytes once per session (``catalog.validate`` or :meth:`upload` checked them)."""
+        content_type = catalog.sniff_image_type(data) or "application/octet-stream"
         digest = hashlib.sha256(data).hexdigest()
         entry = self._uploads.get(digest)
         if entry is not None:

@@ -504,3 +504,13 @@ async def test_a_caller_supplied_aiohttp_session_is_used_and_left_open(emulator:
         assert not http.closed
         async with http.get(emulator.base_url("apimart") + "/v1/tasks/none") as resp:
             assert resp.status == 401  # still usable after the Session closed
+
+
+@pytest.mark.anyio
+async def test_a_direct_upload_is_checked_before_anything_is_sent(emulator: Emulator) -> None:
+    async with session_for(emulator, "toapis") as session:
+        with pytest.raises(ValidationError, match="not a supported image"):
+            await session.upload(b"plain text, not an image")
+        url = await session.upload(_png_bytes())
+        assert url.startswith("http://127.0.0.1")
+    assert stats(emulator)["requests"]["upload"] == 1
