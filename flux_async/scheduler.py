@@ -36,6 +36,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from ._parking import Parking
 from .errors import RateLimitError, TaskTimeoutError
 from .models import TaskRef, TaskState, TaskStatus
 from .retry import (
@@ -410,6 +411,11 @@ class _LagHistogram:
         return self.max
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 # -- the scheduler ------------------------------------------------------------------------------
 
 
@@ -437,6 +443,8 @@ class PollScheduler:
         self._default_clock = clock is None
         self._clock = clock or self._loop_time
         self._sleep = sleep or anyio.sleep
+        # The real loop's clock and sleep: the driver then rests on a loop timer.
+        self._default_timing = clock is None and sleep is None
         self._rng = rng or random.Random()
         # Poll errors and 429s without Retry-After back off like any idempotent retry.
         self._error_policy = RetryPolicy(
@@ -461,9 +469,10 @@ class PollScheduler:
         # Polls handed to the workers, and the event an idle worker waits on: a plain queue, so
         # that taking an order costs no trip through the event loop.
         self._orders: collections.deque[_PollOrder] = collections.deque()
-        self._work: anyio.Event | None = None
-        self._idle_workers = 0
+        self._idle = Parking()  # workers with nothing to send
+        self._workers = 0
         self._sleep_scope: anyio.CancelScope | None = None
+        self._wakeup: asyncio.Future[None] | None = None
         self._wake_at = -math.inf  # when the sleeping driver will wake by itself
         self._blocked = False  # due polls are waiting for an in-flight slot
         self._in_flight = 0
@@ -571,14 +580,11 @@ class PollScheduler:
                     self._tg = tg
                     while True:
                         wake_at = self._dispatch()
-                        with anyio.CancelScope() as scope:
-                            self._sleep_scope = scope
-                            self._wake_at = wake_at
-                            if wake_at == math.inf:
-                                await anyio.sleep_forever()
-                            else:
-                                await self._sleep(max(0.0, wake_at - self._clock()))
-                        self._sleep_scope = None
+                        self._wake_at = wake_at
+                        if self._default_timing:
+                            await self._rest_on_loop(wake_at)
+                        else:
+                            await self._rest(wake_at)
                         self._wakeups += 1
             finally:
                 # Polls handed over but never sent go back to the heap, so that a later
@@ -589,10 +595,38 @@ class PollScheduler:
                         self._push(rec, self._clock())
         finally:
             self._tg = None
-            self._work = None
+            self._idle = Parking()
             self._sleep_scope = None
+            self._wakeup = None
             self._wake_at = -math.inf
-            self._idle_workers = self._in_flight = 0
+            self._workers = self._in_flight = 0
+
+    async def _rest_on_loop(self, wake_at: float) -> None:
+        """Sleep until ``wake_at`` (loop time) or until :meth:`_wake`: a future and a timer.
+
+        A cancel scope would do the same, but cancelling one costs far more than setting a
+        future, and the driver is woken about once per batch of submissions.
+        """
+        loop = asyncio.get_running_loop()
+        wakeup: asyncio.Future[None] = loop.create_future()
+        self._wakeup = wakeup
+        timer = None if wake_at == math.inf else loop.call_at(wake_at, _resolve, wakeup)
+        try:
+            await wakeup
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _rest(self, wake_at: float) -> None:
+        """Sleep with the injected clock and sleep until ``wake_at`` or until :meth:`_wake`."""
+        with anyio.CancelScope() as scope:
+            self._sleep_scope = scope
+            if wake_at == math.inf:
+                await anyio.sleep_forever()
+            else:
+                await self._sleep(max(0.0, wake_at - self._clock()))
+        self._sleep_scope = None
 
     def _loop_time(self) -> float:
         """The default clock: the running loop's time, as anyio.current_time() gives it, but
@@ -608,6 +642,13 @@ class PollScheduler:
 
     def _wake(self) -> None:
         """Interrupt the driver's sleep so that it looks at the heaps again."""
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            self._wake_at = -math.inf
+            if not wakeup.done():
+                wakeup.set_result(None)
+            return
         scope = self._sleep_scope
         if scope is not None:
             self._sleep_scope = None
@@ -668,13 +709,10 @@ class PollScheduler:
             heapq.heappop(best.heap)
             self._in_flight += 1
             orders.append((rec, best_due))
-            if self._idle_workers:
-                self._idle_workers -= 1
-                work, self._work = self._work, None
-                if work is not None:
-                    work.set()
-            else:
-                # Every worker is busy, so there are fewer than max_in_flight of them.
+            # One parked worker takes the order. With none parked, a new one starts unless
+            # there are max_in_flight already: then a busy one takes it when its poll is done.
+            if not self._idle.wake_one() and self._workers < policy.max_in_flight:
+                self._workers += 1
                 tg.start_soon(self._worker)
 
     async def _worker(self) -> None:
@@ -683,9 +721,7 @@ class PollScheduler:
         orders = self._orders
         while True:
             while not orders:
-                if self._work is None:
-                    self._work = anyio.Event()
-                await self._work.wait()
+                await self._idle.wait()
             rec, due = orders.popleft()
             start = clock()
             self._lag.add(start - due)
@@ -697,7 +733,6 @@ class PollScheduler:
                 state = await self._poll(rec.ref)
             except Exception as exc:
                 self._in_flight -= 1
-                self._idle_workers += 1
                 self._polls_failed += 1
                 if rec.on_done is not None:
                     self._after_error(rec, exc, clock())
@@ -707,7 +742,6 @@ class PollScheduler:
                 raise
             else:
                 self._in_flight -= 1
-                self._idle_workers += 1
                 if rec.on_done is not None:
                     self._after_state(rec, state, start, clock())
             if self._blocked:
