@@ -514,3 +514,66 @@ async def test_a_direct_upload_is_checked_before_anything_is_sent(emulator: Emul
         url = await session.upload(_png_bytes())
         assert url.startswith("http://127.0.0.1")
     assert stats(emulator)["requests"]["upload"] == 1
+
+
+class _InputBroke(Exception):
+    pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["iterable", "async iterable"])
+async def test_an_input_that_breaks_delivers_what_it_gave_then_raises(
+    emulator: Emulator, kind: str
+) -> None:
+    """The jobs read before the input raised are submitted and delivered; nothing after it is
+    sent; then the input's own error comes out of the loop."""
+
+    def requests() -> Any:
+        for i in range(5):
+            yield GenerationRequest(model="flux-kontext-pro", prompt=f"harbour {i}")
+        raise _InputBroke("line 6 is unreadable")
+
+    async def arequests() -> Any:
+        for request in requests():
+            yield request
+
+    source = requests() if kind == "iterable" else arequests()
+    seen: list[int] = []
+    async with session_for(emulator, "toapis") as session:
+
+        async def drain() -> None:
+            async for outcome in session.as_completed(source):
+                assert outcome.ok, outcome.error
+                seen.append(outcome.index)
+
+        with pytest.raises(_InputBroke, match="line 6"):
+            await drain()
+        assert session.statistics().abandoned_tasks == ()
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert stats(emulator)["tasks_created"] == 5
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("max_outstanding", [1, 3])
+async def test_the_input_is_read_no_further_ahead_than_max_outstanding(
+    emulator: Emulator, max_outstanding: int
+) -> None:
+    read = 0
+
+    def requests() -> Any:
+        nonlocal read
+        for i in range(12):
+            read += 1
+            yield GenerationRequest(model="flux-kontext-pro", prompt=f"quay {i}")
+
+    ahead: list[int] = []
+    limits = Limits(max_outstanding=max_outstanding)
+    async with session_for(emulator, "toapis", limits=limits) as session:
+        delivered = 0
+        async for outcome in session.as_completed(requests()):
+            assert outcome.ok, outcome.error
+            # What was read is what was delivered plus at most max_outstanding in flight.
+            ahead.append(read - delivered)
+            delivered += 1
+    assert delivered == 12
+    assert max(ahead) <= max_outstanding
