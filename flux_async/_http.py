@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -26,6 +27,8 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def _freeze_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    if value.__class__ is MappingProxyType:
+        return value  # read-only already: shared, not copied
     return dict(value or {})
 
 

@@ -219,14 +219,15 @@ def model_spec(provider: str, model: str) -> ModelSpec:
     for a model the provider does not serve.
     """
     models = _CATALOG[_check_provider(provider)]
-    allowed = ", ".join(models)
-    if not isinstance(model, str):
-        raise ValidationError("model", model, allowed, reason="the model must be a str")
-    if model not in models:
+    spec = models.get(model) if isinstance(model, str) else None
+    if spec is None:
+        allowed = ", ".join(models)  # spelled out only for an error
+        if not isinstance(model, str):
+            raise ValidationError("model", model, allowed, reason="the model must be a str")
         raise ValidationError(
             "model", model, allowed, reason=f"{provider} does not serve this model"
         )
-    return models[model]
+    return spec
 
 
 def max_upload_bytes(provider: str) -> int:
@@ -347,6 +348,14 @@ def _check_size(spec: ModelSpec, size: object, *, has_image: bool) -> str:
 
 def _check_prompt(spec: ModelSpec, prompt: object) -> None:
     limit = spec.max_prompt_chars
+    if (
+        isinstance(prompt, str)
+        and prompt
+        and (limit is None or len(prompt) <= limit)
+        and prompt.isascii()
+        and not prompt.isspace()
+    ):
+        return  # the common case: plain text of a sane length (ASCII always encodes)
     allowed = "a non-empty str" + (f" of at most {limit} characters" if limit else "")
     if not isinstance(prompt, str):
         raise ValidationError("prompt", prompt, allowed, reason="the prompt must be a str")

@@ -33,15 +33,20 @@ ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
 
 
 def _to_images(value: object) -> tuple[ImageInput, ...]:
-    if value is None:
+    if value is None or value == ():
         return ()
     if isinstance(value, (str, bytes, os.PathLike)):
         return (value,)
     return tuple(value)  # type: ignore[arg-type]
 
 
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
 def _to_extra(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
+    if not value:
+        return _NO_EXTRA  # read-only, so one shared empty mapping will do
+    return MappingProxyType(dict(value))
 
 
 @attrs.frozen(kw_only=True)

@@ -22,6 +22,9 @@ Choices:
 
 from __future__ import annotations
 
+from types import MappingProxyType
+from typing import Any
+
 import attrs
 
 from .. import catalog
@@ -47,6 +50,12 @@ from ._common import (
     map_status,
     merge_extra,
     path_segment,
+    read_failure,
+    read_optional_str,
+    read_percent,
+    read_str,
+    read_timestamp,
+    read_urls,
     redact,
 )
 
@@ -100,6 +109,27 @@ class _Upload:
 _converter = make_converter()
 
 
+def _read_task(data: dict[str, Any]) -> _Task:
+    """A poll body read by hand (see ``BaseCodec._readers``)."""
+    result = data.get("result")
+    if result is not None:
+        if not isinstance(result, dict):
+            raise TypeError("expected an object")
+        result = _Result(data=read_urls(result.get("data")))
+    return _Task(
+        status=read_str(data["status"]),
+        model=read_optional_str(data.get("model")),
+        progress=read_percent(data.get("progress")),
+        created_at=read_timestamp(data.get("created_at")),
+        completed_at=read_timestamp(data.get("completed_at")),
+        expires_at=read_timestamp(data.get("expires_at")),
+        result=result,
+        images=read_urls(data.get("images")),
+        url=read_urls(data.get("url")),
+        error=read_failure(data.get("error")),
+    )
+
+
 @attrs.frozen(kw_only=True)
 class ToapisCodec(BaseCodec):
     """toapis' wire format. ``ToapisCodec(api_key=..., user_agent=...)``."""
@@ -109,6 +139,7 @@ class ToapisCodec(BaseCodec):
     max_upload_bytes = catalog.max_upload_bytes("toapis")
     supports_client_business_id = True
     _wire = _converter
+    _readers = MappingProxyType({_Task: _read_task})
 
     def build_submit(
         self, request: GenerationRequest, *, client_business_id: str | None = None
