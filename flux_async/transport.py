@@ -95,6 +95,18 @@ class Transport(Protocol):
         ...
 
 
+async def _read_bounded(resp: aiohttp.ClientResponse, method: str, url: str) -> bytes:
+    """A body of unknown length, read to its end but never past ``MAX_API_BODY``."""
+    # read(n) returns what has arrived so far: keep reading until the end, so that a body split
+    # over several chunks is never cut short.
+    buf = bytearray()
+    while chunk := await resp.content.read(MAX_API_BODY + 1 - len(buf)):
+        buf += chunk
+        if len(buf) > MAX_API_BODY:
+            raise TransportError(f"{method} {_path(url)}: response is too large", request_sent=True)
+    return bytes(buf)
+
+
 def _map_exception(exc: BaseException, what: str) -> TransportError:
     """The one translation of aiohttp/OS failures into the library's transport errors.
 
@@ -164,8 +176,11 @@ class AiohttpTransport:
 
     async def send(self, request: HttpRequest, *, time_limit: float | None = None) -> HttpResponse:
         """Send one API request and read its whole (bounded) body."""
-        url = self.resolve(request.url)
-        kwargs: dict[str, object] = {"headers": dict(request.headers), "allow_redirects": False}
+        url = request.url
+        if url.startswith("/"):
+            url = self._base_url + url
+        # aiohttp copies the headers into its own multidict: no copy is needed here.
+        kwargs: dict[str, object] = {"headers": request.headers, "allow_redirects": False}
         if time_limit is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(
                 total=time_limit, sock_connect=min(time_limit, self._connect_timeout)
@@ -178,21 +193,17 @@ class AiohttpTransport:
                 form.add_field(field.name, field.value, filename=field.filename, content_type=field.content_type)
             kwargs["data"] = form
         self._requests += 1
+        client = self._session or self._client()
         try:
-            async with self._client().request(request.method, url, **kwargs) as resp:  # type: ignore[arg-type]
+            async with client.request(request.method, url, **kwargs) as resp:  # type: ignore[arg-type]
                 length = resp.content_length
-                if length is not None and length > MAX_API_BODY:
-                    raise TransportError(f"{request.method} {_path(url)}: response of {length} bytes is too large", request_sent=True)
-                # read(n) returns what has arrived so far: keep reading until the end, so that a
-                # body split over several chunks is never cut short.
-                buf = bytearray()
-                while chunk := await resp.content.read(MAX_API_BODY + 1 - len(buf)):
-                    buf += chunk
-                    if len(buf) > MAX_API_BODY:
-                        raise TransportError(
-                            f"{request.method} {_path(url)}: response is too large", request_sent=True
-                        )
-                body = bytes(buf)
+                if length is not None:
+                    if length > MAX_API_BODY:
+                        raise TransportError(f"{request.method} {_path(url)}: response of {length} bytes is too large", request_sent=True)
+                    # A declared length bounds the body: read it whole (all of its chunks).
+                    body = await resp.read()
+                else:
+                    body = await _read_bounded(resp, request.method, url)
                 return HttpResponse(
                     status=resp.status,
                     headers=dict(resp.headers.items()),

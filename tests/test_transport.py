@@ -26,13 +26,19 @@ async def _serve(handler: Handler) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
-@pytest.fixture
-async def chunked_server() -> AsyncIterator[str]:
+@pytest.fixture(params=["chunked", "content-length"])
+async def chunked_server(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A body sent in two pieces, with chunked encoding or under a declared Content-Length
+    (the transport reads the two differently)."""
     body = json.dumps({"id": "task_1", "status": "queued", "padding": "p" * 5000}).encode()
+    framing = request.param
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.enable_chunked_encoding()
+        if framing == "chunked":
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(body)
         await response.prepare(request)
         # Two writes with a pause between them: the client sees the body in two pieces.
         await response.write(body[:20])
