@@ -27,8 +27,10 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def _freeze_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    if value.__class__ is MappingProxyType:
-        return value  # read-only already: shared, not copied
+    if value.__class__ is MappingProxyType or value.__class__ is dict:
+        # A codec's read-only headers are shared; a dict is taken over by the value, never
+        # changed afterwards (the transport and the codecs build a new one for each value).
+        return value
     return dict(value or {})
 
 

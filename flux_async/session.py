@@ -475,7 +475,24 @@ class Session:
         try:
             if checked.images:
                 checked = await self._prepare_images(checked)
-            return await self._submit_job(checked, original=request, on_accept=on_accept)
+            model = checked.model
+            limiter = self._limiter
+            if limiter is not None:
+                await limiter.acquire(model)
+            try:
+                ref = await self._submit_ref(checked)
+            except BaseException:
+                if limiter is not None:
+                    limiter.release(model)
+                raise
+            # No checkpoint between acceptance and registration: a cancelled caller cannot
+            # lose a task that was paid for.
+            job = Job(ref, request, self)
+            self._counts["submitted"] += 1
+            if on_accept is not None:
+                on_accept(job)
+            self._watch(job, initial=None)
+            return job
         finally:
             slots.release()
 
@@ -540,39 +557,18 @@ class Session:
 
     # -- submission ----------------------------------------------------------------------------
 
-    async def _submit_job(
-        self, request: GenerationRequest, *, original: GenerationRequest, on_accept: Callable[[Job], None] | None
-    ) -> Job:
-        model = request.model
-        if self._limiter is not None:
-            await self._limiter.acquire(model)
-        try:
-            ref = await self._submit_ref(request)
-        except BaseException:
-            if self._limiter is not None:
-                self._limiter.release(model)
-            raise
-        # No checkpoint between acceptance and registration: a cancelled caller cannot lose
-        # a task that was paid for.
-        job = Job(ref, original, self)
-        self._counts["submitted"] += 1
-        if on_accept is not None:
-            on_accept(job)
-        self._watch(job, initial=None)
-        return job
-
     def _watch(self, job: Job, *, initial: TaskState | None) -> None:
-        self._jobs[job.task_id] = job
+        self._jobs[job.ref.task_id] = job
         deadline = None
         if self.limits.job_timeout is not None:
             deadline = self._now() + self.limits.job_timeout
         self._scheduler.watch(job.ref, job._on_done, deadline=deadline, initial=initial)
 
     def _job_finished(self, job: Job) -> None:
-        self._jobs.pop(job.task_id, None)
+        self._jobs.pop(job.ref.task_id, None)
         if self._limiter is not None:
             self._limiter.release(job.ref.model or "")
-        self._counts["succeeded" if job.error is None else "failed"] += 1
+        self._counts["succeeded" if job._error is None else "failed"] += 1
 
     async def _submit_ref(self, request: GenerationRequest) -> TaskRef:
         """POST the request, retrying only where no task can exist; resolve ambiguity safely."""
@@ -593,7 +589,7 @@ class Session:
                 # read timeout) even if the caller is cancelled, so an accepted task id is never
                 # dropped on the floor.
                 with anyio.CancelScope(shield=True):
-                    response = await self._net().send(http)
+                    response = await (self._transport or self._net()).send(http)
                     return self._parse_submit(response, request.model)
             except FluxError as exc:
                 error = exc
@@ -669,7 +665,7 @@ class Session:
     async def _poll(self, ref: TaskRef) -> TaskState:
         if ref.polling_url is not None:
             self._check_polling_host(ref.polling_url)
-        response = await self._net().send(self._codec.build_poll(ref))
+        response = await (self._transport or self._net()).send(self._codec.build_poll(ref))
         return self._codec.parse_poll(response, ref=ref)
 
     # -- uploads and downloads -----------------------------------------------------------------
@@ -1077,14 +1073,18 @@ class _Batch:
                     # More input may be ready and no submitter is free to take it: the pool
                     # grows (up to its bound) while the input keeps every submitter busy.
                     self._start_submitter()
-                await self._submit(*item)
+                index, request = item
+                try:
+                    await self.session._submit(request, on_accept=self._accepted(index))
+                except Exception as exc:
+                    self._deliver(Outcome(index=index, request=request, error=exc))
         finally:
             self.submitters -= 1
 
-    async def _submit(self, index: int, request: GenerationRequest) -> None:
+    def _accepted(self, index: int) -> Callable[[Job], None]:
         def accepted(job: Job) -> None:
             # Runs synchronously when the provider accepts the task, before any checkpoint.
-            self.waiting[job.task_id] = job
+            self.waiting[job.ref.task_id] = job
             if self.stopped:
                 # A POST that was already on the wire when the consumer left.
                 self.session._abandon(job.ref)
@@ -1093,19 +1093,16 @@ class _Batch:
                 try:
                     self.on_submit(index, job.ref)
                 except Exception:
-                    logger.exception("on_submit failed for input %d (task %s)", index, job.task_id)
+                    logger.exception("on_submit failed for input %d (task %s)", index, job.ref.task_id)
 
-        try:
-            await self.session._submit(request, on_accept=accepted)
-        except Exception as exc:
-            self._deliver(Outcome(index=index, request=request, error=exc))
+        return accepted
 
     def job_done(self, job: Job, index: int) -> None:
         if self.stopped:
-            if job.task_id in self.waiting:
+            if job.ref.task_id in self.waiting:
                 self.session._abandon(job.ref)
             return
-        if job.error is None and self.download_to is not None and self.tg is not None:
+        if job._error is None and self.download_to is not None and self.tg is not None:
             self.tg.start_soon(self._download, index, job)
             return
         self._deliver(_outcome(index, job))
@@ -1138,8 +1135,9 @@ class _Batch:
 
 def _outcome(index: int, job: Job) -> Outcome:
     assert job.request is not None
-    result = job.state.result if job.state is not None and job.error is None else None
-    return Outcome(index=index, request=job.request, task_id=job.task_id, result=result, error=job.error)
+    error, state = job._error, job._state
+    result = state.result if state is not None and error is None else None
+    return Outcome(index=index, request=job.request, task_id=job.ref.task_id, result=result, error=error)
 
 
 def _safe(task_id: str) -> str:
