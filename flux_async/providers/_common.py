@@ -135,16 +135,31 @@ def read_optional_str(value: object) -> str | None:
 
 
 def read_timestamp(value: object) -> Timestamp | None:
-    if value.__class__ is int or value.__class__ is float:  # a JSON number (a bool is not one)
-        try:
-            return datetime.fromtimestamp(value, tz=UTC)  # type: ignore[return-value]
-        except (OverflowError, OSError, ValueError):  # out of range, inf or nan
-            return None
-    return None
+    if value.__class__ is int:
+        # Whole seconds repeat: every task of a busy second has the same created_at, and each
+        # poll of a task repeats it. datetimes are immutable, so equal ones can be shared.
+        cached = _SECONDS.get(value)
+        if cached is None:
+            cached = _timestamp(value, None)
+            if len(_SECONDS) >= _SECONDS_KEPT:
+                _SECONDS.clear()
+            _SECONDS[value] = cached
+        return cached  # type: ignore[return-value]
+    if value.__class__ is float:
+        return _timestamp(value, None)  # type: ignore[return-value]
+    return None  # not a JSON number (a bool is not one)
+
+
+_SECONDS: dict[int, datetime | None] = {}
+_SECONDS_KEPT = 4096
 
 
 def read_percent(value: object) -> Percent | None:
-    return _percent(value, None)  # type: ignore[return-value]
+    if value.__class__ is int or value.__class__ is float:  # a JSON number (a bool is not one)
+        if not math.isfinite(value):
+            return None
+        return min(100.0, max(0.0, float(value)))  # type: ignore[return-value]
+    return None
 
 
 def read_urls(value: object) -> Urls | None:

@@ -65,10 +65,11 @@ _STATUSES = {
     "cancelled": TaskStatus.CANCELLED,
 }
 
-# Wire shapes (only the fields we read; everything else is ignored).
+# Wire shapes (only the fields we read; everything else is ignored). Private and alive for one
+# parse only, so plain slotted classes: a frozen one pays a guarded setattr per field.
 
 
-@attrs.frozen
+@attrs.define
 class _SubmitItem:
     task_id: str
 
@@ -76,23 +77,23 @@ class _SubmitItem:
 _SubmitItems = NewType("_SubmitItems", list[_SubmitItem])
 
 
-@attrs.frozen
+@attrs.define
 class _Submit:
     data: _SubmitItems
 
 
-@attrs.frozen
+@attrs.define
 class _Image:
     url: Urls
     expires_at: Timestamp | None = None
 
 
-@attrs.frozen
+@attrs.define
 class _Result:
     images: list[_Image] | None = None
 
 
-@attrs.frozen
+@attrs.define
 class _Task:
     status: str
     progress: Percent | None = None
@@ -106,17 +107,17 @@ class _Task:
 _Tasks = NewType("_Tasks", list[_Task])
 
 
-@attrs.frozen
+@attrs.define
 class _Poll:
     data: _Tasks
 
 
-@attrs.frozen
+@attrs.define
 class _UploadData:
     url: str
 
 
-@attrs.frozen
+@attrs.define
 class _Upload:
     url: str | None = None
     data: _UploadData | None = None

@@ -81,7 +81,8 @@ _SIZES_MEANING_INPUT = frozenset({"match_input_image", "auto"})
 _IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
 
 
-# Wire shapes (only the fields we read; everything else is ignored).
+# Wire shapes (only the fields we read; everything else is ignored). Private and alive for one
+# parse only, so plain slotted classes: a frozen one pays a guarded setattr per field.
 
 #: The seed a result reports: informative only, so anything but an integer is dropped.
 _Seed = NewType("_Seed", int)
@@ -89,19 +90,19 @@ _Seed = NewType("_Seed", int)
 _PollingUrl = NewType("_PollingUrl", str)
 
 
-@attrs.frozen
+@attrs.define
 class _Submit:
     id: str
     polling_url: _PollingUrl | None = None
 
 
-@attrs.frozen
+@attrs.define
 class _Result:
     sample: str | None = None
     seed: _Seed | None = None
 
 
-@attrs.frozen
+@attrs.define
 class _Task:
     status: str
     progress: Percent | None = None

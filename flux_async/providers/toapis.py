@@ -71,15 +71,16 @@ _STATUSES = {
     "failed": TaskStatus.FAILED,
 }
 
-# Wire shapes (only the fields we read; everything else is ignored).
+# Wire shapes (only the fields we read; everything else is ignored). Private and alive for one
+# parse only, so plain slotted classes: a frozen one pays a guarded setattr per field.
 
 
-@attrs.frozen
+@attrs.define
 class _Result:
     data: Urls | None = None
 
 
-@attrs.frozen
+@attrs.define
 class _Task:
     status: str
     model: str | None = None
@@ -94,12 +95,12 @@ class _Task:
     error: Failure | None = None
 
 
-@attrs.frozen
+@attrs.define
 class _UploadData:
     url: str
 
 
-@attrs.frozen
+@attrs.define
 class _Upload:
     success: bool | None = None
     message: str | None = None
