@@ -490,19 +490,26 @@ def validate(request: GenerationRequest, provider: str) -> GenerationRequest:
         if n is None:
             n = spec.default_n
         _check_int("n", n, f"one of {', '.join(map(str, spec.n_values))}", n in spec.n_values)
-    response_format = _check_format(spec, request.response_format)
-    _check_range("safety_tolerance", request.safety_tolerance, spec.safety_tolerance)
+    # (Each check below is skipped, call and all, for a field left unset: the common case.)
+    response_format = request.response_format
+    if response_format is not None:
+        response_format = _check_format(spec, response_format)
+    if request.safety_tolerance is not None:
+        _check_range("safety_tolerance", request.safety_tolerance, spec.safety_tolerance)
     if request.prompt_upsampling is not None and not isinstance(request.prompt_upsampling, bool):
         raise ValidationError(
             "prompt_upsampling", request.prompt_upsampling, "True or False", reason="must be a bool"
         )
-    _check_range("seed", request.seed, spec.seed)
-    _check_extra(spec, request.extra)
-    # Every image is classified before any file is looked at, so a bad URL costs no I/O.
-    kinds = [classify_image(image, index=i) for i, image in enumerate(images)]
-    for i, (image, kind) in enumerate(zip(images, kinds, strict=True)):
-        if kind != "url":
-            _check_local_image(spec, image, f"images[{i}]")
+    if request.seed is not None:
+        _check_range("seed", request.seed, spec.seed)
+    if request.extra:
+        _check_extra(spec, request.extra)
+    if images:
+        # Every image is classified before any file is looked at, so a bad URL costs no I/O.
+        kinds = [classify_image(image, index=i) for i, image in enumerate(images)]
+        for i, (image, kind) in enumerate(zip(images, kinds, strict=True)):
+            if kind != "url":
+                _check_local_image(spec, image, f"images[{i}]")
     if size == request.size and n == request.n and response_format == request.response_format:
         return request  # already normal: no copy
     return attrs.evolve(request, size=size, n=n, response_format=response_format)

@@ -302,7 +302,8 @@ class RetryBudget:
 
     def record_request(self, *, now: float | None = None) -> None:
         """Count one first attempt (it earns ``ratio`` of a retry)."""
-        self._advance(now)
+        if now is not None:
+            self._advance(now)
         self._requests += 1
         self._tokens = min(self._capacity, self._tokens + self._ratio)
 

@@ -791,7 +791,8 @@ class Session:
         tg.start_soon(batch.run)
         fatal: BaseException | None = None
         try:
-            while (outcome := await outbox.get()) is not None:
+            ready = outbox._items
+            while (outcome := ready.popleft() if ready else await outbox.get()) is not None:
                 batch.release()
                 if outcome.task_id is not None:
                     # Delivered only now: until the consumer holds it, it stays listed.
