@@ -15,6 +15,7 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -206,7 +207,9 @@ class AiohttpTransport:
                     body = await _read_bounded(resp, request.method, url)
                 return HttpResponse(
                     status=resp.status,
-                    headers=dict(resp.headers.items()),
+                    # aiohttp's read-only multidict, wrapped rather than copied: most responses
+                    # are parsed without a look at their headers.
+                    headers=MappingProxyType(resp.headers),
                     body=body,
                     received_at=datetime.now(UTC),
                 )
