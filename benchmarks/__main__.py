@@ -1,6 +1,7 @@
-"""``python -m benchmarks overhead|polling|scale|all [--quick] [--reps N] [--no-pin]``.
+"""``python -m benchmarks overhead|polling|scale|instructions|all [--quick] [--reps N] [--no-pin]``.
 
-Runs the chosen scenarios (``all``: overhead, polling, scale, in that order), prints each one's
+Runs the chosen scenarios (``all``: overhead, polling, scale, in that order; ``instructions``,
+which needs valgrind, only when named), prints each one's
 table on stdout (progress goes to stderr) and writes every raw figure, with the machine it ran
 on, to ``benchmarks/results/<scenario>-<date>.json``.
 """
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n\n")[1]
     )
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all"))
+    parser.add_argument("scenario", choices=(*SCENARIOS, "instructions", "all"))
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -84,13 +84,15 @@ def run_client(
     placement: Placement,
     *,
     timeout: float,
+    prefix: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run ``benchmarks.<module>.<function>(params)`` in a fresh Python process pinned to the
     client CPU, and return the dict it produced (plus the process's own totals).
 
     A fresh process per run means the CPU time it reports is the client's alone, imports
     included in the ``process`` totals but not in the figures, which each client measures
-    around its own workload.
+    around its own workload. ``prefix`` is a command to run the process under (a profiler, say);
+    its standard error comes back as ``stderr``.
     """
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(
@@ -110,7 +112,7 @@ def run_client(
         env.setdefault("PYTHONHASHSEED", "0")
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks._worker", json.dumps(spec)],
+            [*prefix, sys.executable, "-m", "benchmarks._worker", json.dumps(spec)],
             cwd=ROOT,
             env=env,
             timeout=timeout,
@@ -125,6 +127,8 @@ def run_client(
             )
         result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
         result["process_wall_s"] = time.monotonic() - started
+        if prefix:
+            result["stderr"] = proc.stderr
         return result
     finally:
         out.unlink(missing_ok=True)

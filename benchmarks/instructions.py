@@ -1,0 +1,129 @@
+"""Scenario ``instructions``: the overhead comparison, counted in CPU instructions.
+
+The same two clients as ``overhead`` (the library and the plain-aiohttp floor, jobs done at the
+first poll, concurrency 64) run under valgrind's instruction counter instead of a clock. On a
+shared virtual machine the CPU time of a run moves by tens of percent with the neighbours' load;
+the number of instructions a run executes barely moves at all, so this ratio is the one to
+compare two versions of the library with.
+
+Each client runs twice, with a small and a large number of jobs, in fresh processes; the
+difference divided by the difference in jobs is the instructions per job, with start-up,
+imports and the connection pool's first connections cancelled out. Needs ``valgrind`` on the
+PATH; not part of ``all`` (about three minutes: a client runs some fifty times slower under
+valgrind). It complements the ``overhead`` figures; the goal in BENCHMARKS.md is stated in CPU
+time, which ``overhead`` measures.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from typing import Any
+
+from . import _harness as h
+from ._client import PROVIDER
+from .overhead import CONCURRENCY, FIRST_POLL, GOAL_CPU, _library_wire
+
+DEFAULT_REPS = 1  # instruction counts repeat to within a fraction of a percent
+JOBS = (200, 1200)
+QUICK_JOBS = (100, 400)
+_VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+_I_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def _instructions(stderr: str) -> int:
+    match = _I_REFS.search(stderr)
+    if match is None:
+        raise RuntimeError("valgrind printed no instruction count")
+    return int(match.group(1).replace(",", ""))
+
+
+def run(
+    *, quick: bool, reps: int, placement: h.Placement, reps_given: bool = False
+) -> dict[str, Any]:
+    from flux_async.emulator import Duration, Scenario
+
+    if shutil.which("valgrind") is None:
+        raise RuntimeError("the instructions scenario needs valgrind on the PATH")
+    small, large = QUICK_JOBS if quick else JOBS
+    headers, _fields = _library_wire()
+    base = {"concurrency": CONCURRENCY}
+    params: dict[str, dict[str, Any]] = {
+        "library": {**base, "first_poll": FIRST_POLL},
+        "floor": {**base, "headers": headers},
+    }
+    runs: dict[str, list[dict[str, Any]]] = {"library": [], "floor": []}
+    emu = h.start_emulator(Scenario(seed=1, duration=Duration.fixed(0)), placement)
+    try:
+        for rep in range(reps):
+            for kind in ("floor", "library"):
+                counts: dict[int, int] = {}
+                requests: dict[int, float] = {}
+                for jobs in (small, large):
+                    emu.reset()
+                    h.log(f"instructions: {kind} {jobs} jobs under valgrind (rep {rep + 1}/{reps})")
+                    result = h.run_client(
+                        "overhead",
+                        f"client_{kind}",
+                        {**params[kind], "jobs": jobs, "base_url": emu.base_url(PROVIDER)},
+                        placement,
+                        timeout=900,
+                        prefix=_VALGRIND,
+                    )
+                    if result["ok"] != jobs:
+                        raise RuntimeError(f"instructions: {kind} finished {result['ok']} of {jobs} jobs")
+                    counts[jobs] = _instructions(result["stderr"])
+                    req = emu.stats(tasks=False)["requests"]
+                    requests[jobs] = (req["submit"] + req["poll"] + req["lookup"]) / jobs
+                runs[kind].append(
+                    {
+                        "rep": rep,
+                        "instructions": {str(k): v for k, v in counts.items()},
+                        "requests_per_job": {str(k): v for k, v in requests.items()},
+                        "instructions_per_job": (counts[large] - counts[small]) / (large - small),
+                    }
+                )
+    finally:
+        emu.stop()
+    ratio = [
+        lib["instructions_per_job"] / fl["instructions_per_job"]
+        for lib, fl in zip(runs["library"], runs["floor"], strict=True)
+    ]
+    figures = {
+        kind: {"instructions_per_job": h.summary(r["instructions_per_job"] for r in runs[kind])}
+        for kind in runs
+    }
+    figures["ratio"] = {"instructions_per_job": h.summary(ratio)}
+    return {
+        "scenario": "instructions",
+        "setup": {
+            "jobs": [small, large],
+            "concurrency": CONCURRENCY,
+            "clients": "the overhead scenario's library and floor clients",
+            "counter": " ".join(_VALGRIND),
+            "repetitions": reps,
+        },
+        "figures": figures,
+        "goals": {"instructions_per_job_ratio<=1.2": figures["ratio"]["instructions_per_job"]["median"] <= GOAL_CPU},
+        "runs": runs,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    f = result["figures"]
+    s = result["setup"]
+    rows = [
+        [
+            "instructions per job",
+            h.fmt_range(f["library"]["instructions_per_job"]),
+            h.fmt_range(f["floor"]["instructions_per_job"]),
+            h.fmt_range(f["ratio"]["instructions_per_job"], "x"),
+            "≤ 1.2x floor (the CPU goal, counted)",
+            h.verdict(result["goals"]["instructions_per_job_ratio<=1.2"]),
+        ]
+    ]
+    title = (
+        f"instructions — the overhead clients under valgrind, {s['jobs'][0]} and {s['jobs'][1]} "
+        f"jobs, concurrency {s['concurrency']}"
+    )
+    return title + "\n\n" + h.table(["figure", "library", "floor (plain aiohttp)", "ratio", "goal", ""], rows)
