@@ -162,6 +162,22 @@ def read_percent(value: object) -> Percent | None:
     return None
 
 
+def read_seconds(value: object) -> Seconds | None:
+    return _seconds(value, None)  # type: ignore[return-value]
+
+
+def read_object(value: object) -> dict[str, Any]:
+    """A JSON object, as the converter requires for a nested class (TypeError otherwise)."""
+    if not isinstance(value, dict):
+        raise TypeError("expected an object")
+    return value
+
+
+def read_url_list(value: object) -> Urls:
+    """What the hook gives for a field typed ``Urls`` (not optional): null is no URL."""
+    return _urls(value, None)  # type: ignore[return-value]
+
+
 def read_urls(value: object) -> Urls | None:
     return None if value is None else _urls(value, None)  # type: ignore[return-value]
 

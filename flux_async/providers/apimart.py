@@ -24,7 +24,8 @@ Choices:
 
 from __future__ import annotations
 
-from typing import NewType
+from types import MappingProxyType
+from typing import Any, NewType
 
 import attrs
 
@@ -50,6 +51,13 @@ from ._common import (
     map_status,
     merge_extra,
     path_segment,
+    read_failure,
+    read_object,
+    read_percent,
+    read_seconds,
+    read_str,
+    read_timestamp,
+    read_url_list,
     register_one_or_many,
 )
 
@@ -128,6 +136,38 @@ register_one_or_many(_converter, _SubmitItems, _SubmitItem)
 register_one_or_many(_converter, _Tasks, _Task)
 
 
+def _read_image(value: object) -> _Image:
+    item = read_object(value)
+    return _Image(url=read_url_list(item["url"]), expires_at=read_timestamp(item.get("expires_at")))
+
+
+def _read_task(value: object) -> _Task:
+    data = read_object(value)
+    result = data.get("result")
+    if result is not None:
+        images = read_object(result).get("images")
+        if images is not None:
+            if not isinstance(images, list):
+                raise TypeError("expected an array")
+            images = [_read_image(item) for item in images]
+        result = _Result(images=images)
+    return _Task(
+        status=read_str(data["status"]),
+        progress=read_percent(data.get("progress")),
+        estimated_time=read_seconds(data.get("estimated_time")),
+        created=read_timestamp(data.get("created")),
+        completed=read_timestamp(data.get("completed")),
+        result=result,
+        error=read_failure(data.get("error")),
+    )
+
+
+def _read_poll(data: dict[str, Any]) -> _Poll:
+    """A poll body read by hand (see ``BaseCodec._readers``): one task or a list of them."""
+    items = data["data"]
+    return _Poll(data=[_read_task(item) for item in (items if isinstance(items, list) else [items])])  # type: ignore[arg-type]
+
+
 @attrs.frozen(kw_only=True)
 class ApimartCodec(BaseCodec):
     """apimart's wire format. ``ApimartCodec(api_key=..., user_agent=...)``."""
@@ -137,6 +177,7 @@ class ApimartCodec(BaseCodec):
     max_upload_bytes = catalog.max_upload_bytes("apimart")
     supports_client_business_id = False
     _wire = _converter
+    _readers = MappingProxyType({_Poll: _read_poll})
 
     def build_submit(
         self, request: GenerationRequest, *, client_business_id: str | None = None

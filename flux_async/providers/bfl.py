@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, NewType
 
 import attrs
@@ -58,6 +59,11 @@ from ._common import (
     map_status,
     merge_extra,
     path_segment,
+    read_failure,
+    read_object,
+    read_optional_str,
+    read_percent,
+    read_str,
     redact,
     send_n,
 )
@@ -139,6 +145,25 @@ _converter.register_structure_hook(_Seed, _seed)
 _converter.register_structure_hook(_PollingUrl, _polling_url)
 
 
+def _read_task(data: dict[str, Any]) -> _Task:
+    """A poll body read by hand (see ``BaseCodec._readers``)."""
+    result = data.get("result")
+    if result is not None:
+        result = read_object(result)
+        seed = result.get("seed")
+        result = _Result(
+            sample=read_optional_str(result.get("sample")),
+            seed=None if seed is None else _seed(seed, None),  # type: ignore[arg-type]
+        )
+    return _Task(
+        status=read_str(data["status"]),
+        progress=read_percent(data.get("progress")),
+        result=result,
+        error=read_failure(data.get("error")),
+        details=data.get("details"),
+    )
+
+
 @attrs.frozen(kw_only=True)
 class BflCodec(BaseCodec):
     """Black Forest Labs' wire format. ``BflCodec(api_key=..., user_agent=...)``."""
@@ -148,6 +173,7 @@ class BflCodec(BaseCodec):
     max_upload_bytes = catalog.max_upload_bytes("bfl")
     supports_client_business_id = False
     _wire = _converter
+    _readers = MappingProxyType({_Task: _read_task})
 
     def _auth_headers(self) -> dict[str, str]:
         return {"x-key": self.api_key}
