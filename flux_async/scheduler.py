@@ -118,7 +118,7 @@ class PollPolicy:
     max_interval: float = attrs.field(default=10.0, validator=_positive)
     backoff: float = attrs.field(default=1.5, validator=_positive)
     jitter: float = attrs.field(default=0.1, validator=_non_negative)
-    quantum: float = attrs.field(default=0.05, validator=_non_negative)
+    quantum: float = attrs.field(default=0.02, validator=_non_negative)
     max_in_flight: int = attrs.field(default=32, validator=_positive_int)
     max_polls_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
     max_poll_errors: int = attrs.field(default=5, validator=_positive_int)
