@@ -980,12 +980,18 @@ class _Batch:
             self.outbox.finish()
 
     async def _feed(self, requests: AsyncIterable[GenerationRequest]) -> None:
-        """Read an async input into the queue, a free slot at a time."""
+        """Read an async input into the queue, a free slot at a time (an item is asked for
+        only once there is room for it)."""
+        iterator = aiter(requests)
         try:
-            async for request in requests:
+            while True:
                 while not self.free and not self.stopped:
                     await self.feeder.wait()
                 if self.stopped:
+                    break
+                try:
+                    request = await anext(iterator)
+                except StopAsyncIteration:
                     break
                 self.queue.append(self._take(request))
                 if not self.idle.wake_one():
@@ -1038,8 +1044,10 @@ class _Batch:
     def release(self) -> None:
         """The consumer took an outcome: one more job may start."""
         self.free += 1
-        if not self.idle.wake_one():
-            self.feeder.wake_one()
+        if self.source is not None:
+            self.idle.wake_one()  # a plain iterable: a submitter reads the next input itself
+        else:
+            self.feeder.wake_one()  # an async one: its feeder reads it
 
     def stop(self) -> None:
         """The consumer left: submit nothing more; keep a record of every accepted task."""

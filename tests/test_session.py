@@ -554,9 +554,10 @@ async def test_an_input_that_breaks_delivers_what_it_gave_then_raises(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["iterable", "async iterable"])
 @pytest.mark.parametrize("max_outstanding", [1, 3])
 async def test_the_input_is_read_no_further_ahead_than_max_outstanding(
-    emulator: Emulator, max_outstanding: int
+    emulator: Emulator, max_outstanding: int, kind: str
 ) -> None:
     read = 0
 
@@ -566,14 +567,20 @@ async def test_the_input_is_read_no_further_ahead_than_max_outstanding(
             read += 1
             yield GenerationRequest(model="flux-kontext-pro", prompt=f"quay {i}")
 
+    async def arequests() -> Any:
+        for request in requests():
+            yield request
+
     ahead: list[int] = []
     limits = Limits(max_outstanding=max_outstanding)
     async with session_for(emulator, "toapis", limits=limits) as session:
         delivered = 0
-        async for outcome in session.as_completed(requests()):
-            assert outcome.ok, outcome.error
-            # What was read is what was delivered plus at most max_outstanding in flight.
-            ahead.append(read - delivered)
-            delivered += 1
+        source = requests() if kind == "iterable" else arequests()
+        with anyio.fail_after(30):  # a batch that stops reading its input hangs: fail instead
+            async for outcome in session.as_completed(source):
+                assert outcome.ok, outcome.error
+                # What was read is what was delivered plus at most max_outstanding in flight.
+                ahead.append(read - delivered)
+                delivered += 1
     assert delivered == 12
     assert max(ahead) <= max_outstanding
