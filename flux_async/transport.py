@@ -198,10 +198,11 @@ class AiohttpTransport:
         try:
             async with client.request(request.method, url, **kwargs) as resp:  # type: ignore[arg-type]
                 length = resp.content_length
-                if length is not None:
-                    if length > MAX_API_BODY:
-                        raise TransportError(f"{request.method} {_path(url)}: response of {length} bytes is too large", request_sent=True)
-                    # A declared length bounds the body: read it whole (all of its chunks).
+                if length is not None and length > MAX_API_BODY:
+                    raise TransportError(f"{request.method} {_path(url)}: response of {length} bytes is too large", request_sent=True)
+                if length is not None and resp.headers.get("Content-Encoding", "identity") == "identity":
+                    # A declared length of an uncompressed body bounds it: read it whole in one
+                    # call. (A compressed body can unpack to far more than its length says.)
                     body = await resp.read()
                 else:
                     body = await _read_bounded(resp, request.method, url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -78,6 +79,26 @@ async def test_an_oversized_api_body_is_refused() -> None:
             await response.write(chunk)
         await response.write_eof()
         return response
+
+    runner, url = await _serve(handler)
+    transport = AiohttpTransport(base_url=url)
+    try:
+        with pytest.raises(TransportError, match="too large"):
+            await transport.send(HttpRequest(method="GET", url="/x"))
+    finally:
+        await transport.aclose()
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_a_small_compressed_body_that_unpacks_past_the_cap_is_refused() -> None:
+    """Content-Length counts the compressed bytes: the cap applies to what they unpack to."""
+    packed = gzip.compress(b"{" + b" " * (MAX_API_BODY + 1024) + b"}")
+    assert len(packed) < MAX_API_BODY // 100
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=packed, headers={"Content-Encoding": "gzip",
+                                                  "Content-Type": "application/json"})
 
     runner, url = await _serve(handler)
     transport = AiohttpTransport(base_url=url)
