@@ -169,16 +169,10 @@ class AiohttpTransport:
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
         return self._session
 
-    def resolve(self, url: str) -> str:
-        """The absolute URL of a request path."""
-        if url.startswith(("http://", "https://")):
-            return url
-        return self._base_url + url
-
     async def send(self, request: HttpRequest, *, time_limit: float | None = None) -> HttpResponse:
         """Send one API request and read its whole (bounded) body."""
         url = request.url
-        if url.startswith("/"):
+        if url.startswith("/"):  # a path (an absolute URL, BFL's polling_url, is used verbatim)
             url = self._base_url + url
         # aiohttp copies the headers into its own multidict: no copy is needed here.
         kwargs: dict[str, object] = {"headers": request.headers, "allow_redirects": False}
