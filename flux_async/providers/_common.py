@@ -100,9 +100,7 @@ def _timestamp(value: object, _: object) -> datetime | None:
 
 
 def _percent(value: object, _: object) -> float | None:
-    if not _is_number(value):
-        return None
-    return min(100.0, max(0.0, float(value)))  # type: ignore[arg-type]
+    return read_percent(value)
 
 
 def _seconds(value: object, _: object) -> float | None:
@@ -155,6 +153,7 @@ _SECONDS_KEPT = 4096
 
 
 def read_percent(value: object) -> Percent | None:
+    """A percentage clamped to 0-100, or None for anything but a finite number."""
     if value.__class__ is int or value.__class__ is float:  # a JSON number (a bool is not one)
         if not math.isfinite(value):
             return None
