@@ -51,6 +51,7 @@ from ._common import (
     merge_extra,
     path_segment,
     read_failure,
+    read_object,
     read_optional_str,
     read_percent,
     read_str,
@@ -114,9 +115,7 @@ def _read_task(data: dict[str, Any]) -> _Task:
     """A poll body read by hand (see ``BaseCodec._readers``)."""
     result = data.get("result")
     if result is not None:
-        if not isinstance(result, dict):
-            raise TypeError("expected an object")
-        result = _Result(data=read_urls(result.get("data")))
+        result = _Result(data=read_urls(read_object(result).get("data")))
     return _Task(
         status=read_str(data["status"]),
         model=read_optional_str(data.get("model")),
