@@ -31,6 +31,7 @@ from flux_async.catalog import (
     sniff_image_type,
     validate,
 )
+from flux_async.catalog import _validate as validate_module
 from flux_async.errors import ConfigurationError, ValidationError
 from flux_async.models import GenerationRequest
 
@@ -62,7 +63,7 @@ def no_io(*, files: bool = False) -> Iterator[None]:
 
     targets = [(socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "getaddrinfo")]
     if not files:
-        targets += [(os, "stat"), (os, "open"), (catalog, "open")]
+        targets += [(os, "stat"), (os, "open"), (validate_module, "open")]
     with contextlib.ExitStack() as stack:
         for owner, name in targets:
             stack.enter_context(mock.patch.object(owner, name, forbidden, create=True))
@@ -619,7 +620,7 @@ def test_toapis_limit_is_lower_than_apimart(tmp_path: Path) -> None:
 
 def test_oversize_with_a_patched_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = attrs.evolve(model_spec("bfl", K), max_image_bytes=len(PNG) - 1)
-    monkeypatch.setattr(catalog, "model_spec", lambda provider, model: small)
+    monkeypatch.setattr(validate_module, "model_spec", lambda provider, model: small)
     error = refusal(write(tmp_path / "in.png", PNG), "bfl")
     assert f"{len(PNG)} bytes is over" in str(error)
 

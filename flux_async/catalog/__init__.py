@@ -1,0 +1,40 @@
+"""What each model accepts on each provider, as data, and the rules that check a request against it.
+
+Pure: no network, no clock, no aiohttp/anyio, and nothing from session, transport or scheduler;
+imports only ``flux_async.models`` and ``flux_async.errors``. The only I/O is looking at local
+image files named in a request (``os.stat`` and the first few bytes, to sniff the format).
+
+Three parts: ``_specs`` holds the tables (:class:`ModelSpec` per provider and model, upload
+limits) and their lookups; ``_images`` tells a URL from a path or bytes and sniffs an image's
+format; ``_validate`` holds :func:`validate`, which checks a :class:`GenerationRequest` against
+the tables before anything is sent and returns a copy with the documented defaults filled in.
+
+Normalisation (what the returned copy holds):
+- ``size``: the documented default when not given (Kontext: ``16:9``, or ``match_input_image``
+  with an input image; Grok: ``1:1``); apimart's ``auto`` becomes ``match_input_image``, which it
+  documents as the same thing, so a validated request means the same on every provider.
+  On BFL the Kontext defaults are filled too (BFL documents none) so that switching provider does
+  not change the output's shape; BFL's codec omits ``aspect_ratio`` for ``match_input_image``.
+- ``n``: ``1`` on Grok when not given; never set on Kontext.
+- ``response_format``: ``"png"`` or ``"jpeg"`` (``"jpg"`` is accepted); codecs map it to the
+  provider's spelling. Left None when not given, like ``safety_tolerance`` and
+  ``prompt_upsampling``: the provider's own default then applies.
+"""
+
+from __future__ import annotations
+
+from ._images import ImageKind, classify_image, sniff_image_type
+from ._specs import PROVIDERS, ModelSpec, max_upload_bytes, model_spec, models_for
+from ._validate import validate
+
+__all__ = [
+    "PROVIDERS",
+    "ImageKind",
+    "ModelSpec",
+    "classify_image",
+    "max_upload_bytes",
+    "model_spec",
+    "models_for",
+    "sniff_image_type",
+    "validate",
+]
