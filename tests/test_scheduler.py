@@ -32,13 +32,8 @@ from flux_async.errors import (
     TransportError,
 )
 from flux_async.models import TaskRef, TaskState, TaskStatus
-from flux_async.scheduler import (
-    PollPolicy,
-    PollScheduler,
-    SchedulerStatistics,
-    _belief_step,
-    _spacing,
-)
+from flux_async.scheduler import PollPolicy, PollScheduler, SchedulerStatistics
+from flux_async.scheduler._timing import WatchState, belief_step, observe, spacing, window
 
 pytestmark = pytest.mark.anyio
 
@@ -254,11 +249,11 @@ def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
 
 def test_spacing_is_two_target_delays_at_the_median_and_sparse_in_the_left_tail() -> None:
     mu, sigma = math.log(10.0), 0.35
-    assert _spacing(10.0, mu, sigma, 1.0) == pytest.approx(1.0)
-    assert _spacing(3.0, mu, sigma, 1.0) > 5.0  # completions unlikely: poll rarely
-    assert _spacing(14.0, mu, sigma, 1.0) < 1.0  # hazard keeps rising after the median
+    assert spacing(10.0, mu, sigma, 1.0) == pytest.approx(1.0)
+    assert spacing(3.0, mu, sigma, 1.0) > 5.0  # completions unlikely: poll rarely
+    assert spacing(14.0, mu, sigma, 1.0) < 1.0  # hazard keeps rising after the median
     # The first poll lands at a low quantile of the distribution, not at 1 s nor at the median.
-    first = _belief_step(0.0, mu, sigma, 1.0, 0.2)
+    first = belief_step(0.0, mu, sigma, 1.0, 0.2)
     assert 2.5 < first < 5.0
 
 
@@ -796,17 +791,15 @@ def test_the_progress_window_always_contains_the_completion(
 ) -> None:
     """Whatever the queue before progress starts and however percents are rounded, the
     completion time lies in the window the reports allow (checked after every report)."""
-    sched = PollScheduler(lambda ref: pytest.fail("no polls here"), clock=lambda: 0.0)
-    sched.watch(TaskRef(provider="toapis", task_id="a"), lambda value: None, submitted_at=0.0)
-    rec = sched._watches["a"]
+    rec = WatchState(0.0)
     for fraction in sorted(set(fractions)):
         t = fraction * duration
         running = max(0.0, (t - queue * duration) / (duration - queue * duration))
         state = TaskState(
             task_id="a", status=TaskStatus.RUNNING, raw_status="x", progress=rounding(100 * running)
         )
-        sched._observe(rec, state, t)
-        lo, hi = sched._window(rec)
+        observe(rec, state, t)
+        lo, hi = window(rec)
         assert lo - 1e-6 * duration <= duration <= hi + 1e-6 * duration
 
 

@@ -1,0 +1,451 @@
+"""The scheduler's driver: one task that sends every due poll of a session.
+
+A waiting task is one small slotted record in a min-heap (one heap per provider) keyed by its
+next due time; it owns no coroutine, no asyncio task and no timer handle. The driver sleeps until
+the earliest due time (due times are rounded up to a quantum, so one wake-up serves a batch),
+then hands the due polls to worker tasks in its own task group, at most ``max_in_flight`` polls
+at once. Workers are started only when every one is busy, so there are never more than
+``max_in_flight`` of them, and they end with the scheduler (handing a poll to a parked worker
+costs a sixth of spawning a task for it). It also owns what is shared by a provider's tasks: the
+429 pause, the polls-per-second budget, the lag figures.
+
+*When* to poll is not decided here: the driver asks the timing model (``_timing``) after every
+answer and only rounds the time it gets to the quantum. Time is injected (``clock``, ``sleep``)
+so the driver runs in virtual time under test. This module must not import aiohttp, the
+transport, the session or the provider codecs: it only sees ``poll(ref) -> TaskState`` and the
+error tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+
+from .._parking import Parking
+from ..errors import RateLimitError, TaskTimeoutError
+from ..models import TaskRef, TaskState, TaskStatus
+from ..retry import RetryBudget, RetryPolicy, backoff_delay, is_retryable_poll
+from ._alarm import Alarm
+from ._meters import LagHistogram, PollBudget
+from ._policy import PollPolicy, SchedulerStatistics
+from ._timing import EPS, Learned, WatchState, learn, next_poll, observe
+
+__all__ = ["DoneCallback", "PollScheduler"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_POLICY = PollPolicy()
+
+#: What ``on_done`` receives: the terminal state, or the exception that ended the watch.
+DoneCallback = Callable[[TaskState | BaseException], None]
+
+
+class _Watch(WatchState):
+    """One waiting task: the timing model's state plus what the driver needs (a few hundred
+    bytes, one object per task)."""
+
+    __slots__ = (
+        "deadline",
+        "errors",  # consecutive failed polls
+        "km",  # what is learned for the task's provider and model
+        "on_done",  # None once the watch has ended: its heap entry, if any, is stale
+        "queue",
+        "ref",
+        "seq",
+    )
+
+    def __init__(
+        self,
+        ref: TaskRef,
+        on_done: DoneCallback,
+        seq: int,
+        queue: _ProviderQueue,
+        km: Learned,
+        t0: float,
+        deadline: float | None,
+    ) -> None:
+        WatchState.__init__(self, t0)
+        self.ref = ref
+        self.on_done: DoneCallback | None = on_done
+        self.seq = seq
+        self.queue = queue
+        self.km = km
+        self.deadline = deadline
+        self.errors = 0
+
+
+_HeapEntry = tuple[float, int, _Watch]
+_PollOrder = tuple[_Watch, float]  # a task to poll now, and when it was due
+
+
+class _ProviderQueue:
+    """The waiting tasks of one provider, and that provider's 429 pause."""
+
+    __slots__ = ("heap", "paused_until", "rate_limit_streak", "stale")
+
+    def __init__(self) -> None:
+        self.heap: list[_HeapEntry] = []
+        self.paused_until = -math.inf
+        self.rate_limit_streak = 0
+        self.stale = 0
+
+
+# -- the scheduler ------------------------------------------------------------------------------
+
+
+class PollScheduler:
+    """Watches every outstanding task of a session with one driver task.
+
+    ``poll(ref)`` performs one status check and returns the task's state, raising
+    :mod:`flux_async.errors` exceptions. ``clock`` defaults to the running loop's time and
+    ``sleep`` to :func:`anyio.sleep`; tests inject virtual ones. Use from one event loop.
+    """
+
+    def __init__(
+        self,
+        poll: Callable[[TaskRef], Awaitable[TaskState]],
+        *,
+        policy: PollPolicy = _DEFAULT_POLICY,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+        retry_budget: RetryBudget | None = None,
+    ) -> None:
+        self._poll = poll
+        self._retry_budget = retry_budget
+        self.policy = policy
+        self._default_clock = clock is None
+        self._clock = clock or self._loop_time
+        self._rng = rng or random.Random()
+        # Poll errors and 429s without Retry-After back off like any idempotent retry.
+        self._error_policy = RetryPolicy(
+            base_delay=min(1.0, policy.max_interval),
+            max_delay=policy.max_interval,
+            jitter="equal",
+        )
+        self._pause_policy = RetryPolicy(
+            base_delay=min(1.0, policy.rate_limit_pause_cap),
+            max_delay=policy.rate_limit_pause_cap,
+            jitter="equal",
+        )
+        self._watches: dict[str, _Watch] = {}
+        self._queues: dict[str, _ProviderQueue] = {}
+        self._models: dict[tuple[str, str | None], Learned] = {}
+        self._ready: collections.deque[tuple[_Watch, TaskState]] = collections.deque()
+        self._seq = itertools.count()
+        self._budget = (
+            None if policy.max_polls_per_second is None else PollBudget(policy.max_polls_per_second)
+        )
+        self._tg: anyio.abc.TaskGroup | None = None
+        # Polls handed to the workers, and the event an idle worker waits on: a plain queue, so
+        # that taking an order costs no trip through the event loop.
+        self._orders: collections.deque[_PollOrder] = collections.deque()
+        self._idle = Parking()  # workers with nothing to send
+        self._workers = 0
+        # The driver's sleep: rung when a poll falls due before it would wake by itself.
+        self._alarm = Alarm(clock, sleep)
+        self._blocked = False  # due polls are waiting for an in-flight slot
+        self._in_flight = 0
+        self._lag = LagHistogram()
+        self._polls_sent = 0
+        self._polls_failed = 0
+        self._retries = 0
+        self._rate_limited = 0
+        self._finished = 0
+        self._gave_up = 0
+        self._timed_out = 0
+        self._wakeups = 0
+
+    def __repr__(self) -> str:
+        return f"<PollScheduler outstanding={len(self._watches)} in_flight={self._in_flight}>"
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def watch(
+        self,
+        ref: TaskRef,
+        on_done: DoneCallback,
+        *,
+        submitted_at: float | None = None,
+        deadline: float | None = None,
+        initial: TaskState | None = None,
+    ) -> None:
+        """Start watching a task. Sync and cheap: no request is made here.
+
+        ``on_done`` is called exactly once, synchronously from the scheduler's own tasks, with
+        the terminal :class:`TaskState`, or with the exception that ended the watch: a poll error
+        that is not retryable, the last error after ``max_poll_errors`` consecutive retryable
+        ones, or :class:`~flux_async.errors.TaskTimeoutError` once ``deadline`` (clock time)
+        passes. ``submitted_at`` (clock time; default: now) is when the provider accepted the
+        task; ``initial`` is a state already known (e.g. from the submit response).
+
+        Raises ValueError if the task is already watched.
+        """
+        task_id = ref.task_id
+        if task_id in self._watches:
+            raise ValueError(f"task {task_id} is already watched")
+        now = self._clock()
+        provider = ref.provider
+        queue = self._queues.get(provider)
+        if queue is None:
+            queue = self._queues[provider] = _ProviderQueue()
+        key = (provider, ref.model)
+        km = self._models.get(key)
+        if km is None:
+            km = self._models[key] = Learned()
+        t0 = now if submitted_at is None else submitted_at
+        rec = _Watch(ref, on_done, next(self._seq), queue, km, t0, deadline)
+        self._watches[task_id] = rec
+        if initial is not None:
+            if initial.terminal:
+                self._ready.append((rec, initial))
+                self._alarm.ring()
+                return
+            observe(rec, initial, now)
+        self._push(rec, next_poll(rec, rec.km, self.policy, now, self._rng))
+
+    def unwatch(self, task_id: str) -> bool:
+        """Stop watching a task without calling its ``on_done``; True if it was watched."""
+        rec = self._watches.pop(task_id, None)
+        if rec is None:
+            return False
+        rec.on_done = None
+        rec.queue.stale += 1
+        return True
+
+    def outstanding(self) -> list[TaskRef]:
+        """The refs of the tasks still watched."""
+        return [rec.ref for rec in self._watches.values()]
+
+    def statistics(self) -> SchedulerStatistics:
+        """A frozen snapshot of the counters."""
+        finished = self._finished
+        return SchedulerStatistics(
+            outstanding=len(self._watches),
+            in_flight=self._in_flight,
+            polls_sent=self._polls_sent,
+            polls_failed=self._polls_failed,
+            retries=self._retries,
+            rate_limited=self._rate_limited,
+            finished=finished,
+            gave_up=self._gave_up,
+            timed_out=self._timed_out,
+            wakeups=self._wakeups,
+            polls_per_finished=self._polls_sent / finished if finished else 0.0,
+            lag_p50=self._lag.quantile(0.5),
+            lag_p99=self._lag.quantile(0.99),
+            max_lag=self._lag.max,
+        )
+
+    async def run(self) -> None:
+        """The driver: sends every due poll, until cancelled. Run it in the owner's task group."""
+        if self._tg is not None:
+            raise RuntimeError("PollScheduler.run() is already running")
+        if self._default_clock:
+            self._clock = self._loop_time  # this run's loop
+        orders, alarm = self._orders, self._alarm
+        try:
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    while True:
+                        await alarm.rest(self._dispatch())
+                        self._wakeups += 1
+            finally:
+                # Polls handed over but never sent go back to the heap, so that a later
+                # run() still watches every task.
+                while orders:
+                    rec, _ = orders.popleft()
+                    if rec.on_done is not None:
+                        self._push(rec, self._clock())
+        finally:
+            self._tg = None
+            self._idle = Parking()
+            self._workers = self._in_flight = 0
+
+    def _loop_time(self) -> float:
+        """The default clock: the running loop's time, as anyio.current_time() gives it, but
+        read directly from the asyncio loop (ten times cheaper) when that is the backend."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return anyio.current_time()
+        self._clock = loop.time
+        return loop.time()
+
+    # -- the driver --------------------------------------------------------------------------------
+
+    def _dispatch(self) -> float:
+        """Start every due poll that a slot and the budget allow; end watches whose deadline
+        passed. Returns when the driver must look again (inf: only when woken)."""
+        self._blocked = False
+        while self._ready:
+            rec, state = self._ready.popleft()
+            if rec.on_done is not None:
+                self._finish(rec, state)
+        tg, orders = self._tg, self._orders
+        assert tg is not None
+        now = self._clock()
+        limit = now + EPS
+        policy = self.policy
+        budget = self._budget
+        queues = self._queues.values()
+        while True:
+            best: _ProviderQueue | None = None
+            best_due = math.inf
+            for queue in queues:
+                heap = queue.heap
+                while heap and heap[0][2].on_done is None:
+                    heapq.heappop(heap)
+                    queue.stale -= 1
+                if heap:
+                    due = heap[0][0]
+                    if due < queue.paused_until:
+                        due = queue.paused_until
+                    if due < best_due:
+                        best, best_due = queue, due
+            if best is None or best_due > limit:
+                return best_due
+            rec = best.heap[0][2]
+            if rec.deadline is not None and rec.deadline <= limit:
+                heapq.heappop(best.heap)
+                self._timed_out += 1
+                self._finish(
+                    rec,
+                    TaskTimeoutError(
+                        f"task {rec.ref.task_id} did not finish before its deadline",
+                        task_id=rec.ref.task_id,
+                    ),
+                )
+                continue
+            if self._in_flight >= policy.max_in_flight:
+                self._blocked = True
+                return math.inf  # a finishing poll dispatches again
+            if budget is not None:
+                allowed = budget.next_start()
+                if allowed > now:  # no tolerance here: the budget is a promise
+                    return allowed
+                budget.starts.append(now)
+            heapq.heappop(best.heap)
+            self._in_flight += 1
+            orders.append((rec, best_due))
+            # One parked worker takes the order. With none parked, a new one starts unless
+            # there are max_in_flight already: then a busy one takes it when its poll is done.
+            if not self._idle.wake_one() and self._workers < policy.max_in_flight:
+                self._workers += 1
+                tg.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        """Send the polls handed over by :meth:`_dispatch`, one at a time."""
+        clock = self._clock
+        orders = self._orders
+        while True:
+            while not orders:
+                await self._idle.wait()
+            rec, due = orders.popleft()
+            start = clock()
+            self._lag.add(start - due)
+            self._polls_sent += 1
+            rec.polls += 1
+            if rec.errors == 0 and self._retry_budget is not None:
+                self._retry_budget.record_request()  # a first attempt, not a retry
+            try:
+                state = await self._poll(rec.ref)
+            except Exception as exc:
+                self._in_flight -= 1
+                self._polls_failed += 1
+                if rec.on_done is not None:
+                    self._after_error(rec, exc, clock())
+            except BaseException:
+                if rec.on_done is not None:  # cancelled with the scheduler: poll it next run
+                    self._push(rec, clock())
+                raise
+            else:
+                self._in_flight -= 1
+                if rec.on_done is not None:
+                    self._after_state(rec, state, start, clock())
+            if self._blocked:
+                wake_at = self._dispatch()
+                if wake_at < self._alarm.at:
+                    self._alarm.ring()
+
+    def _after_state(self, rec: _Watch, state: TaskState, start: float, now: float) -> None:
+        rec.errors = 0
+        rec.queue.rate_limit_streak = 0
+        observed = 0.5 * (start + now)  # the provider answered somewhere in between
+        if state.terminal:
+            if state.status is TaskStatus.SUCCEEDED:
+                learn(rec, rec.km, observed)
+            self._finish(rec, state)
+            return
+        observe(rec, state, observed)
+        self._push(rec, next_poll(rec, rec.km, self.policy, now, self._rng))
+
+    def _after_error(self, rec: _Watch, exc: Exception, now: float) -> None:
+        if isinstance(exc, RateLimitError):
+            # A 429 is about the provider, not this task: pause all of the provider's polls.
+            self._rate_limited += 1
+            self._retries += 1
+            queue = rec.queue
+            if exc.retry_after is not None and exc.retry_after >= 0:
+                pause = min(exc.retry_after, self.policy.rate_limit_pause_cap)
+            else:
+                if now >= queue.paused_until:  # a new episode, not another answer to the last one
+                    queue.rate_limit_streak += 1
+                attempt = max(0, queue.rate_limit_streak - 1)
+                pause = backoff_delay(self._pause_policy, attempt, self._rng)
+            queue.paused_until = max(queue.paused_until, now + pause)
+            self._push(rec, now)
+            return
+        if is_retryable_poll(exc):
+            rec.errors += 1
+            if rec.errors >= self.policy.max_poll_errors or (
+                self._retry_budget is not None and not self._retry_budget.try_spend_retry()
+            ):
+                self._finish(rec, exc)
+                return
+            self._retries += 1
+            self._push(rec, now + backoff_delay(self._error_policy, rec.errors - 1, self._rng))
+            return
+        self._finish(rec, exc)
+
+    def _push(self, rec: _Watch, due: float) -> None:
+        """Queue ``rec`` for a poll at ``due`` (or for its timeout, if that comes first)."""
+        if rec.deadline is not None and due > rec.deadline:
+            due = rec.deadline
+        quantum = self.policy.quantum
+        if quantum > 0:
+            due = math.ceil(due / quantum - 1e-7) * quantum
+        queue = rec.queue
+        heapq.heappush(queue.heap, (due, rec.seq, rec))
+        if queue.stale > 64 and queue.stale > len(queue.heap) // 2:
+            queue.heap = [entry for entry in queue.heap if entry[2].on_done is not None]
+            heapq.heapify(queue.heap)
+            queue.stale = 0
+        if due < self._alarm.at:
+            self._alarm.ring()
+
+    def _finish(self, rec: _Watch, outcome: TaskState | BaseException) -> None:
+        callback = rec.on_done
+        if callback is None:
+            return
+        rec.on_done = None
+        if self._watches.get(rec.ref.task_id) is rec:
+            del self._watches[rec.ref.task_id]
+        self._finished += 1
+        if isinstance(outcome, BaseException):
+            self._gave_up += 1
+        try:
+            callback(outcome)
+        except Exception:
+            # The callback belongs to the session; one failing must not stop the other watches.
+            logger.exception("on_done callback for task %s raised", rec.ref.task_id)

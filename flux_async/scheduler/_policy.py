@@ -1,0 +1,125 @@
+"""The scheduler's configuration and its counters: :class:`PollPolicy` and
+:class:`SchedulerStatistics`, frozen values with no behaviour of their own.
+
+Pure: no I/O, no clock, no event loop; imports only attrs and the retry module's validators.
+The timing model (``_timing``) reads a policy; the driver (``_driver``) reads it and fills the
+statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..retry import _non_negative, _positive
+
+__all__ = ["PollPolicy", "SchedulerStatistics"]
+
+
+def _optional_positive(obj: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _positive(obj, attribute, value)
+
+
+def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """When and how often the scheduler polls: the trade-off between requests and detection delay.
+
+    Every poll costs a request; every late poll costs latency. ``target_delay`` is the knob that
+    sets the exchange rate, in seconds of detection delay (the time from a task's completion to
+    the poll that notices it, request latency not included):
+
+    - When progress (or a trusted ``estimated_time``) pins the completion down to a window, the
+      scheduler polls once at the end of the window if it is at most ``target_delay`` wide, and
+      otherwise splits it into steps of at most ``target_delay``: a typical delay of
+      ``target_delay / 2`` or less, for a few requests per task.
+    - When only the learned distribution of durations is known, polls are spaced
+      ``2 * target_delay`` apart where completions are most likely (a mean delay of about
+      ``target_delay``), further apart where they are unlikely (the spacing follows
+      ``1 / sqrt(hazard)``, which minimises requests for a given mean delay), and the first poll
+      lands at a low quantile of the distribution.
+    - When nothing is known yet: a geometric backoff from ``first_poll`` (1 s when None), growing
+      by ``backoff`` up to ``max_interval``.
+
+    Halving ``target_delay`` roughly doubles the polls spent near completion; raising it saves
+    requests at the price of noticing later. The other knobs:
+
+    - ``first_poll``: seconds after submission of the first poll; None derives it from hints and
+      the learned distribution (1 s when nothing is known).
+    - ``min_interval``: never poll one task more often than this.
+    - ``max_interval``: cap of the geometric backoff and of the retry delays. A completion
+      predicted further away than this is checked on the way (at three quarters of the
+      distance), in case the progress is not as linear as it looked.
+    - ``backoff``: growth factor of the backoff when nothing is known.
+    - ``jitter``: relative jitter (``±jitter``) on backoff and retry delays, so tasks submitted
+      together spread out. Polls aimed at a predicted completion are not jittered.
+    - ``quantum``: due times are rounded up to a multiple of this, so that one wake-up of the
+      driver serves every poll due within it (it adds at most ``quantum`` of delay).
+    - ``max_in_flight``: polls running at once.
+    - ``max_polls_per_second``: optional budget over any one-second window. It is met by delaying
+      due polls, oldest due first, and each task's next interval counts from its delayed poll, so
+      every task's intervals stretch; the budget is never exceeded and no task is dropped. While
+      the budget holds polls back, the statistics' lag shows by how much.
+    - ``max_poll_errors``: consecutive failed polls of one task (transport errors, 5xx,
+      unreadable bodies) before the task is given up with the last error. A 429 is not counted:
+      it pauses the whole provider instead.
+    - ``rate_limit_pause_cap``: the longest pause a 429's ``Retry-After`` (or, without one, a
+      doubling backoff) imposes on all polls of that provider.
+    """
+
+    target_delay: float = attrs.field(default=0.5, validator=_positive)
+    first_poll: float | None = attrs.field(default=None, validator=_optional_positive)
+    min_interval: float = attrs.field(default=0.2, validator=_positive)
+    max_interval: float = attrs.field(default=10.0, validator=_positive)
+    backoff: float = attrs.field(default=1.5, validator=_positive)
+    jitter: float = attrs.field(default=0.1, validator=_non_negative)
+    quantum: float = attrs.field(default=0.02, validator=_non_negative)
+    max_in_flight: int = attrs.field(default=32, validator=_positive_int)
+    max_polls_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
+    max_poll_errors: int = attrs.field(default=5, validator=_positive_int)
+    rate_limit_pause_cap: float = attrs.field(default=60.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_interval > self.max_interval:
+            raise ValueError(
+                f"min_interval ({self.min_interval!r}) must be <= max_interval ({self.max_interval!r})"
+            )
+        if self.backoff < 1:
+            raise ValueError(f"backoff must be >= 1, got {self.backoff!r}")
+        if self.jitter >= 1:
+            raise ValueError(f"jitter must be < 1, got {self.jitter!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SchedulerStatistics:
+    """A snapshot of a :class:`PollScheduler`.
+
+    ``finished`` counts watches that ended with ``on_done`` (a terminal state or an error);
+    ``gave_up`` those that ended with an error, ``timed_out`` those among them that hit their
+    deadline. ``retries`` counts polls rescheduled after a retryable failure (429s included),
+    ``rate_limited`` the 429s seen. ``wakeups`` counts the driver's wake-ups. Lag is the time a
+    poll started minus the time it was due (after any provider pause): it includes waiting for
+    an in-flight slot or the polls-per-second budget. ``lag_p50`` and ``lag_p99`` come from a
+    log-spaced histogram (about 12% resolution).
+    """
+
+    outstanding: int
+    in_flight: int
+    polls_sent: int
+    polls_failed: int
+    retries: int
+    rate_limited: int
+    finished: int
+    gave_up: int
+    timed_out: int
+    wakeups: int
+    polls_per_finished: float
+    lag_p50: float
+    lag_p99: float
+    max_lag: float

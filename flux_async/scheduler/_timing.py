@@ -1,0 +1,364 @@
+"""The timing model: when to poll a task next, as plain functions over small values.
+
+It owns everything the scheduler knows about *time*: what a task's reported progress says about
+its completion (:func:`observe`, :func:`window`), the completion-time distribution learned per
+provider and model (:class:`Learned`, fed by :func:`learn`), and the decision itself
+(:func:`next_poll`). Each function takes the clock reading it needs as an argument and the
+random source for its jitter, so it runs without an event loop or a clock and is tested as a
+plain function.
+
+It must not import anyio, asyncio, aiohttp, the driver, the transport, the session or the
+codecs: it sees a :class:`WatchState`, a :class:`~flux_async.models.TaskState` and a
+:class:`PollPolicy`, nothing else. The driver keeps one :class:`WatchState` per waiting task
+(its own record extends it), so the model costs no allocation per poll.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from ..models import TaskState
+from ._policy import PollPolicy
+
+__all__ = [
+    "EPS",
+    "Learned",
+    "LogStats",
+    "WatchState",
+    "belief_step",
+    "learn",
+    "next_poll",
+    "observe",
+    "spacing",
+    "through",
+    "window",
+]
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # 2·φ(0): makes the spacing equal `dense` at the median
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+# Reported progress is an integer percent, truncated or rounded depending on the provider: a
+# report of p means the true progress lies in [p - 0.5, p + 1).
+_P_BELOW = 0.5
+_P_ABOVE = 1.0
+# The learned distribution is used from this many completions on, with this prior on its spread.
+_MIN_SAMPLES = 3
+_PRIOR_WEIGHT = 2.0
+_PRIOR_SIGMA = 0.5
+_MIN_SIGMA = 0.03
+# Forgetting: a completion weighs e^-1 after this many seconds.
+_MEMORY = 1800.0
+# A calibrated estimated_time replaces the learned distribution when it leaves this fraction of
+# the durations' spread unexplained, or less.
+_BETTER = 0.7
+# The first poll, and start of the backoff, when nothing is known.
+_FIRST_POLL = 1.0
+# Once a task is later than predicted, its next polls are spaced by this fraction of the lateness.
+_OVERDUE_FRACTION = 0.25
+EPS = 1e-9
+
+
+def spacing(elapsed: float, mu: float, sigma: float, dense: float) -> float:
+    """Poll spacing at ``elapsed`` seconds for durations ~ LogNormal(mu, sigma).
+
+    Minimising ``polls + λ·delay`` gives a spacing proportional to ``1 / sqrt(hazard)``; it is
+    scaled so that it equals ``dense`` at the median.
+    """
+    z = (math.log(elapsed) - mu) / sigma
+    z = min(8.0, max(-8.0, z))
+    mills = 0.5 * math.erfc(z * _INV_SQRT2) * _SQRT_2PI * math.exp(0.5 * z * z)  # Q(z) / φ(z)
+    return dense * math.sqrt(_SQRT_2_OVER_PI * math.exp(sigma * z) * mills)
+
+
+def belief_step(elapsed: float, mu: float, sigma: float, dense: float, min_step: float) -> float:
+    """The wait until the next poll when the duration is believed LogNormal(mu, sigma) and
+    ``elapsed`` seconds have passed: the smallest ``s`` with ``s >= spacing(elapsed + s)``."""
+    elapsed = max(elapsed, 1e-3)
+    hi = spacing(elapsed, mu, sigma, dense)
+    if hi <= min_step or min_step >= spacing(elapsed + min_step, mu, sigma, dense):
+        step = min_step
+    else:
+        lo = min_step
+        for _ in range(12):  # bisection on a log scale: ~0.5% precision over 8 decades
+            mid = math.sqrt(lo * hi)
+            if mid >= spacing(elapsed + mid, mu, sigma, dense):
+                hi = mid
+            else:
+                lo = mid
+        step = hi
+    late = elapsed - math.exp(mu + 3.0 * sigma)
+    if late > 0:  # far beyond what the distribution expects: back off with the lateness
+        step = max(step, _OVERDUE_FRACTION * late)
+    return step
+
+
+class LogStats:
+    """Mean and variance of log-values, each sample's weight decaying with time: O(1) memory.
+
+    Forgetting goes by time, not by sample count, because a batch submitted together completes
+    in order of duration: a per-sample window would remember only its slowest jobs. A sample may
+    come with the variance of its own measurement error (a duration is only known to lie between
+    two polls); its mean is taken out of the spread, which is never more than halved that way.
+    """
+
+    __slots__ = ("mean", "n", "noise", "t", "var", "weight")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.weight = 0.0
+        self.mean = 0.0
+        self.var = 0.0
+        self.noise = 0.0
+        self.t = 0.0
+
+    def add(self, x: float, now: float, weight: float = 1.0, noise: float = 0.0) -> None:
+        old = self.weight
+        if self.n and now > self.t:
+            old *= math.exp((self.t - now) / _MEMORY)
+        self.n += 1
+        self.t = max(self.t, now)
+        total = old + weight
+        d = x - self.mean
+        self.mean += weight * d / total
+        self.var = (old * self.var + weight * d * (x - self.mean)) / total
+        self.noise += weight * (noise - self.noise) / total
+        self.weight = total
+
+    def sigma(self, prior: float) -> float:
+        """The spread, shrunk towards ``prior`` while the samples weigh little."""
+        var = max(0.25 * self.var, self.var - self.noise)  # never more than halve the spread
+        var = (self.weight * var + _PRIOR_WEIGHT * prior * prior) / (self.weight + _PRIOR_WEIGHT)
+        return max(_MIN_SIGMA, math.sqrt(var))
+
+
+class Learned:
+    """What was learned for one (provider, model): durations, and how good estimated_time is.
+
+    One is shared by every task of its key; :func:`learn` feeds it, :func:`next_poll` reads it.
+    """
+
+    __slots__ = ("durations", "estimated", "estimates")
+
+    def __init__(self) -> None:
+        self.durations = LogStats()  # log(seconds from submission to completion)
+        self.estimates = LogStats()  # log(actual duration / estimated_time)
+        self.estimated = LogStats()  # log(duration) of the same tasks, with the same weights
+
+    def belief(self, estimate: float | None) -> tuple[float, float] | None:
+        """(mu, sigma) of the log-duration of a task, or None when nothing is known.
+
+        An ``estimated_time`` is used once it has proven clearly more precise than the spread of
+        the durations themselves, or while nothing else is known; it is never combined with the
+        learned distribution, because a constant estimate would then be counted twice.
+        """
+        d = self.durations
+        learned = (d.mean, d.sigma(_PRIOR_SIGMA)) if d.n >= _MIN_SAMPLES else None
+        if estimate is None:
+            return learned
+        e = self.estimates
+        if e.weight >= _MIN_SAMPLES:
+            hinted = (math.log(estimate) + e.mean, e.sigma(_PRIOR_SIGMA))
+            if learned is None or hinted[1] < _BETTER * self.estimated.sigma(_PRIOR_SIGMA):
+                return hinted
+            return learned
+        return learned or (math.log(estimate), _PRIOR_SIGMA)
+
+
+class WatchState:
+    """What the timing model remembers about one waiting task: a dozen numbers.
+
+    Times are clock readings. The driver's per-task record extends this class, so these slots
+    live in the one small object the heap holds.
+    """
+
+    __slots__ = (
+        "a_p",  # first positive progress since the last restart (anchor of the slope)
+        "a_t",
+        "c_p",  # latest positive progress
+        "c_t",
+        "estimate",  # latest estimated_time (seconds from submission)
+        "last_t",  # time of the latest non-terminal observation
+        "miss_t",  # when the task first outlived a prediction
+        "polls",  # polls sent so far
+        "t0",  # submission time
+        "w_hi",  # end of the completion window predicted by the latest plan
+        "z_t",  # latest time the task had certainly not started (progress 0, or submission)
+    )
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.polls = 0
+        self.estimate: float | None = None
+        self.last_t: float | None = None
+        self.z_t: float | None = t0
+        self.a_t: float | None = None
+        self.a_p = 0.0
+        self.c_t: float | None = None
+        self.c_p = 0.0
+        self.w_hi = math.inf
+        self.miss_t: float | None = None
+
+
+def observe(w: WatchState, state: TaskState, t: float) -> None:
+    """Take in a non-terminal state seen at time ``t``."""
+    w.last_t = t
+    if state.estimated_time is not None and state.estimated_time > 0:
+        w.estimate = float(state.estimated_time)
+    if t > w.w_hi and w.miss_t is None:
+        w.miss_t = w.w_hi  # still running after the predicted completion
+    progress = state.progress
+    if progress is None or not math.isfinite(progress):
+        return
+    p = min(100.0, float(progress))
+    if p <= 0:
+        # Not started yet (queued): the slope can only begin after this.
+        w.z_t = t
+        w.a_t = w.c_t = None
+    elif w.c_t is not None and p < w.c_p:
+        # Progress went backwards (a restarted job): start over from here.
+        w.z_t = None
+        w.a_t, w.a_p = t, p
+        w.c_t, w.c_p = t, p
+    else:
+        if w.a_t is None:
+            w.a_t, w.a_p = t, p
+        w.c_t, w.c_p = t, p
+
+
+def window(w: WatchState) -> tuple[float, float]:
+    """The completion window ``[lo, hi]`` that the reported progress allows (hi may be inf).
+
+    Progress is taken as linear from an unknown start: two positive reports give the slope,
+    each with its rounding error; a zero report (or the submission) only says that the line
+    was still below 1% then. A report that fits no line restarts the slope from itself (the
+    one change this makes to ``w``).
+    """
+    c_t = w.c_t
+    if c_t is None:
+        return -math.inf, math.inf
+    c_lo = w.c_p - _P_BELOW
+    c_hi = w.c_p + _P_ABOVE
+    r_lo, r_hi = 0.0, math.inf
+    if w.z_t is not None and c_t > w.z_t:
+        r_lo = (c_lo - 1.0) / (c_t - w.z_t)
+    a_t = w.a_t
+    if a_t is not None and c_t > a_t:
+        dt = c_t - a_t
+        s_lo = (c_lo - (w.a_p + _P_ABOVE)) / dt
+        s_hi = (c_hi - (w.a_p - _P_BELOW)) / dt
+        if max(r_lo, s_lo) <= s_hi:
+            r_lo, r_hi = max(r_lo, s_lo), s_hi
+        else:
+            # The line through the anchor no longer fits (the job sped up, or its progress
+            # is not linear): restart the slope from the latest report.
+            w.a_t, w.a_p = c_t, w.c_p
+            w.z_t = None
+            r_lo = 0.0
+    lo = c_t + max(0.0, 100.0 - c_hi) / r_hi if r_hi < math.inf else c_t
+    hi = c_t + (100.0 - c_lo) / r_lo if r_lo > 0 else math.inf
+    return lo, hi
+
+
+def next_poll(
+    w: WatchState, learned: Learned, policy: PollPolicy, now: float, rng: random.Random
+) -> float:
+    """When to poll the task next (clock time, before the driver rounds it to the quantum).
+
+    In order: the window its progress pins down, a narrow belief (a trusted ``estimated_time``),
+    the learned distribution of durations, one progress report alone, and otherwise the
+    geometric backoff. Records the predicted end of the completion window in ``w.w_hi``.
+    """
+    tau = policy.target_delay
+    if w.polls == 0 and policy.first_poll is not None:
+        return max(now, w.t0 + policy.first_poll)
+    lo, hi = window(w)
+    w.w_hi = hi
+    if hi < math.inf and w.a_t is not None and w.a_t < (w.c_t or -math.inf):
+        # Two reports pin the completion to [lo, hi]: step through it at most tau apart.
+        # While the window is still ahead, fresh progress outranks any earlier lateness:
+        # the lateness stretch applies only once the window itself has passed.
+        ahead = now <= hi
+        if lo - now > policy.max_interval:  # far away: check the prediction on the way
+            target = now + max(policy.max_interval, 0.75 * (lo - now))
+        else:
+            target = through(lo, hi, now, tau)
+        return _floor(w, policy, rng, now, target, jitter=False, stretch=not ahead)
+    belief = learned.belief(w.estimate)
+    if belief is not None:
+        mu, sigma = belief
+        b_lo = w.t0 + math.exp(mu - 2.0 * sigma)
+        b_hi = w.t0 + math.exp(mu + 2.0 * sigma)
+        if b_hi - b_lo <= 4.0 * tau and b_hi < hi:
+            # A belief this narrow (a trusted estimated_time) is a window too.
+            w.w_hi = b_hi
+            if now < b_hi:
+                return _floor(w, policy, rng, now, through(b_lo, b_hi, now, tau), jitter=False)
+            return _floor(w, policy, rng, now, now + tau, jitter=False)  # late: backs off via miss_t
+        step = belief_step(now - w.t0, mu, sigma, 2.0 * tau, policy.min_interval)
+        return _floor(w, policy, rng, now, min(now + step, hi), jitter=False)
+    if w.c_t is not None:
+        # One report only, nothing learned yet: look again once the elapsed time since the
+        # task was last seen not started has doubled, to measure the slope.
+        base = w.c_t - w.z_t if w.z_t is not None else 0.5 * (now - w.t0)
+        step = min(policy.max_interval, max(tau, base))
+        return _floor(w, policy, rng, now, min(now + step, hi), jitter=True)
+    first = policy.first_poll or _FIRST_POLL
+    if w.polls == 0:
+        return w.t0 + first
+    interval = min(policy.max_interval, first * policy.backoff**w.polls)
+    return _floor(w, policy, rng, now, now + interval, jitter=True)
+
+
+def through(lo: float, hi: float, now: float, step: float) -> float:
+    """The next poll when completion lies in ``[lo, hi]``: the window (what is left of it)
+    is split into equal steps of at most ``step``, the last one at ``hi``."""
+    start = max(lo, now)
+    steps = max(1, math.ceil((hi - start) / step - EPS))
+    return start + (hi - start) / steps
+
+
+def _floor(
+    w: WatchState,
+    policy: PollPolicy,
+    rng: random.Random,
+    now: float,
+    target: float,
+    *,
+    jitter: bool,
+    stretch: bool = True,
+) -> float:
+    """Apply jitter, ``min_interval`` and, for a task later than predicted (unless
+    ``stretch`` is False), a spacing that grows with its lateness."""
+    wait = target - now
+    if jitter and policy.jitter:
+        wait = min(policy.max_interval, wait * (1.0 + policy.jitter * rng.uniform(-1.0, 1.0)))
+    if stretch and w.miss_t is not None:
+        late = _OVERDUE_FRACTION * (now - w.miss_t)
+        wait = max(wait, min(policy.max_interval, late))
+    return now + max(wait, policy.min_interval)
+
+
+def learn(w: WatchState, learned: Learned, done_at: float) -> None:
+    """Record the duration of a task that just succeeded at ``done_at``, for the next tasks of
+    its model."""
+    hi = done_at - w.t0
+    if hi <= 0:
+        return
+    lo = 0.0 if w.last_t is None else w.last_t - w.t0
+    # It finished between the last two polls; a first poll that already found it done only
+    # bounds it from above: assume it took at least a quarter of that, so the estimate can
+    # still move down.
+    lo = max(lo, hi / 4.0)
+    duration = math.sqrt(lo * hi)
+    learned.durations.add(math.log(duration), done_at)
+    if w.estimate is not None:
+        # Judging an estimate needs precise durations: weigh each by how tightly the polls
+        # bracketed it (half weight for +-2.5%), and discount that imprecision (uniform
+        # between the two polls, on a log scale) from the estimate's spread.
+        width = math.log(hi / lo)
+        noise = width * width / 12.0
+        weight = 1.0 / (1.0 + (width / 0.05) ** 2)
+        learned.estimates.add(math.log(duration / w.estimate), done_at, weight, noise)
+        learned.estimated.add(math.log(duration), done_at, weight, noise)

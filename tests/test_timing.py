@@ -1,0 +1,230 @@
+"""The timing model as plain functions: no event loop, no clock, no scheduler.
+
+Every time here is a number handed in; every random draw comes from a seeded ``Random``. These
+pin the decisions the driver delegates (the first poll, the backoff, the progress window, the
+learned distribution, the lateness stretch); the driver's own tests (test_scheduler.py) check
+that it follows them over a whole run in virtual time.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flux_async.models import TaskState, TaskStatus
+from flux_async.scheduler import PollPolicy
+from flux_async.scheduler._timing import (
+    Learned,
+    WatchState,
+    learn,
+    next_poll,
+    observe,
+    through,
+    window,
+)
+
+STILL = PollPolicy(jitter=0.0)
+
+
+def running(progress: float | None = None, estimated_time: float | None = None) -> TaskState:
+    return TaskState(
+        task_id="t",
+        status=TaskStatus.RUNNING,
+        raw_status="running",
+        progress=progress,
+        estimated_time=estimated_time,
+    )
+
+
+def polled(w: WatchState, state: TaskState, t: float) -> WatchState:
+    """What the driver does with an answer: count the poll, then observe it."""
+    w.polls += 1
+    observe(w, state, t)
+    return w
+
+
+def learned_exactly(duration: float, count: int = 20, *, estimate: float | None = None) -> Learned:
+    """A model fed ``count`` completions of ``duration`` seconds, each bracketed to ±1%."""
+    model = Learned()
+    for i in range(count):
+        t0 = 100.0 * i
+        w = WatchState(t0)
+        w.estimate = estimate
+        w.last_t = t0 + 0.99 * duration
+        learn(w, model, t0 + 1.01 * duration)
+    return model
+
+
+def test_nothing_known_first_poll_after_a_second_then_a_geometric_backoff() -> None:
+    w = WatchState(50.0)
+    rng = random.Random(0)
+    assert next_poll(w, Learned(), STILL, 50.0, rng) == 51.0
+    waits = []
+    for n in range(1, 8):
+        w.polls = n
+        waits.append(next_poll(w, Learned(), STILL, 60.0, rng) - 60.0)
+    assert waits[:5] == pytest.approx([1.5, 2.25, 3.375, 5.0625, 7.59375])
+    assert waits[5:] == [STILL.max_interval, STILL.max_interval]  # capped
+
+
+def test_an_explicit_first_poll_wins_over_everything() -> None:
+    policy = PollPolicy(first_poll=0.3)
+    w = WatchState(10.0)
+    observe(w, running(50.0, estimated_time=40.0), 10.0)
+    assert next_poll(w, learned_exactly(5.0), policy, 10.0, random.Random(0)) == 10.3
+    # Already past it (a slow submit answer): poll at once.
+    assert next_poll(WatchState(10.0), Learned(), policy, 12.0, random.Random(0)) == 12.0
+
+
+def test_jitter_stays_within_its_bounds_and_comes_only_from_the_rng() -> None:
+    policy = PollPolicy(jitter=0.2)
+    w = WatchState(0.0)
+    w.polls = 2  # nominal wait 2.25 s
+    dues = [next_poll(w, Learned(), policy, 0.0, random.Random(seed)) for seed in range(200)]
+    assert all(2.25 * 0.8 - 1e-9 <= due <= 2.25 * 1.2 + 1e-9 for due in dues)
+    assert len(set(dues)) > 100  # the draws do spread the tasks out
+    again = [next_poll(w, Learned(), policy, 0.0, random.Random(seed)) for seed in range(200)]
+    assert again == dues  # nothing else (no clock) moves the answer
+
+
+def test_two_progress_reports_pin_the_completion_and_the_poll_falls_inside_the_window() -> None:
+    w = WatchState(0.0)
+    polled(w, running(0.0), 1.0)  # queued until at least t=1
+    polled(w, running(20.0), 3.0)
+    assert next_poll(w, Learned(), STILL, 3.0, random.Random(0)) == 5.0  # one report: measure the slope
+    polled(w, running(40.0), 5.0)
+    lo, hi = window(w)
+    assert 10.0 < lo < hi < 11.5  # about 10 s at 10 %/s, with the percents' rounding
+    due = next_poll(w, Learned(), STILL, 5.0, random.Random(0))
+    assert lo <= due <= hi
+    assert due - lo <= STILL.target_delay + 1e-9  # the window is stepped target_delay apart
+    assert w.w_hi == hi  # remembered: a task still running after it is late
+
+
+def test_a_completion_far_ahead_is_checked_on_the_way() -> None:
+    w = WatchState(0.0)
+    polled(w, running(1.0), 1.0)
+    polled(w, running(2.0), 3.0)
+    lo, _ = window(w)
+    due = next_poll(w, Learned(), STILL, 3.0, random.Random(0))
+    assert lo - 3.0 > STILL.max_interval
+    assert due == pytest.approx(3.0 + 0.75 * (lo - 3.0))
+
+
+def test_progress_that_goes_backwards_restarts_the_slope() -> None:
+    w = WatchState(0.0)
+    polled(w, running(30.0), 2.0)
+    polled(w, running(60.0), 4.0)
+    polled(w, running(10.0), 6.0)  # the job restarted
+    assert (w.a_t, w.a_p, w.c_t, w.c_p) == (6.0, 10.0, 6.0, 10.0)
+    assert window(w)[1] == math.inf  # one report since the restart: no end known yet
+
+
+def test_learned_durations_give_the_median_and_place_the_first_poll_before_it() -> None:
+    model = learned_exactly(10.0)
+    belief = model.belief(None)
+    assert belief is not None
+    mu, sigma = belief
+    assert math.exp(mu) == pytest.approx(10.0, rel=0.01)
+    assert sigma < 0.2  # twenty equal durations: a narrow spread, shrunk from the 0.5 prior
+    w = WatchState(0.0)
+    w.polls = 1
+    first = next_poll(w, model, STILL, 0.0, random.Random(0))
+    assert 5.0 < first < 10.0  # a low quantile, not the median
+    # Near the median, polls come about 2 * target_delay apart.
+    near = next_poll(w, model, STILL, 9.0, random.Random(0)) - 9.0
+    assert STILL.min_interval <= near <= 2 * STILL.target_delay + 0.05
+
+
+def test_fewer_than_three_completions_teach_nothing() -> None:
+    assert learned_exactly(10.0, count=2).belief(None) is None
+    assert learned_exactly(10.0, count=3).belief(None) is not None
+
+
+def test_a_trusted_estimated_time_becomes_a_window() -> None:
+    # Durations spread widely, but each was exactly its estimate: the estimate is trusted.
+    model = Learned()
+    for i, duration in enumerate([4.0, 8.0, 16.0, 32.0, 6.0, 12.0, 24.0, 5.0] * 2):
+        w = WatchState(100.0 * i)
+        w.estimate = duration
+        w.last_t = w.t0 + 0.999 * duration
+        learn(w, model, w.t0 + 1.001 * duration)
+    belief = model.belief(2.0)
+    assert belief is not None
+    mu, sigma = belief
+    assert math.exp(mu) == pytest.approx(2.0, rel=0.01)  # the estimate, not the durations' median
+    w = WatchState(0.0)
+    polled(w, running(estimated_time=2.0), 0.5)
+    due = next_poll(w, model, STILL, 0.5, random.Random(0))
+    assert w.w_hi == pytest.approx(math.exp(mu + 2 * sigma))  # the window ends past the estimate
+    assert math.exp(mu - 2 * sigma) < due < 2.0  # and is stepped through from its start
+    # The same task without the estimate waits for the (wide) learned distribution instead.
+    plain = WatchState(0.0)
+    polled(plain, running(), 0.5)
+    assert next_poll(plain, model, STILL, 0.5, random.Random(0)) > 2.0
+    assert plain.w_hi == math.inf
+
+
+def test_a_task_later_than_its_window_is_polled_ever_more_sparsely() -> None:
+    w = WatchState(0.0)
+    polled(w, running(0.0), 1.0)
+    polled(w, running(40.0), 3.0)
+    polled(w, running(80.0), 5.0)
+    _, hi = window(w)
+    next_poll(w, Learned(), STILL, 5.0, random.Random(0))
+    polled(w, running(80.0), hi + 1.0)  # stuck: still 80 % after the predicted end
+    assert w.miss_t == hi
+    waits = []
+    for late in (4.0, 12.0, 40.0):
+        now = hi + late
+        w.last_t = now
+        waits.append(next_poll(w, Learned(), STILL, now, random.Random(0)) - now)
+    assert waits == sorted(waits)
+    assert waits[1] >= 0.25 * 12.0 - 1e-9
+    assert waits[2] == STILL.max_interval
+
+
+def test_through_splits_what_is_left_of_a_window_into_equal_steps() -> None:
+    assert through(10.0, 11.0, 5.0, 0.5) == 10.5
+    assert through(10.0, 11.0, 10.8, 0.5) == pytest.approx(11.0)
+    assert through(10.0, 10.2, 5.0, 0.5) == 10.2  # narrower than a step: poll at its end
+
+
+def test_learn_ignores_a_duration_that_is_not_positive() -> None:
+    model = Learned()
+    learn(WatchState(10.0), model, 10.0)
+    assert model.durations.n == 0
+
+
+@given(
+    reports=st.lists(
+        st.tuples(
+            st.floats(min_value=0.01, max_value=30.0),
+            st.one_of(st.none(), st.floats(min_value=-5.0, max_value=120.0)),
+            st.one_of(st.none(), st.floats(min_value=0.1, max_value=300.0)),
+        ),
+        max_size=12,
+    ),
+    learned=st.sampled_from([None, 3.0, 30.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_after_a_poll_the_next_is_never_sooner_than_min_interval(
+    reports: list[tuple[float, float | None, float | None]], learned: float | None, seed: int
+) -> None:
+    """Whatever the reports (progress out of range, estimates, restarts), once a task has been
+    polled its next poll is a finite time at least ``min_interval`` away."""
+    policy = PollPolicy()
+    model = Learned() if learned is None else learned_exactly(learned)
+    rng = random.Random(seed)
+    w = WatchState(0.0)
+    now = 0.0
+    for gap, progress, estimate in reports:
+        now += gap
+        polled(w, running(progress, estimate), now)
+        due = next_poll(w, model, policy, now, rng)
+        assert math.isfinite(due)
+        assert due >= now + policy.min_interval - 1e-9
