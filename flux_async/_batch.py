@@ -1,0 +1,304 @@
+"""The machinery behind ``Session.as_completed``: submitters, the input feeder and the outbox.
+
+A coroutine exists only while a job is being validated, uploaded and submitted, or while its
+images are downloaded; a job that is waiting is just an entry in the scheduler. The batch keeps
+every accepted task on record until its outcome is delivered, so a consumer that leaves early
+loses nothing paid for: what was not delivered is listed as abandoned.
+
+It must not import aiohttp, the transport, the scheduler or the codecs: it drives the session
+through the few calls a batch needs (submit, download, abandon) and reads its limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._job import Job
+from ._parking import Parking
+from .models import GenerationRequest, Outcome, TaskRef
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["Batch", "Outbox"]
+
+logger = logging.getLogger("flux_async")
+
+
+class Outbox:
+    """Finished outcomes waiting for the consumer: a deque and a parked consumer.
+
+    The consumer takes whatever is ready without a trip through the event loop (a memory object
+    stream checkpoints on every receive), and parks only when nothing is.
+    """
+
+    __slots__ = ("_consumer", "_items", "consumer_gone", "finished")
+
+    def __init__(self) -> None:
+        self._items: deque[Outcome] = deque()
+        self._consumer = Parking()
+        self.finished = False
+        self.consumer_gone = False
+
+    def put(self, outcome: Outcome) -> bool:
+        """Queue an outcome; False when nobody will ever take it."""
+        if self.consumer_gone:
+            return False
+        self._items.append(outcome)
+        self._consumer.wake_one()
+        return True
+
+    def finish(self) -> None:
+        """No outcome will follow."""
+        self.finished = True
+        self._consumer.wake_one()
+
+    async def get(self) -> Outcome | None:
+        """The next outcome, or None once finished and drained."""
+        while not self._items:
+            if self.finished:
+                return None
+            await self._consumer.wait()
+        return self._items.popleft()
+
+
+class Batch:
+    """The machinery behind one ``as_completed`` call, run in the session's task group.
+
+    A coroutine exists only while a job is being validated, uploaded and submitted, or while
+    its images are downloaded; a job that is waiting is just an entry in the scheduler.
+
+    Submitters are a pool of at most ``max_concurrent_submits`` coroutines. Each takes the next
+    input itself while fewer than ``max_outstanding`` jobs are undelivered (a plain iterable
+    is read by whichever submitter is free; an async one is read by one feeder coroutine,
+    because only one ``__anext__`` may run at a time), and parks when there is nothing to take.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest],
+        download_to: Path | None,
+        outbox: Outbox,
+        on_submit: Callable[[int, TaskRef], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.on_submit = on_submit
+        self.requests = requests
+        self.download_to = download_to
+        self.outbox = outbox
+        self.free = session.limits.max_outstanding  # jobs that may start before one is delivered
+        self.source: Iterator[GenerationRequest] | None = None
+        self.next_index = 0
+        self.pending = 0  # jobs taken from the input and not yet delivered
+        self.input_done = False
+        self.input_error: BaseException | None = None
+        self.stopped = False
+        self.all_done = anyio.Event()
+        self.scope: anyio.CancelScope | None = None
+        self.tg: TaskGroup | None = None
+        self.waiting: dict[str, Job] = {}
+        self.queue: deque[tuple[int, GenerationRequest]] = deque()  # read by the feeder
+        self.submitters = 0
+        self.idle = Parking()  # submitters with nothing to take
+        self.feeder = Parking()  # the feeder of an async input, waiting for a free slot
+
+    async def run(self) -> None:
+        try:
+            with anyio.CancelScope() as scope:
+                self.scope = scope
+                async with anyio.create_task_group() as tg:
+                    self.tg = tg
+                    if isinstance(self.requests, AsyncIterable):
+                        await self._feed(self.requests)
+                    else:
+                        try:
+                            self.source = iter(self.requests)
+                        except Exception as exc:
+                            self._end_input(exc)
+                        else:
+                            self._start_submitter()
+                    await self.all_done.wait()
+        finally:
+            self.tg = None
+            self.outbox.finish()
+
+    async def _feed(self, requests: AsyncIterable[GenerationRequest]) -> None:
+        """Read an async input into the queue, a free slot at a time (an item is asked for
+        only once there is room for it)."""
+        iterator = aiter(requests)
+        try:
+            while True:
+                while not self.free and not self.stopped:
+                    await self.feeder.wait()
+                if self.stopped:
+                    break
+                try:
+                    request = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                self.queue.append(self._take(request))
+                if not self.idle.wake_one():
+                    self._start_submitter()
+        except Exception as exc:
+            self._end_input(exc)
+        else:
+            self._end_input(None)
+
+    def _take(self, request: GenerationRequest) -> tuple[int, GenerationRequest]:
+        self.free -= 1
+        self.pending += 1
+        index = self.next_index
+        self.next_index += 1
+        return index, request
+
+    def _next(self) -> tuple[int, GenerationRequest] | None:
+        """The next input to submit, or None when there is none to take now."""
+        if self.queue:
+            return self.queue.popleft()
+        source = self.source
+        if source is None or self.input_done or not self.free:
+            return None
+        try:
+            request = next(source)
+        except StopIteration:
+            self._end_input(None)
+            return None
+        except Exception as exc:
+            self._end_input(exc)
+            return None
+        return self._take(request)
+
+    def _end_input(self, error: BaseException | None) -> None:
+        """The input is exhausted (or broke: its error is raised once every job is delivered)."""
+        if self.input_done:
+            return
+        self.input_done = True
+        self.input_error = error
+        self.source = None
+        self.idle.wake_all()
+        if self.pending == 0:
+            self.all_done.set()
+
+    def _start_submitter(self) -> None:
+        if self.tg is not None and self.submitters < self.session.limits.max_concurrent_submits:
+            self.submitters += 1
+            self.tg.start_soon(self._submitter)
+
+    def release(self) -> None:
+        """The consumer took an outcome: one more job may start."""
+        self.free += 1
+        if self.source is not None:
+            self.idle.wake_one()  # a plain iterable: a submitter reads the next input itself
+        else:
+            self.feeder.wake_one()  # an async one: its feeder reads it
+
+    def stop(self) -> None:
+        """The consumer left: submit nothing more; keep a record of every accepted task."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.idle.wake_all()
+        self.feeder.wake_all()
+        if self.scope is not None:
+            self.scope.cancel()
+        if self.waiting:
+            for job in self.waiting.values():
+                self.session._abandon(job.ref)
+            logger.warning(
+                "batch left early with %d accepted task(s) not delivered: %s%s "
+                "(listed in statistics().abandoned_tasks; resume them by ref)",
+                len(self.waiting),
+                ", ".join(list(self.waiting)[:20]),
+                " ..." if len(self.waiting) > 20 else "",
+            )
+
+    async def _submitter(self) -> None:
+        try:
+            while not self.stopped:
+                item = self._next()
+                if item is None:
+                    if self.input_done and not self.queue:
+                        return
+                    await self.idle.wait()
+                    continue
+                if self.free and not self.idle and not self.input_done:
+                    # More input may be ready and no submitter is free to take it: the pool
+                    # grows (up to its bound) while the input keeps every submitter busy.
+                    self._start_submitter()
+                index, request = item
+                try:
+                    await self.session._submit(request, on_accept=self._accepted(index))
+                except Exception as exc:
+                    self._deliver(Outcome(index=index, request=request, error=exc))
+        finally:
+            self.submitters -= 1
+
+    def _accepted(self, index: int) -> Callable[[Job], None]:
+        def accepted(job: Job) -> None:
+            # Runs synchronously when the provider accepts the task, before any checkpoint.
+            self.waiting[job.ref.task_id] = job
+            if self.stopped:
+                # A POST that was already on the wire when the consumer left.
+                self.session._abandon(job.ref)
+            job._add_listener(lambda done: self.job_done(done, index))
+            if self.on_submit is not None:
+                try:
+                    self.on_submit(index, job.ref)
+                except Exception:
+                    logger.exception("on_submit failed for input %d (task %s)", index, job.ref.task_id)
+
+        return accepted
+
+    def job_done(self, job: Job, index: int) -> None:
+        if self.stopped:
+            if job.ref.task_id in self.waiting:
+                self.session._abandon(job.ref)
+            return
+        if job._error is None and self.download_to is not None and self.tg is not None:
+            self.tg.start_soon(self._download, index, job)
+            return
+        self._deliver(_outcome(index, job))
+
+    async def _download(self, index: int, job: Job) -> None:
+        assert job.request is not None
+        assert self.download_to is not None
+        result = job.state.result if job.state is not None else None
+        assert result is not None
+        files: list[Path] = []
+        try:
+            for k, image in enumerate(result.images):
+                suffix = "" if len(result.images) == 1 else f"-{k}"
+                target = self.download_to / f"{index}-{_safe(job.task_id)}{suffix}.img"
+                files.append(await self.session.download(image, target))
+        except Exception as exc:
+            self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, error=exc, files=tuple(files)))
+            return
+        self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, files=tuple(files)))
+
+    def _deliver(self, outcome: Outcome) -> None:
+        if not self.outbox.put(outcome):
+            job = self.waiting.get(outcome.task_id) if outcome.task_id is not None else None
+            if job is not None:
+                self.session._abandon(job.ref)
+        self.pending -= 1
+        if self.pending == 0 and self.input_done:
+            self.all_done.set()
+
+
+def _outcome(index: int, job: Job) -> Outcome:
+    assert job.request is not None
+    error, state = job._error, job._state
+    result = state.result if state is not None and error is None else None
+    return Outcome(index=index, request=job.request, task_id=job.ref.task_id, result=result, error=error)
+
+
+def _safe(task_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:120]

@@ -1,0 +1,100 @@
+"""The session's configuration values and its counters: :class:`Limits`,
+:class:`SessionStatistics`, and where an API key is read from.
+
+Frozen values and one lookup in the environment; no I/O beyond ``os.environ``, no event loop,
+nothing from the session, transport, scheduler or codecs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+
+from .errors import ConfigurationError
+from .models import TaskRef
+
+__all__ = ["API_KEY_ENV", "Limits", "SessionStatistics", "resolve_api_key"]
+
+#: Environment variables read for each provider's key, in order, before ``FLUX_ASYNC_API_KEY``.
+API_KEY_ENV: Mapping[str, str] = {
+    "toapis": "TOAPIS_API_KEY",
+    "apimart": "APIMART_API_KEY",
+    "bfl": "BFL_API_KEY",
+}
+_FALLBACK_KEY_ENV = "FLUX_ASYNC_API_KEY"
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Bounds on concurrency, memory and time. Every field is keyword-only.
+
+    ``max_active_tasks`` / ``max_active_per_model`` default to the provider's documented caps
+    (BFL: 24 per account, 6 for flux-kontext-max) so the client never causes a cap 429; pass a
+    number to match your account, or 0 to disable. ``job_timeout`` is each job's deadline from
+    its submission (``TaskTimeoutError`` after it; the remote task may still run).
+    ``read_timeout`` bounds each API request from start to full answer (connecting included,
+    which ``connect_timeout`` bounds on its own); for a download it bounds each read.
+    """
+
+    max_concurrent_submits: int = 16
+    max_outstanding: int = 512
+    max_active_tasks: int | None = None
+    max_active_per_model: Mapping[str, int] | None = None
+    max_connections: int = 64
+    max_concurrent_downloads: int = 8
+    max_download_bytes: int = 50 * 1024 * 1024
+    max_redirects: int = 3
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    job_timeout: float | None = 1800.0
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_concurrent_submits", "max_outstanding", "max_connections", "max_concurrent_downloads"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"Limits.{name} must be at least 1")
+
+
+@attrs.frozen(kw_only=True)
+class SessionStatistics:
+    """A snapshot of a session's counters.
+
+    ``outstanding_tasks`` are the tasks still being watched; ``abandoned_tasks`` are accepted
+    tasks whose results nobody is waiting for any more (a batch left early, a cancelled
+    caller): they are kept here so that nothing paid for is forgotten (resume them by ref).
+    """
+
+    provider: str
+    submitted: int
+    submit_attempts: int
+    submit_retries: int
+    recovered_submits: int
+    uncertain_submits: int
+    succeeded: int
+    failed: int
+    outstanding: int
+    outstanding_tasks: tuple[TaskRef, ...]
+    abandoned_tasks: tuple[TaskRef, ...]
+    active_tasks: int
+    polls_sent: int
+    polls_per_finished_task: float
+    poll_retries: int
+    rate_limited: int
+    uploads: int
+    upload_cache_hits: int
+    downloads: int
+
+
+def resolve_api_key(provider: str, api_key: str | None) -> str:
+    """The key given, else the first of the provider's variables (then ``FLUX_ASYNC_API_KEY``) set."""
+    if api_key:
+        return api_key
+    names = [API_KEY_ENV[provider], _FALLBACK_KEY_ENV] if provider in API_KEY_ENV else [_FALLBACK_KEY_ENV]
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    raise ConfigurationError(
+        f"no API key for {provider!r}: pass api_key=... or set {' or '.join(names)}"
+    )

@@ -1,0 +1,119 @@
+"""What a session's parts share: the provider's codec, the transport once open, the clock, the
+retry policy with its budget, and the counters; plus the two requests that any part may make
+(one poll, and an idempotent request retried on transient failures).
+
+The session builds one :class:`Context` and hands it to its money path, its uploads and its
+scheduler; it is the one place that knows whether the session is open. It must not import the
+session, the scheduler, the batch machinery or aiohttp (the transport is reached through the
+:class:`~flux_async.transport.Transport` protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError, FluxError
+from .models import TaskRef, TaskState
+from .providers.base import Codec
+from .retry import RetryBudget, RetryPolicy, is_retryable_poll, retry_delay
+from .transport import Transport
+
+__all__ = ["NOT_OPEN", "Context"]
+
+T = TypeVar("T")
+
+NOT_OPEN = "use the Session as `async with Session(...) as session:`"
+
+
+class Context:
+    """The shared state of one session's I/O parts (see the module docstring)."""
+
+    __slots__ = (
+        "base_url",
+        "budget",
+        "clock",
+        "codec",
+        "counts",
+        "provider",
+        "retry_policy",
+        "rng",
+        "sleep",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        provider: str,
+        codec: Codec,
+        base_url: str,
+        retry_policy: RetryPolicy,
+        *,
+        clock: Callable[[], float] | None,
+        sleep: Callable[[float], Awaitable[None]],
+        rng: random.Random,
+    ) -> None:
+        self.provider = provider
+        self.codec = codec
+        self.base_url = base_url
+        self.retry_policy = retry_policy
+        self.budget = RetryBudget(retry_policy)
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng
+        self.counts: Counter[str] = Counter()
+        self.transport: Transport | None = None  # set while the session is open
+
+    def now(self) -> float:
+        """The session's clock: the injected one, else the running loop's time."""
+        if self.clock is not None:
+            return self.clock()
+        # anyio.current_time() is the asyncio loop's time; read it directly (ten times cheaper).
+        return asyncio.get_running_loop().time()
+
+    def net(self) -> Transport:
+        """The open transport (RuntimeError when the session is not open)."""
+        if self.transport is None:
+            raise RuntimeError(NOT_OPEN)
+        return self.transport
+
+    async def poll(self, ref: TaskRef) -> TaskState:
+        """One status request, read into a state: what the scheduler calls for every poll."""
+        if ref.polling_url is not None:
+            self.check_polling_host(ref.polling_url)
+        response = await (self.transport or self.net()).send(self.codec.build_poll(ref))
+        return self.codec.parse_poll(response, ref=ref)
+
+    def check_polling_host(self, url: str) -> None:
+        """Refuse to send the key to a polling URL on a host we do not trust.
+
+        BFL's ``polling_url`` names a regional host and is used verbatim, with the key; a
+        tampered ref (a resume file, say) must not be able to send the key anywhere else. Trusted:
+        the session's own base host and BFL's hosts (``bfl.ai`` and its subdomains).
+        """
+        host = (urlsplit(url).hostname or "").lower()
+        base = (urlsplit(self.base_url).hostname or "").lower()
+        if host and (host == base or host == "bfl.ai" or host.endswith(".bfl.ai")):
+            return
+        raise ConfigurationError(
+            f"refusing to poll {host or url!r}: a polling URL must be on {base!r} or a bfl.ai host"
+        )
+
+    async def idempotent(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` (a request that creates nothing paid), retrying transient failures
+        (transport errors, 429 with its ``Retry-After``, 5xx) up to the retry policy's attempts."""
+        policy = self.retry_policy
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except FluxError as exc:
+                if not is_retryable_poll(exc) or attempt + 1 >= policy.max_attempts:
+                    raise
+                retry_after = getattr(exc, "retry_after", None)
+                await self.sleep(retry_delay(policy, attempt, self.rng, retry_after=retry_after))
+                attempt += 1

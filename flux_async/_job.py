@@ -1,0 +1,128 @@
+"""``Job``: one accepted task as its caller sees it, and the error a terminal state stands for.
+
+A job is woken once, by the scheduler's ``on_done`` through :meth:`Job._on_done`, and then tells
+its session and its listeners. It holds no coroutine while it waits. Imports values, errors and
+anyio's event only: never the transport, the scheduler or the codecs; the session is known to it
+only as the owner it reports to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .errors import ModerationError, TaskFailedError, TaskNotFoundError
+from .models import GenerationRequest, GenerationResult, TaskRef, TaskState, TaskStatus
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["Job"]
+
+
+class Job:
+    """One submitted task. ``await job.result()`` waits on the session's shared scheduler.
+
+    A waiting job is a few slots: its wake-up event exists only once somebody waits on it.
+    """
+
+    __slots__ = ("_done", "_error", "_event", "_listeners", "_session", "_state", "ref", "request")
+
+    def __init__(self, ref: TaskRef, request: GenerationRequest | None, session: Session) -> None:
+        self.ref = ref
+        self.request = request
+        self._session: Session | None = session
+        self._done = False
+        self._event: anyio.Event | None = None
+        self._state: TaskState | None = None
+        self._error: BaseException | None = None
+        self._listeners: list[Callable[[Job], None]] | None = None
+
+    def __repr__(self) -> str:
+        return f"Job(task_id={self.ref.task_id!r}, provider={self.ref.provider!r}, done={self._done})"
+
+    @property
+    def task_id(self) -> str:
+        """The provider's task id."""
+        return self.ref.task_id
+
+    @property
+    def state(self) -> TaskState | None:
+        """The terminal state, once known."""
+        return self._state
+
+    def done(self) -> bool:
+        """True once the task reached a terminal state (or watching it failed)."""
+        return self._done
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that ended the job, once done; None on success."""
+        return self._error
+
+    async def wait(self) -> None:
+        """Wait until the job is done, without raising its error."""
+        if not self._done:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+
+    async def result(self) -> GenerationResult:
+        """Wait for the task and return its result, or raise the error that ended it."""
+        await self.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._state is not None
+        assert self._state.result is not None
+        return self._state.result
+
+    def add_done_callback(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback(job)`` once the job is done (at once if it already is).
+
+        The callback runs synchronously on the session's event loop and must not block; it is
+        how many jobs are awaited without a coroutine each.
+        """
+        if self._done:
+            callback(self)
+        else:
+            self._add_listener(callback)
+
+    def _add_listener(self, listener: Callable[[Job], None]) -> None:
+        if self._listeners is None:
+            self._listeners = []
+        self._listeners.append(listener)
+
+    def _on_done(self, value: TaskState | BaseException) -> None:
+        """Called once by the scheduler with the terminal state or the error that ended it."""
+        if isinstance(value, BaseException):
+            self._error = value
+        else:
+            self._state = value
+            self._error = _error_for_state(value)
+        self._done = True
+        session, self._session = self._session, None
+        if session is not None:
+            session._job_finished(self)
+        if self._event is not None:
+            self._event.set()
+        listeners, self._listeners = self._listeners, None
+        for listener in listeners or ():
+            listener(self)
+
+
+def _error_for_state(state: TaskState) -> BaseException | None:
+    """The error a terminal non-success state stands for (None for success)."""
+    failure = state.failure
+    message = failure.message if failure is not None else state.raw_status
+    code = failure.code if failure is not None else None
+    if state.status is TaskStatus.SUCCEEDED:
+        if state.result is None or not state.result.images:
+            return TaskFailedError("task completed without any image", task_id=state.task_id)
+        return None
+    if state.status is TaskStatus.MODERATED:
+        return ModerationError(f"moderated: {message}", task_id=state.task_id)
+    if state.status is TaskStatus.NOT_FOUND:
+        return TaskNotFoundError(f"task not found: {message}", task_id=state.task_id)
+    return TaskFailedError(message or "task failed", task_id=state.task_id, code=code)
