@@ -36,7 +36,7 @@ from flux_async.models import (
     TaskState,
     TaskStatus,
 )
-from flux_async.providers import ApimartCodec, _common
+from flux_async.providers import ApimartCodec, _status
 from flux_async.retry import SubmitDecision, classify_submit_failure
 
 KEY = "apimart-test-key-ZYXWVUTSRQ987654"
@@ -67,7 +67,7 @@ def codec() -> ApimartCodec:
 
 @pytest.fixture(autouse=True)
 def _fresh_unknown_status_log() -> None:
-    _common._reset_unknown_status_warnings()
+    _status._reset_unknown_status_warnings()
 
 
 def test_codec_attributes(codec: ApimartCodec) -> None:

@@ -41,7 +41,7 @@ from flux_async.models import (
     TaskState,
     TaskStatus,
 )
-from flux_async.providers import BflCodec, _common
+from flux_async.providers import BflCodec, _status
 
 KEY = "bfl-0123456789-abcdef-SECRET"
 SAMPLES = Path(__file__).parent / "samples" / "bfl"
@@ -72,7 +72,7 @@ def codec() -> BflCodec:
 
 @pytest.fixture(autouse=True)
 def _fresh_unknown_status_log() -> None:
-    _common._reset_unknown_status_warnings()
+    _status._reset_unknown_status_warnings()
 
 
 def test_codec_attributes(codec: BflCodec) -> None:

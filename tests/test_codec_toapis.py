@@ -42,7 +42,15 @@ from flux_async.models import (
     TaskState,
     TaskStatus,
 )
-from flux_async.providers import CODECS, ApimartCodec, BflCodec, ToapisCodec, _common, get_codec
+from flux_async.providers import (
+    CODECS,
+    ApimartCodec,
+    BflCodec,
+    ToapisCodec,
+    _codec,
+    _status,
+    get_codec,
+)
 
 KEY = "sk-toapis-test-0123456789abcdef"
 SAMPLES = Path(__file__).parent / "samples" / "toapis"
@@ -74,7 +82,7 @@ def codec() -> ToapisCodec:
 
 @pytest.fixture(autouse=True)
 def _fresh_unknown_status_log() -> None:
-    _common._reset_unknown_status_warnings()
+    _status._reset_unknown_status_warnings()
 
 
 # -- registry ---------------------------------------------------------------------------------
@@ -103,7 +111,7 @@ def test_unusable_key_is_a_configuration_error_that_does_not_show_it(key: str) -
 
 
 def test_default_user_agent_is_the_package_version_and_can_be_replaced() -> None:
-    assert _common.USER_AGENT == UA
+    assert _codec.USER_AGENT == UA
     custom = get_codec("toapis", api_key=KEY, user_agent="my-app/2")
     assert custom.build_poll(REF).headers["User-Agent"] == "my-app/2"
 
@@ -693,14 +701,14 @@ def test_unknown_status_memory_is_bounded(
     codec: ToapisCodec, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="flux_async")
-    limit = _common._WARNED_LIMIT
+    limit = _status._WARNED_LIMIT
     for i in range(limit * 3):
         body = json.dumps({"status": f"odd-{i}"}).encode()
         assert (
             codec.parse_poll(HttpResponse(status=200, body=body), ref=REF).status
             is TaskStatus.RUNNING
         )
-    assert len(_common._warned) == limit
+    assert len(_status._warned) == limit
     records = [r for r in caplog.records if r.name == "flux_async"]
     assert len(records) == limit
     assert "not logged" in records[-1].getMessage()

@@ -39,18 +39,15 @@ from ..models import (
     TaskState,
     TaskStatus,
 )
-from ._common import (
-    BaseCodec,
+from ._build import aggregator_fields, merge_extra, path_segment
+from ._codec import BaseCodec
+from ._convert import (
     Failure,
     Percent,
     Seconds,
     Timestamp,
     Urls,
-    aggregator_fields,
     make_converter,
-    map_status,
-    merge_extra,
-    path_segment,
     read_failure,
     read_object,
     read_percent,
@@ -60,6 +57,7 @@ from ._common import (
     read_url_list,
     register_one_or_many,
 )
+from ._status import map_status
 
 __all__ = ["ApimartCodec"]
 

@@ -48,25 +48,20 @@ from ..models import (
     TaskState,
     TaskStatus,
 )
-from ._common import (
-    BaseCodec,
+from ._build import inline_image, merge_extra, path_segment, send_n
+from ._codec import BaseCodec
+from ._convert import (
     Failure,
     Percent,
-    clip,
-    inline_image,
-    is_success,
     make_converter,
-    map_status,
-    merge_extra,
-    path_segment,
     read_failure,
     read_object,
     read_optional_str,
     read_percent,
     read_str,
-    redact,
-    send_n,
 )
+from ._errors import clip, is_success, redact
+from ._status import map_status
 
 __all__ = ["BflCodec"]
 

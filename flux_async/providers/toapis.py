@@ -38,18 +38,14 @@ from ..models import (
     TaskState,
     TaskStatus,
 )
-from ._common import (
-    BaseCodec,
+from ._build import aggregator_fields, merge_extra, path_segment
+from ._codec import BaseCodec
+from ._convert import (
     Failure,
     Percent,
     Timestamp,
     Urls,
-    aggregator_fields,
-    clip,
     make_converter,
-    map_status,
-    merge_extra,
-    path_segment,
     read_failure,
     read_object,
     read_optional_str,
@@ -57,8 +53,9 @@ from ._common import (
     read_str,
     read_timestamp,
     read_urls,
-    redact,
 )
+from ._errors import clip, redact
+from ._status import map_status
 
 __all__ = ["ToapisCodec"]
 
