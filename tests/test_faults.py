@@ -45,7 +45,7 @@ from flux_async import (
     TaskNotFoundError,
     TaskTimeoutError,
 )
-from flux_async import session as session_module
+from flux_async import _submit as submit_module
 from flux_async.emulator import Duration, Emulator, Scenario
 from flux_async.retry import RetryPolicy, retry_delay
 from flux_async.scheduler import PollPolicy
@@ -276,7 +276,7 @@ async def test_fault_matrix(
         delays.append((retry_after, delay))
         return delay
 
-    monkeypatch.setattr(session_module, "retry_delay", recording_retry_delay)
+    monkeypatch.setattr(submit_module, "retry_delay", recording_retry_delay)
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="flux_async")
     expect = case.expect(provider)
