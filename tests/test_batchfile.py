@@ -11,15 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_async import GenerationRequest
-from flux_async._batchfile import (
-    BatchFileError,
-    Defaults,
-    Entry,
-    LineError,
-    check_file,
-    detect_format,
-    read_entries,
-)
+from flux_async.cli._batchentry import Defaults, Entry, LineError
+from flux_async.cli._batchfile import BatchFileError, check_file, detect_format, read_entries
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 PRO = Defaults(model="flux-kontext-pro")

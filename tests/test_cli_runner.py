@@ -20,10 +20,10 @@ from flux_async import (
     TaskTimeoutError,
     TransportError,
 )
-from flux_async._batchfile import Entry
-from flux_async._journal import JournalHeader, OutputDir, load_state
 from flux_async.cli._batch import BatchRunner
+from flux_async.cli._batchentry import Entry
 from flux_async.cli._display import Counts
+from flux_async.cli._journal import JournalHeader, OutputDir, load_state
 from flux_async.session import Limits
 
 pytestmark = pytest.mark.anyio

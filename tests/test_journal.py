@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_async import TaskRef
-from flux_async._journal import (
+from flux_async.cli._journal import (
     JOURNAL_NAME,
     RESULTS_NAME,
     IndexSet,

@@ -27,6 +27,7 @@ from .. import (
     TaskStatus,
     ValidationError,
     __version__,
+    catalog,
 )
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "TaskStatus",
     "ValidationError",
     "__version__",
+    "catalog",
 ]

@@ -20,8 +20,6 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import click
 
-from .._batchfile import BatchFileError, CheckReport, Defaults, check_file, read_entries
-from .._journal import JOURNAL_NAME, BatchState, JournalError, JournalHeader, OutputDir, load_state
 from ._api import (
     PROVIDERS,
     GeneratedImage,
@@ -33,7 +31,10 @@ from ._api import (
     __version__,
 )
 from ._batch import BatchRunner
+from ._batchentry import Defaults
+from ._batchfile import BatchFileError, CheckReport, check_file, read_entries
 from ._display import Counts, ProgressView
+from ._journal import JOURNAL_NAME, BatchState, JournalError, JournalHeader, OutputDir, load_state
 from ._runtime import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,

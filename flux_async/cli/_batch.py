@@ -26,8 +26,6 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from .._batchfile import Entry, LineError
-from .._journal import BatchState, OutputDir, image_name
 from ._api import (
     AuthenticationError,
     BadRequestError,
@@ -44,7 +42,9 @@ from ._api import (
     TaskRef,
     ValidationError,
 )
+from ._batchentry import Entry, LineError
 from ._display import Counts
+from ._journal import BatchState, OutputDir, image_name
 
 __all__ = ["BatchRunner", "error_record"]
 

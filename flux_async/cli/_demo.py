@@ -22,12 +22,12 @@ from pathlib import Path
 
 import attrs
 
-from .._batchfile import Entry
-from .._journal import JournalError, JournalHeader, OutputDir
 from ..emulator import DEFAULT_API_KEY, Duration, Emulator, Scenario
 from ._api import GenerationRequest, Limits, ModerationError, Session
 from ._batch import BatchRunner
+from ._batchentry import Entry
 from ._display import Counts, ProgressView
+from ._journal import JournalError, JournalHeader, OutputDir
 from ._runtime import (
     EXIT_FAILED,
     EXIT_OK,

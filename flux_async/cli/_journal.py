@@ -1,4 +1,6 @@
 """A batch's output directory: images, ``results.jsonl`` and the journal of accepted tasks.
+Part of the command line, never imported by the library. Plain file I/O only: no network, no
+event loop, no API keys (nothing here ever sees one); from the library it takes only ``TaskRef``.
 
 Layout of a batch's directory::
 
@@ -12,8 +14,6 @@ it. A rerun reads both files back (:func:`load_state`): requests with a result l
 requests in the journal without one are re-attached by their task reference, and only requests
 in neither are submitted. The state needs two bits per request index plus the unfinished
 references, so resuming a batch of millions stays small.
-
-Plain file I/O only: no network, no event loop, no API keys (nothing here ever sees one).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import IO, Any, Final
 
 import attrs
 
-from .models import TaskRef
+from ._api import TaskRef
 
 __all__ = [
     "JOURNAL_NAME",

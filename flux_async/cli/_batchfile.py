@@ -1,9 +1,11 @@
 """Reading the command line's batch files: ``.txt``, ``.jsonl`` and ``.csv``, a line at a time.
+Part of the command line, never imported by the library. No network, no event loop: from the
+library it takes only the catalog and the error types; what a line becomes is ``_batchentry``'s.
 
-Every request in a file becomes a :class:`~flux_async.GenerationRequest` with the command
-line's defaults filled in; a line that cannot become one is a :class:`LineError` naming its line
-number and field. :func:`check_file` runs the catalog's rules over a whole file in one streaming
-pass, so a file of any size is checked in constant memory before anything is sent.
+:func:`read_entries` turns each request of a file into an :class:`Entry` with the command
+line's defaults filled in; a line that cannot become one is a :class:`LineError` naming its
+line number and field. :func:`check_file` runs the catalog's rules over a whole file in one
+streaming pass, so a file of any size is checked in constant memory before anything is sent.
 
 Formats:
 
@@ -20,8 +22,6 @@ Formats:
 Relative image paths in a file are resolved against the file's own directory. A request's
 ``index`` counts requests from 0 in file order (skipped lines take none), so two passes over the
 same file agree on every index.
-
-No network, no event loop: imports only the package's values, errors and catalog.
 """
 
 from __future__ import annotations
@@ -36,19 +36,14 @@ from typing import Any, BinaryIO, Final, Protocol
 
 import attrs
 
-from . import catalog
-from .errors import ConfigurationError, ValidationError
-from .models import GenerationRequest
+from ._api import ConfigurationError, ValidationError, catalog
+from ._batchentry import REQUEST_FIELDS, Defaults, Entry, LineError, missing_model, request_from
 
 __all__ = [
     "FORMATS",
-    "REQUEST_FIELDS",
     "BatchFileError",
     "CheckReport",
-    "Defaults",
-    "Entry",
     "Hasher",
-    "LineError",
     "check_file",
     "detect_format",
     "read_entries",
@@ -56,20 +51,6 @@ __all__ = [
 
 #: File suffix -> format name.
 FORMATS: Final[Mapping[str, str]] = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-
-#: The request fields a ``.jsonl`` object or a ``.csv`` header may name.
-REQUEST_FIELDS: Final = (
-    "model",
-    "prompt",
-    "size",
-    "n",
-    "images",
-    "response_format",
-    "safety_tolerance",
-    "prompt_upsampling",
-    "seed",
-    "extra",
-)
 
 _INT_FIELDS: Final = frozenset({"n", "safety_tolerance", "seed"})
 _TRUE: Final = frozenset({"true", "yes", "1", "on"})
@@ -86,52 +67,6 @@ class Hasher(Protocol):
 
 class BatchFileError(Exception):
     """The file as a whole cannot be read: unknown suffix, missing file, bad CSV header."""
-
-
-@attrs.frozen(kw_only=True)
-class Defaults:
-    """The request fields given on the command line; a file's own fields take precedence.
-
-    ``images`` are added to a request that names none of its own.
-    """
-
-    model: str | None = None
-    size: str | None = None
-    n: int | None = None
-    images: tuple[str, ...] = ()
-    response_format: str | None = None
-    safety_tolerance: int | None = None
-    prompt_upsampling: bool | None = None
-    seed: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (for the batch journal's header)."""
-        out = attrs.asdict(self)
-        out["images"] = list(self.images)
-        return out
-
-
-@attrs.frozen
-class Entry:
-    """One request read from a file: its index among the file's requests and its line number."""
-
-    index: int
-    line: int
-    request: GenerationRequest
-
-
-@attrs.frozen
-class LineError:
-    """A line that does not hold a valid request: where, which field, and why."""
-
-    index: int
-    line: int
-    field: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
 @attrs.frozen(kw_only=True)
@@ -272,42 +207,6 @@ def _decoded_lines(handle: BinaryIO, fingerprint: Hasher | None) -> Iterator[tup
         yield number, text
 
 
-def _request(
-    fields: Mapping[str, Any], defaults: Defaults, base: Path | None
-) -> GenerationRequest:
-    images = fields.get("images")
-    if images is None:
-        images = defaults.images
-    elif base is not None:
-        images = tuple(_resolve_image(image, base) for image in images)
-    return GenerationRequest(
-        model=fields.get("model", defaults.model),
-        prompt=fields["prompt"],
-        size=fields.get("size", defaults.size),
-        n=fields.get("n", defaults.n),
-        images=images,
-        response_format=fields.get("response_format", defaults.response_format),
-        safety_tolerance=fields.get("safety_tolerance", defaults.safety_tolerance),
-        prompt_upsampling=fields.get("prompt_upsampling", defaults.prompt_upsampling),
-        seed=fields.get("seed", defaults.seed),
-        extra=fields.get("extra") or {},
-    )
-
-
-def _resolve_image(image: str, base: Path) -> str:
-    """A relative path in a file means relative to the file; URLs are left alone."""
-    if "://" in image or image[:5].lower() == "data:" or not image:
-        return image
-    path = Path(image).expanduser()
-    return os.fspath(path if path.is_absolute() else base / path)
-
-
-def _missing_model(index: int, line: int, fields: Mapping[str, Any], defaults: Defaults) -> LineError | None:
-    if fields.get("model", defaults.model) is None:
-        return LineError(index, line, "model", "no model: name one in the file or with --model")
-    return None
-
-
 # -- formats -----------------------------------------------------------------------------------
 
 
@@ -322,8 +221,8 @@ def _read_txt(lines: Iterator[tuple[int, str | _Undecodable]], defaults: Default
         if not prompt or prompt.startswith("#"):
             continue
         fields = {"prompt": prompt}
-        error = _missing_model(index, number, fields, defaults)
-        yield error if error is not None else Entry(index, number, _request(fields, defaults, None))
+        error = missing_model(index, number, fields, defaults)
+        yield error if error is not None else Entry(index, number, request_from(fields, defaults, None))
         index += 1
 
 
@@ -366,8 +265,8 @@ def _jsonl_entry(index: int, number: int, text: str, defaults: Defaults, base: P
     fields = {k: v for k, v in data.items() if v is not None}
     if "prompt" not in fields:
         return LineError(index, number, "prompt", "missing")
-    error = _missing_model(index, number, fields, defaults)
-    return error if error is not None else Entry(index, number, _request(fields, defaults, base))
+    error = missing_model(index, number, fields, defaults)
+    return error if error is not None else Entry(index, number, request_from(fields, defaults, base))
 
 
 def _read_csv(
@@ -447,8 +346,8 @@ def _csv_entry(
             return LineError(index, number, name, str(exc))
     if "prompt" not in fields:
         return LineError(index, number, "prompt", "missing")
-    error = _missing_model(index, number, fields, defaults)
-    return error if error is not None else Entry(index, number, _request(fields, defaults, base))
+    error = missing_model(index, number, fields, defaults)
+    return error if error is not None else Entry(index, number, request_from(fields, defaults, base))
 
 
 def _csv_value(name: str, value: str) -> Any:
