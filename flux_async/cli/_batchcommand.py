@@ -1,0 +1,178 @@
+"""``flux-async batch``: the click command, its first pass over the input file and the opening
+of its output directory. Part of the command line, never imported by the library; the engine
+that runs the batch is ``_batch``'s, the file reading ``_batchfile``'s, the journal ``_journal``'s.
+
+The command checks every line of the file before it opens a connection, then hands the file,
+the journal and a :class:`~flux_async.Session` to a :class:`~flux_async.cli._batch.BatchRunner`
+under the shared progress display and Ctrl-C handling of ``_runtime``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import closing
+from pathlib import Path
+
+import click
+
+from ._api import Limits
+from ._batch import BatchRunner
+from ._batchentry import Defaults
+from ._batchfile import BatchFileError, CheckReport, check_file, read_entries
+from ._display import Counts, ProgressView
+from ._journal import JOURNAL_NAME, BatchState, JournalError, JournalHeader, OutputDir, load_state
+from ._options import (
+    connection_options,
+    local_images,
+    open_session,
+    output_options,
+    request_options,
+)
+from ._runtime import (
+    EXIT_USAGE,
+    Output,
+    Run,
+    execute,
+    exit_on_error,
+    fail,
+    report,
+    run_command,
+    summarize,
+)
+
+__all__ = ["batch"]
+
+_MAX_LISTED_ERRORS = 50
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+    help="Directory for the images, results.jsonl and the journal.",
+)  # fmt: skip
+@request_options
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+    help="Submissions in flight at once.",
+)  # fmt: skip
+@click.option(
+    "--max-outstanding", type=click.IntRange(min=1), default=512, show_default=True,
+    help="Jobs accepted and not yet finished at once.",
+)  # fmt: skip
+@click.option(
+    "--resume", is_flag=True,
+    help="Continue the batch in OUTPUT: re-attach to accepted jobs, skip finished ones, submit the rest.",
+)  # fmt: skip
+@connection_options
+@output_options
+def batch(
+    file: Path,
+    output: Path,
+    model: str,
+    size: str | None,
+    images: tuple[str, ...],
+    n: int | None,
+    seed: int | None,
+    concurrency: int,
+    max_outstanding: int,
+    resume: bool,
+    provider: str,
+    api_key: str | None,
+    base_url: str | None,
+    quiet: bool,
+    json_: bool,
+    verbose: int,
+) -> None:
+    """Run every request of FILE: .txt (a prompt per line), .jsonl (a request object per line)
+    or .csv (a header of request fields). Options fill in what a line leaves out.
+
+    The whole file is checked first: bad lines are listed with their line numbers and nothing
+    is submitted (exit 2). Images are written to OUTPUT as <index>-<task_id>.<ext>; each
+    finished request is appended to OUTPUT/results.jsonl; each accepted task to
+    OUTPUT/journal.jsonl before it is waited on, so --resume never pays twice.
+    Ctrl-C stops submitting and waits for the jobs in flight; a second Ctrl-C exits at once.
+    """
+    out = Output.make(quiet=quiet, json_=json_)
+    defaults = Defaults(model=model, size=size, n=n, images=local_images(images), seed=seed)
+    limits = Limits(max_concurrent_submits=concurrency, max_outstanding=max_outstanding)
+    input_path = os.path.abspath(file)
+    with exit_on_error(out):
+        # The first pass, before any connection: every line is checked.
+        checked = _check_input(out, file, defaults, provider)
+
+    async def body() -> int:
+        session = open_session(provider, api_key, base_url, limits)  # a missing key stops here
+        header = JournalHeader(
+            provider=provider,
+            input=input_path,
+            fingerprint=checked.fingerprint,
+            requests=checked.requests,
+            defaults=defaults.to_dict(),
+        )
+        journal, state = _open_output(output, header, resume=resume)
+        counts = Counts(
+            label=file.name,
+            total=checked.requests,
+            previous_done=0 if state is None else len(state.finished),
+            previous_failed=0 if state is None else state.failed,
+        )
+        view = ProgressView(out.err, enabled=out.interactive)
+        started = time.monotonic()
+        # The journal closes after the session: a submit still on the wire when the session
+        # shuts down is answered and recorded.
+        with closing(journal):
+            async with session:
+                runner = BatchRunner(
+                    session,
+                    journal,
+                    counts,
+                    source=lambda: read_entries(file, defaults),
+                    state=state,
+                    on_change=view.update,
+                )
+                view.add(counts)
+                with view:
+                    flags = await execute([runner], out)
+                runs = [Run(counts, runner, session.statistics())]
+        summary = summarize(output, runs, time.monotonic() - started, flags)
+        report(out, summary, runs, title=f"batch {file.name}")
+        return summary.exit_code
+
+    run_command(out, body, verbose=verbose)
+
+
+def _check_input(out: Output, file: Path, defaults: Defaults, provider: str) -> CheckReport:
+    """The first pass over the file: every line checked, every bad one listed; exit 2 if any."""
+    try:
+        checked = check_file(file, defaults, provider, max_errors=_MAX_LISTED_ERRORS)
+    except BatchFileError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if not checked.ok:
+        for problem in checked.errors:
+            out.err.print(f"{file}:{problem}", soft_wrap=True, markup=False)
+        more = checked.error_count - len(checked.errors)
+        if more:
+            out.err.print(f"... and {more} more", markup=False)
+        fail(
+            f"{file}: {checked.error_count} bad line(s) in {checked.requests} request(s); nothing was submitted",
+            EXIT_USAGE,
+        )
+    if checked.requests == 0:
+        out.info(f"{file} holds no requests")
+    return checked
+
+
+def _open_output(output: Path, header: JournalHeader, *, resume: bool) -> tuple[OutputDir, BatchState | None]:
+    """A new batch directory, or (``--resume`` and a journal there) the existing one."""
+    try:
+        if resume and (output / JOURNAL_NAME).exists():
+            state = load_state(output)
+            reason = state.header.mismatch(header)
+            if reason is not None:
+                fail(f"cannot resume the batch in {output}: {reason}", EXIT_USAGE)
+            return OutputDir.reopen(output), state
+        return OutputDir.create(output, header), None
+    except JournalError as exc:
+        fail(str(exc), EXIT_USAGE)
