@@ -3,7 +3,7 @@
 A session owns one transport (one aiohttp connection pool), one shared poll scheduler and one
 anyio task group, and is the facade over the parts that do the work: the money path
 (``_submit``: the POST, its retries, the toapis lookup, the active-task caps), the batch
-machinery behind :meth:`Session.as_completed` (``_batch``), uploads (``_uploads``) and the
+machinery behind :meth:`Session.as_completed` (``_as_completed``), uploads (``_uploads``) and the
 jobs themselves (``_job``); the wire formats live in the codecs, the timing in the scheduler,
 the retry rules in ``retry.py``. Nothing imports this module except the package root and the
 CLI (the batch machinery and jobs see it only for typing).
@@ -31,7 +31,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import catalog
-from ._batch import Batch, Outbox
+from ._as_completed import Batch, Outbox
 from ._config import API_KEY_ENV, Limits, SessionStatistics, resolve_api_key
 from ._context import NOT_OPEN, Context
 from ._job import Job
