@@ -186,15 +186,14 @@ if TYPE_CHECKING:
     from ._core import EmulatorStats, TaskStats
     from ._emulator import Emulator
     from ._process import EmulatorProcess, run_forever
+    from ._sampling import Duration, ManualClock
     from ._scenario import (
         DEFAULT_API_KEY,
         ENDPOINTS,
         FAULT_KINDS,
         PROVIDERS,
-        Duration,
         Fault,
         FaultRates,
-        ManualClock,
         Scenario,
     )
 
@@ -222,10 +221,10 @@ _WHERE = {
     "ENDPOINTS": "._scenario",
     "FAULT_KINDS": "._scenario",
     "PROVIDERS": "._scenario",
-    "Duration": "._scenario",
+    "Duration": "._sampling",
     "Fault": "._scenario",
     "FaultRates": "._scenario",
-    "ManualClock": "._scenario",
+    "ManualClock": "._sampling",
     "Scenario": "._scenario",
     "Emulator": "._emulator",
     "EmulatorStats": "._core",

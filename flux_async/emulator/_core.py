@@ -1,10 +1,14 @@
-"""The emulator's state: tasks, their lazily computed timelines, limits, faults and counters.
+"""The emulator's state: the task table, limits and counters, over one scenario.
 
-No I/O and no aiohttp: every method takes the current time from the injected clock, so a
-task's status is a pure function of (created, duration, outcome, now). No timer or coroutine
-exists per task; a task is one slotted record (plus one float per active-task heap it sits in).
+Owns :class:`Core` (creating and charging tasks, duplicate detection, the active-task caps
+and the request-rate buckets, the request counters) and the ``/_emulator/stats`` document
+(:class:`EmulatorStats`, :class:`TaskStats`). A task's own life is :mod:`._task`'s, which
+fault a request gets is :mod:`._faults`'s. No I/O and no aiohttp: every method takes the
+current time from the injected clock. The standard library and the emulator's own modules
+only; never the client library.
 
-Standard library and the emulator's own modules only.
+No timer or coroutine exists per task: a task costs its slotted record plus one float per
+active-task heap it sits in, and its status is computed when asked for.
 """
 
 from __future__ import annotations
@@ -14,12 +18,26 @@ import heapq
 import math
 import random
 from collections.abc import Callable
-from typing import Final, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
 
-from ._scenario import PROVIDERS, Fault, FaultRates, Scenario, uniforms
+from ._faults import FaultSource
+from ._sampling import uniforms
+from ._scenario import PROVIDERS, Scenario
+from ._task import (
+    CANCELLED,
+    CONTENT_MODERATED,
+    DONE,
+    FAILED,
+    OK,
+    OUTCOME_NAMES,
+    REQUEST_MODERATED,
+    Task,
+    provider_status,
+    task_id,
+)
 from ._validate import Spec
 
-__all__ = ["Core", "EmulatorStats", "Task", "TaskStats"]
+__all__ = ["Core", "EmulatorStats", "TaskStats"]
 
 
 class TaskStats(TypedDict):
@@ -60,115 +78,6 @@ class EmulatorStats(TypedDict):
     pending_scripted_faults: int
     tasks: NotRequired[list[TaskStats]]
 
-# Planned outcomes.
-OK: Final = 0
-FAILED: Final = 1
-REQUEST_MODERATED: Final = 2
-CONTENT_MODERATED: Final = 3
-CANCELLED: Final = 4
-OUTCOME_NAMES: Final = ("succeeded", "failed", "request_moderated", "content_moderated", "cancelled")
-
-# Phases of a timeline.
-QUEUED: Final = 0
-RUNNING: Final = 1
-DONE: Final = 2
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-class Task:
-    """One task. Slotted: about 200 bytes plus its strings."""
-
-    __slots__ = (
-        "cbid",
-        "created",
-        "downloads",
-        "duplicate_of",
-        "duration",
-        "fmt",
-        "id",
-        "lookups",
-        "model",
-        "n",
-        "outcome",
-        "polls",
-        "prompt",
-        "provider",
-        "ratio",
-        "seed",
-        "submits",
-        "terminal_polled",
-    )
-
-    def __init__(
-        self,
-        task_id: str,
-        provider: str,
-        spec: Spec,
-        created: float,
-        duration: float,
-        outcome: int,
-        seed: int,
-    ) -> None:
-        self.id = task_id
-        self.provider = provider
-        self.model = spec.model
-        self.prompt = spec.prompt
-        self.ratio = spec.ratio
-        self.fmt = spec.fmt
-        self.n = spec.n
-        self.cbid = spec.cbid
-        self.seed = seed
-        self.created = created
-        self.duration = duration
-        self.outcome = outcome
-        self.submits = 1
-        self.polls = 0
-        self.lookups = 0
-        self.downloads = 0
-        self.terminal_polled: float | None = None
-        self.duplicate_of: str | None = None
-
-    @property
-    def end(self) -> float:
-        """When the task reaches its terminal status (emulator clock)."""
-        return self.created + self.duration
-
-    def phase(self, now: float, queue_fraction: float) -> tuple[int, float]:
-        """(phase, fraction of the running part done) at ``now``."""
-        elapsed = now - self.created
-        duration = self.duration
-        if elapsed >= duration:
-            return DONE, 1.0
-        queued = duration * queue_fraction
-        if elapsed < queued:
-            return QUEUED, 0.0
-        return RUNNING, (elapsed - queued) / (duration - queued)
-
-
-def _task_id(provider: str, digest: bytes) -> str:
-    if provider == "toapis":
-        return "task_img_" + digest[:8].hex()
-    if provider == "apimart":
-        number = int.from_bytes(digest, "big")
-        chars = []
-        for _ in range(24):
-            number, rest = divmod(number, 32)
-            chars.append(_CROCKFORD[rest])
-        return "task_01" + "".join(chars)
-    h = digest.hex()
-    return f"{h[0:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
-
-
-class _Pending:
-    """A scripted fault and how many more requests it applies to."""
-
-    __slots__ = ("fault", "remaining")
-
-    def __init__(self, fault: Fault) -> None:
-        self.fault = fault
-        self.remaining = fault.count
-
 
 class Core:
     """Everything the handlers share. One instance per running emulator."""
@@ -179,11 +88,7 @@ class Core:
         self.scenario = scenario
         self.plans: dict[str, Scenario] = {}
         self.keys: dict[str, tuple[frozenset[str], frozenset[str], frozenset[str]]] = {}
-        self.script: list[_Pending] = []
-        self._rates: dict[tuple[str, str], FaultRates | None] = {}
-        self._fault_rngs: dict[tuple[str, str], random.Random] = {}
-        self._status_faults: dict[tuple[str, int], Fault] = {}
-        self._kind_faults: dict[tuple[str, str], Fault] = {}
+        self.faults = FaultSource()
         self.latency_rng = random.Random(f"{scenario.seed}:latency")
         self._buckets: dict[str, list[float]] = {}
         self.set_scenario(scenario)
@@ -199,13 +104,7 @@ class Core:
             p: (frozenset(sc.api_keys), frozenset(sc.forbidden_keys), frozenset(sc.no_credit_keys))
             for p, sc in self.plans.items()
         }
-        self._rates = {
-            (p, endpoint): _rates_for(sc, endpoint)
-            for p, sc in self.plans.items()
-            for endpoint in ("submit", "poll", "lookup", "upload", "download")
-        }
-        self.script = [_Pending(f) for f in scenario.faults]
-        self._fault_rngs.clear()
+        self.faults.arm(scenario, self.plans)
         self._buckets.clear()
         self.latency_rng = random.Random(f"{scenario.seed}:latency")
 
@@ -233,7 +132,7 @@ class Core:
         self.status_codes: dict[int, int] = {}
         self.rate_limited = {"cap": 0, "rate": 0, "scripted": 0}
         self.dropped = {"submit_before_create": 0, "submit_after_create": 0, "other": 0}
-        self.faults_sent: dict[str, int] = {}
+        self.faults.sent = {}
         self.duplicate_submits = 0
         self.tasks_created = 0
 
@@ -252,84 +151,6 @@ class Core:
         per = self.by_provider[provider]
         per[endpoint] = per.get(endpoint, 0) + 1
         self.dropped[which] += 1
-
-    def count_fault(self, kind: str) -> None:
-        """Record one fault delivered (scripted or drawn)."""
-        self.faults_sent[kind] = self.faults_sent.get(kind, 0) + 1
-
-    # -- faults --------------------------------------------------------------------------------
-
-    def inject(self, fault: Fault) -> None:
-        """Append a scripted fault after those already pending."""
-        self.script.append(_Pending(fault))
-
-    def next_fault(self, endpoint: str, provider: str) -> Fault | None:
-        """The fault this request gets, if any: scripted first, then the scenario's rates."""
-        if self.script:
-            for entry in self.script:
-                fault = entry.fault
-                if fault.endpoint == endpoint and fault.provider in (None, provider):
-                    entry.remaining -= 1
-                    if entry.remaining <= 0:
-                        self.script.remove(entry)
-                    self.count_fault(fault.kind)
-                    return fault
-        rates = self._rates[(provider, endpoint)]
-        if rates is None:
-            return None
-        sc = self.plans[provider]
-        key = (provider, endpoint)
-        rng = self._fault_rngs.get(key)
-        if rng is None:
-            rng = self._fault_rngs[key] = random.Random(f"{sc.seed}:{provider}:{endpoint}")
-        drawn = self._draw(endpoint, rates, rng.random(), rng, sc)
-        if drawn is not None:
-            self.count_fault(drawn.kind)
-        return drawn
-
-    def _draw(
-        self, endpoint: str, rates: FaultRates, u: float, rng: random.Random, sc: Scenario
-    ) -> Fault | None:
-        download = endpoint == "download"
-        for name, rate in (
-            ("server_error", rates.server_error),
-            ("drop", rates.drop),
-            ("drop_after_create", rates.drop_after_create),
-            ("malformed", rates.malformed),
-            ("slow", rates.slow),
-            ("oversized", rates.oversized),
-            ("wrong_magic", rates.wrong_magic),
-            ("redirect_scheme", rates.bad_redirect),
-        ):
-            if u < rate:
-                if name == "server_error":
-                    statuses = sc.server_error_statuses
-                    return self._status_fault(endpoint, statuses[rng.randrange(len(statuses))])
-                if name == "drop_after_create" and endpoint != "submit":
-                    name = "drop"
-                elif name == "malformed":
-                    name = sc.malformed_kinds[rng.randrange(len(sc.malformed_kinds))]
-                    if download and name == "malformed_json":
-                        name = "wrong_magic"
-                elif name in ("oversized", "wrong_magic", "redirect_scheme") and not download:
-                    return None
-                return self._kind_fault(endpoint, name)
-            u -= rate
-        return None
-
-    def _status_fault(self, endpoint: str, status: int) -> Fault:
-        fault = self._status_faults.get((endpoint, status))
-        if fault is None:
-            fault = Fault(endpoint=endpoint, kind="status", status=status)  # type: ignore[arg-type]
-            self._status_faults[(endpoint, status)] = fault
-        return fault
-
-    def _kind_fault(self, endpoint: str, kind: str) -> Fault:
-        fault = self._kind_faults.get((endpoint, kind))
-        if fault is None:
-            fault = Fault(endpoint=endpoint, kind=kind)  # type: ignore[arg-type]
-            self._kind_faults[(endpoint, kind)] = fault
-        return fault
 
     # -- limits --------------------------------------------------------------------------------
 
@@ -399,12 +220,12 @@ class Core:
             digest = hashlib.blake2b(
                 repr((sc.seed, self.epoch, provider, k, salt)).encode(), digest_size=16
             ).digest()
-            task_id = _task_id(provider, digest)
-            if task_id not in self.tasks:
+            ident = task_id(provider, digest)
+            if ident not in self.tasks:
                 break
             salt += 1
-        task = Task(task_id, provider, spec, now, duration, outcome, seed)
-        self.tasks[task_id] = task
+        task = Task(ident, provider, spec, now, duration, outcome, seed)
+        self.tasks[ident] = task
         self.tasks_created += 1
         # Duplicate detection: the same client_business_id, or a byte-identical body.
         original = None
@@ -430,33 +251,6 @@ class Core:
 
     # -- stats ---------------------------------------------------------------------------------
 
-    def provider_status(self, task: Task, now: float) -> str:
-        """The status string a poll at ``now`` would report, in the provider's spelling."""
-        sc = self.plans[task.provider]
-        phase, _ = task.phase(now, sc.queue_fraction)
-        outcome = task.outcome
-        if task.provider == "toapis":
-            if phase == QUEUED:
-                return sc.unknown_status or ("submitted" if sc.toapis_submitted_status else "queued")
-            if phase == RUNNING:
-                return "in_progress"
-            return "completed" if outcome == OK else "failed"
-        if task.provider == "apimart":
-            if phase == QUEUED:
-                return sc.unknown_status or "pending"
-            if phase == RUNNING:
-                return "processing"
-            return {OK: "completed", CANCELLED: "cancelled"}.get(outcome, "failed")
-        if phase == QUEUED:
-            return sc.unknown_status or "Pending"
-        if phase == RUNNING:
-            return "Pending"
-        return {
-            OK: "Ready",
-            REQUEST_MODERATED: "Request Moderated",
-            CONTENT_MODERATED: "Content Moderated",
-        }.get(outcome, "Error")
-
     def task_stats(self, task: Task, now: float) -> TaskStats:
         """One task's row of ``/_emulator/stats``."""
         sc = self.plans[task.provider]
@@ -467,7 +261,7 @@ class Core:
             "provider": task.provider,
             "model": task.model,
             "status": OUTCOME_NAMES[task.outcome] if done else ("queued", "running")[phase],
-            "provider_status": self.provider_status(task, now),
+            "provider_status": provider_status(task, now, sc),
             "outcome": OUTCOME_NAMES[task.outcome],
             "submits": task.submits,
             "polls": task.polls,
@@ -494,23 +288,12 @@ class Core:
             "duplicate_submits": self.duplicate_submits,
             "rate_limited": dict(self.rate_limited),
             "dropped_connections": dict(self.dropped, total=sum(self.dropped.values())),
-            "faults": dict(self.faults_sent),
+            "faults": dict(self.faults.sent),
             "active_now": active_now,
             "active_high_water": dict(self.high_water),
-            "pending_scripted_faults": sum(e.remaining for e in self.script),
+            "pending_scripted_faults": self.faults.pending(),
         }
         if tasks:
             out["tasks"] = [self.task_stats(t, now) for t in self.tasks.values()]
         return out
 
-
-def _rates_for(sc: Scenario, endpoint: str) -> FaultRates | None:
-    if endpoint == "submit":
-        rates = sc.submit_faults
-    elif endpoint in ("poll", "lookup"):
-        rates = sc.poll_faults
-    elif endpoint == "upload":
-        rates = sc.upload_faults
-    else:
-        rates = sc.download_faults
-    return rates if rates.total() > 0 else None

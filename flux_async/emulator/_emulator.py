@@ -14,7 +14,8 @@ from aiohttp import web
 from ._app import EmulatorApp
 from ._core import Core, EmulatorStats, TaskStats
 from ._images import ImageCache
-from ._scenario import PROVIDERS, Fault, Scenario, wall_clock
+from ._sampling import wall_clock
+from ._scenario import PROVIDERS, Fault, Scenario
 
 __all__ = ["Emulator"]
 
@@ -147,7 +148,7 @@ class Emulator:
     def inject(self, *faults: Fault) -> None:
         """Script one-off faults, applied after those already pending."""
         for fault in faults:
-            self._core.inject(fault)
+            self._core.faults.inject(fault)
 
     def fail_next(
         self,
@@ -176,7 +177,7 @@ class Emulator:
 
     def pending_faults(self) -> list[tuple[Fault, int]]:
         """Scripted faults not yet used up, with how many requests each still applies to."""
-        return [(entry.fault, entry.remaining) for entry in self._core.script]
+        return [(entry.fault, entry.remaining) for entry in self._core.faults.script]
 
     # -- observation -----------------------------------------------------------------------------
 

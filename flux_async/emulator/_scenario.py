@@ -1,32 +1,31 @@
-"""The emulator's script: :class:`Scenario` and its parts, plain frozen values.
+"""The emulator's script: :class:`Scenario` and the fault values it holds, plain frozen values.
+
+Owns the provider, endpoint and fault-kind vocabularies, :class:`FaultRates`, :class:`Fault`,
+:class:`Scenario` and its JSON form. Imports attrs, the standard library and
+:mod:`._sampling` (durations, validators) only: nothing from the rest of flux_async, and not
+the core, the app or the wire formats, which all read a scenario rather than shape it.
 
 A scenario says how the fake providers behave (job durations, outcome rates, limits, faults,
 spelling variants) and is the only input besides the seed that decides what the emulator does,
 so two emulators with equal scenarios answer the same request sequence the same way.
-
-Imports attrs and the standard library only; nothing from the rest of flux_async.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import statistics
-import time
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import attrs
+
+from ._sampling import Duration, non_negative
 
 __all__ = [
     "DEFAULT_API_KEY",
     "ENDPOINTS",
     "FAULT_KINDS",
     "PROVIDERS",
-    "Duration",
     "Fault",
     "FaultRates",
-    "ManualClock",
     "Scenario",
 ]
 
@@ -55,83 +54,10 @@ FAULT_KINDS: Mapping[str, frozenset[str]] = {
     "redirect_scheme": frozenset({"download"}),
 }
 
-_NORMAL = statistics.NormalDist()
-
-
-def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
-
 
 def _probability(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name} must be within [0, 1], got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class Duration:
-    """A distribution of job durations in seconds (before ``Scenario.time_scale``).
-
-    Build one with :meth:`fixed`, :meth:`uniform` or :meth:`lognormal`; in JSON, a number means
-    a fixed duration and an object names its ``kind`` (``{"kind": "lognormal", "median": 10,
-    "sigma": 0.35}``). Sampling is by inverse CDF from one uniform draw, so the same draw always
-    gives the same duration on every platform.
-    """
-
-    kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
-    #: ``fixed``: the duration.
-    seconds: float = attrs.field(default=0.0, validator=_non_negative)
-    #: ``uniform``: the bounds.
-    low: float = attrs.field(default=0.0, validator=_non_negative)
-    high: float = attrs.field(default=0.0, validator=_non_negative)
-    #: ``lognormal``: the median and the sigma of the underlying normal.
-    median: float = attrs.field(default=0.0, validator=_non_negative)
-    sigma: float = attrs.field(default=0.0, validator=_non_negative)
-    #: Optional upper bound applied to every sample (keeps log-normal tails finite).
-    maximum: float | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if self.kind not in ("fixed", "uniform", "lognormal"):
-            raise ValueError(f"unknown duration kind {self.kind!r}")
-        if self.kind == "uniform" and self.high < self.low:
-            raise ValueError("uniform duration needs low <= high")
-
-    @classmethod
-    def fixed(cls, seconds: float) -> Duration:
-        """Every job takes ``seconds``."""
-        return cls(kind="fixed", seconds=float(seconds))
-
-    @classmethod
-    def uniform(cls, low: float, high: float) -> Duration:
-        """Durations spread evenly between ``low`` and ``high``."""
-        return cls(kind="uniform", low=float(low), high=float(high))
-
-    @classmethod
-    def lognormal(cls, median: float, sigma: float, maximum: float | None = None) -> Duration:
-        """Log-normal durations: ``median * exp(sigma * N(0, 1))``, optionally capped."""
-        return cls(kind="lognormal", median=float(median), sigma=float(sigma), maximum=maximum)
-
-    def sample(self, u: float) -> float:
-        """The duration at quantile ``u`` (0 < u < 1)."""
-        if self.kind == "fixed":
-            value = self.seconds
-        elif self.kind == "uniform":
-            value = self.low + (self.high - self.low) * u
-        else:
-            value = self.median * math.exp(self.sigma * _NORMAL.inv_cdf(u)) if self.median else 0.0
-        if self.maximum is not None:
-            value = min(value, self.maximum)
-        return value
-
-    def typical(self) -> float:
-        """The median duration: what a provider would quote as its estimate."""
-        if self.kind == "fixed":
-            value = self.seconds
-        elif self.kind == "uniform":
-            value = (self.low + self.high) / 2
-        else:
-            value = self.median
-        return value if self.maximum is None else min(value, self.maximum)
 
 
 def _to_duration(value: Duration | float | Mapping[str, object]) -> Duration:
@@ -302,7 +228,7 @@ class Scenario:
     # -- job timeline and outcomes ---------------------------------------------------------------
     duration: Duration = attrs.field(factory=lambda: Duration.fixed(0.0), converter=_to_duration)
     model_durations: dict[str, Duration] = attrs.field(factory=dict, converter=_to_durations)
-    time_scale: float = attrs.field(default=1.0, validator=_non_negative)
+    time_scale: float = attrs.field(default=1.0, validator=non_negative)
     queue_fraction: float = attrs.field(default=0.2, validator=_probability)
     failure_rate: float = attrs.field(default=0.0, validator=_probability)
     moderation_rate: float = attrs.field(default=0.0, validator=_probability)
@@ -311,9 +237,9 @@ class Scenario:
     blocked_terms: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
 
     # -- latency ---------------------------------------------------------------------------------
-    latency: float = attrs.field(default=0.0, validator=_non_negative)
-    latency_jitter: float = attrs.field(default=0.0, validator=_non_negative)
-    slow_delay: float = attrs.field(default=30.0, validator=_non_negative)
+    latency: float = attrs.field(default=0.0, validator=non_negative)
+    latency_jitter: float = attrs.field(default=0.0, validator=non_negative)
+    slow_delay: float = attrs.field(default=30.0, validator=non_negative)
 
     # -- result URLs -----------------------------------------------------------------------------
     url_ttl: dict[str, float] = attrs.field(factory=_default_url_ttl, converter=_to_float_map)
@@ -415,45 +341,3 @@ class Scenario:
     def to_dict(self) -> dict[str, object]:
         """The JSON form of this scenario (lists for tuples)."""
         return attrs.asdict(self)
-
-
-class ManualClock:
-    """A clock that only moves when told to: pass it as ``Emulator(clock=...)`` and call
-    :meth:`advance` instead of sleeping. It reads as unix seconds (it starts at
-    2026-01-01T00:00:00Z unless told otherwise), so timestamps in answers look real.
-    """
-
-    __slots__ = ("now",)
-
-    def __init__(self, start: float = 1_767_225_600.0) -> None:
-        self.now = float(start)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        """Move forward by ``seconds`` and return the new time."""
-        if seconds < 0:
-            raise ValueError("a clock never goes back")
-        self.now += seconds
-        return self.now
-
-    def __repr__(self) -> str:
-        return f"ManualClock({self.now!r})"
-
-
-def uniforms(*parts: object) -> tuple[float, float, float, float]:
-    """Four independent uniforms in (0, 1), a pure function of ``parts`` (blake2b)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=32).digest()
-    scale = 1.0 / 18446744073709551616.0  # 2**-64
-    return (
-        (int.from_bytes(digest[0:8], "big") + 0.5) * scale,
-        (int.from_bytes(digest[8:16], "big") + 0.5) * scale,
-        (int.from_bytes(digest[16:24], "big") + 0.5) * scale,
-        (int.from_bytes(digest[24:32], "big") + 0.5) * scale,
-    )
-
-
-def wall_clock() -> float:
-    """The default emulator clock: unix seconds."""
-    return time.time()

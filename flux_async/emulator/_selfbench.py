@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._core import Core
-from ._scenario import DEFAULT_API_KEY, Duration, Scenario
+from ._sampling import Duration
+from ._scenario import DEFAULT_API_KEY, Scenario
 from ._validate import Spec
 
 __all__ = ["main"]

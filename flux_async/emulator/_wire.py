@@ -13,7 +13,8 @@ import math
 import zlib
 from collections.abc import Callable, Iterable
 
-from ._core import (
+from ._scenario import Scenario
+from ._task import (
     CANCELLED,
     CONTENT_MODERATED,
     DONE,
@@ -23,7 +24,6 @@ from ._core import (
     REQUEST_MODERATED,
     Task,
 )
-from ._scenario import Scenario
 
 __all__ = [
     "apimart_submit",
