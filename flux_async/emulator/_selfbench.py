@@ -1,5 +1,9 @@
 """Self-benchmark of the emulator: requests/s it serves and memory per live task.
 
+Owns the benchmark's phases, its figures and its command line; the load generator and the
+servers it measures are :mod:`._loadgen`'s. The standard library and the emulator's own
+modules only: never the client library (what is measured is the emulator alone).
+
 Run ``python -m flux_async.emulator._selfbench [--requests N] [--tasks N] [--concurrency C]``.
 
 - Throughput: the emulator runs in a child process pinned to CPU 0, this process (the load
@@ -13,235 +17,35 @@ Run ``python -m flux_async.emulator._selfbench [--requests N] [--tasks N] [--con
 - Memory: ``tracemalloc`` around creating ``--tasks`` live tasks in an in-process core (long
   durations, so all stay active), divided by the count; plus the child's RSS growth per task
   after the HTTP phases.
-
-Standard library and the emulator's own modules only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
-import contextlib
 import gc
 import json
 import os
-import subprocess
-import sys
 import time
 import tracemalloc
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 from ._core import Core
+from ._loadgen import (
+    Server,
+    cpu_seconds,
+    get_request,
+    post_request,
+    rss_bytes,
+    run_phase,
+    serve_floor,
+)
 from ._sampling import Duration
 from ._scenario import DEFAULT_API_KEY, Scenario
 from ._validate import Spec
 
 __all__ = ["main"]
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _rss_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-class _Client(asyncio.Protocol):
-    """One keep-alive connection keeping ``depth`` requests in flight (1 = no pipelining).
-
-    A bare protocol rather than asyncio streams: the load generator must cost far less per
-    request than the server it measures.
-    """
-
-    def __init__(self, load: _Load, depth: int) -> None:
-        self.load = load
-        self.depth = depth
-        self.buf = bytearray()
-        self.need: int | None = None
-        self.status = 0
-        self.inflight: collections.deque[int] = collections.deque()
-        self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        batch = []
-        for _ in range(self.depth):
-            index = self.load.take()
-            if index is None:
-                break
-            self.inflight.append(index)
-            batch.append(self.load.make(index))
-        if batch:
-            transport.write(b"".join(batch))
-        else:
-            transport.close()
-
-    def _next(self) -> None:
-        assert self.transport is not None
-        index = self.load.take()
-        if index is None:
-            if not self.inflight:
-                self.transport.close()
-            return
-        self.inflight.append(index)
-        self.transport.write(self.load.make(index))
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while True:
-            if self.need is None:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                head = bytes(buf[:end]).lower()
-                self.status = int(head[9:12])
-                at = head.find(b"content-length:")
-                self.need = int(head[at + 15 : head.find(b"\r\n", at)]) if at >= 0 else 0
-                del buf[: end + 4]
-            if len(buf) < self.need:
-                return
-            body = bytes(buf[: self.need])
-            del buf[: self.need]
-            self.need = None
-            self.load.done(self.inflight.popleft(), self.status, body)
-            self._next()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-class _Load:
-    """A bounded request count shared by the connections of one phase."""
-
-    def __init__(
-        self,
-        count: int,
-        make: Callable[[int], bytes],
-        on_body: Callable[[int, bytes], None] | None,
-    ) -> None:
-        self.count = count
-        self.make = make
-        self.on_body = on_body
-        self.issued = 0
-        self.errors = 0
-
-    def take(self) -> int | None:
-        if self.issued >= self.count:
-            return None
-        self.issued += 1
-        return self.issued - 1
-
-    def done(self, index: int, status: int, body: bytes) -> None:
-        if status != 200:
-            self.errors += 1
-        elif self.on_body is not None:
-            self.on_body(index, body)
-
-
-def _post(host: str, path: str, headers: str, body: bytes) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-
-def _get(host: str, path: str, headers: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode()
-
-
-async def _phase(
-    port: int,
-    concurrency: int,
-    count: int,
-    make: Callable[[int], bytes],
-    on_body: Callable[[int, bytes], None] | None = None,
-    depth: int = 1,
-) -> tuple[float, int]:
-    """Send ``count`` requests built by ``make(i)`` over ``concurrency`` connections."""
-    loop = asyncio.get_running_loop()
-    load = _Load(count, make, on_body)
-    start = time.perf_counter()
-    clients = []
-    for _ in range(concurrency):
-        _, client = await loop.create_connection(lambda: _Client(load, depth), "127.0.0.1", port)
-        clients.append(client)
-    await asyncio.gather(*(c.closed for c in clients))
-    elapsed = time.perf_counter() - start
-    return elapsed, load.errors
-
-
-class _Server:
-    """A child process serving HTTP on 127.0.0.1 (the emulator, or the bare-aiohttp floor)."""
-
-    def __init__(self, args: list[str], cpus: set[int] | None) -> None:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, env=env)
-        assert self.proc.stdout is not None
-        self.port = int(json.loads(self.proc.stdout.readline())["port"])
-        self.pinned = False
-        if cpus and hasattr(os, "sched_setaffinity"):
-            try:
-                os.sched_setaffinity(self.proc.pid, cpus)
-                self.pinned = True
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def _serve_floor() -> None:
-    """The baseline: bare aiohttp handlers answering a constant small JSON body."""
-    from aiohttp import web
-
-    reply = b'{"id":"00000000-0000-4000-a000-000000000000","status":"Pending","progress":null}'
-
-    async def get(request: web.Request) -> web.Response:
-        return web.Response(body=reply, content_type="application/json")
-
-    async def post(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=reply, content_type="application/json")
-
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_get("/floor", get)
-        app.router.add_post("/floor", post)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(json.dumps({"port": port}), flush=True)
-        await asyncio.Event().wait()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
 
 
 class _Row:
@@ -275,7 +79,7 @@ class _Row:
 
 
 async def _throughput(
-    emu: _Server, floor: _Server, requests: int, concurrency: int, repeat: int, depth: int
+    emu: Server, floor: Server, requests: int, concurrency: int, repeat: int, depth: int
 ) -> list[dict[str, object]]:
     host = f"127.0.0.1:{emu.port}"
     fhost = f"127.0.0.1:{floor.port}"
@@ -289,37 +93,37 @@ async def _throughput(
         i = next(counter)
         body = json.dumps({"model": "flux-kontext-pro", "prompt": f"bench prompt {i}",
                            "size": "1:1", "client_business_id": f"bench-{i}"}).encode()
-        return _post(host, "/toapis/v1/images/generations", bearer, body)
+        return post_request(host, "/toapis/v1/images/generations", bearer, body)
 
     def keep_toapis(_i: int, body: bytes) -> None:
         toapis_ids.append(json.loads(body)["id"])
 
     def toapis_poll(i: int) -> bytes:
-        return _get(host, f"/toapis/v1/images/generations/{toapis_ids[i % len(toapis_ids)]}",
-                    bearer)
+        ident = toapis_ids[i % len(toapis_ids)]
+        return get_request(host, f"/toapis/v1/images/generations/{ident}", bearer)
 
     def bfl_submit(_i: int) -> bytes:
         body = json.dumps({"prompt": f"bench prompt {next(counter)}",
                            "aspect_ratio": "16:9"}).encode()
-        return _post(host, "/bfl/v1/flux-kontext-pro", xkey, body)
+        return post_request(host, "/bfl/v1/flux-kontext-pro", xkey, body)
 
     def keep_bfl(_i: int, body: bytes) -> None:
         url = json.loads(body)["polling_url"]
         bfl_urls.append(url[url.index("/bfl-us1/"):])
 
     def bfl_poll(i: int) -> bytes:
-        return _get(host, bfl_urls[i % len(bfl_urls)], xkey)
+        return get_request(host, bfl_urls[i % len(bfl_urls)], xkey)
 
     floor_body = json.dumps({"prompt": "bench prompt 0", "aspect_ratio": "16:9"}).encode()
 
     def floor_get(_i: int) -> bytes:
-        return _get(fhost, "/floor", xkey)
+        return get_request(fhost, "/floor", xkey)
 
     def floor_post(_i: int) -> bytes:
-        return _post(fhost, "/floor", xkey, floor_body)
+        return post_request(fhost, "/floor", xkey, floor_body)
 
     submits = max(1, requests // 4)
-    phase_type = tuple[_Row, _Server, Callable[[int], bytes], Callable[[int, bytes], None] | None]
+    phase_type = tuple[_Row, Server, Callable[[int], bytes], Callable[[int, bytes], None] | None]
     phases: list[phase_type] = [
         (_Row("floor GET", "bare aiohttp", requests), floor, floor_get, None),
         (_Row("floor POST", "bare aiohttp", submits), floor, floor_post, None),
@@ -329,15 +133,17 @@ async def _throughput(
         (_Row("bfl poll", "emulator", requests), emu, bfl_poll, None),
     ]
     # Warm-up: connections, code paths and allocators, so no timed phase pays for them.
-    await _phase(emu.port, concurrency, 2000, toapis_submit, keep_toapis)
-    await _phase(emu.port, concurrency, 2000, bfl_submit, keep_bfl)
-    await _phase(floor.port, concurrency, 2000, floor_get)
+    await run_phase(emu.port, concurrency, 2000, toapis_submit, keep_toapis)
+    await run_phase(emu.port, concurrency, 2000, bfl_submit, keep_bfl)
+    await run_phase(floor.port, concurrency, 2000, floor_get)
     # Repetitions interleave the phases so that a noisy moment hits them all alike.
     for _ in range(repeat):
         for row, server, make, keep in phases:
-            cpu0 = _cpu_seconds(server.proc.pid)
-            elapsed, errors = await _phase(server.port, concurrency, row.count, make, keep, depth)
-            cpu1 = _cpu_seconds(server.proc.pid)
+            cpu0 = cpu_seconds(server.proc.pid)
+            elapsed, errors = await run_phase(
+                server.port, concurrency, row.count, make, keep, depth
+            )
+            cpu1 = cpu_seconds(server.proc.pid)
             row.errors += errors
             row.rates.append(row.count / elapsed)
             if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
@@ -382,15 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_floor:
-        _serve_floor()
+        serve_floor()
         return 0
 
     ncpu = os.cpu_count() or 1
     server_cpus = {0} if ncpu >= 2 else None
     scenario = Scenario(duration=Duration.fixed(3600.0), active_task_cap={})
-    emu = _Server(["-m", "flux_async.emulator", "--port", "0", "--json",
+    emu = Server(["-m", "flux_async.emulator", "--port", "0", "--json",
                    "--scenario", json.dumps(scenario.to_dict())], server_cpus)
-    floor = _Server(["-m", "flux_async.emulator._selfbench", "--serve-floor"], server_cpus)
+    floor = Server(["-m", "flux_async.emulator._selfbench", "--serve-floor"], server_cpus)
     pinned_self = False
     try:
         if ncpu >= 2 and hasattr(os, "sched_setaffinity"):
@@ -399,11 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                 pinned_self = True
             except OSError:
                 pinned_self = False
-        rss0 = _rss_bytes(emu.proc.pid)
+        rss0 = rss_bytes(emu.proc.pid)
         rows = asyncio.run(
             _throughput(emu, floor, args.requests, args.concurrency, args.repeat, args.pipeline)
         )
-        rss1 = _rss_bytes(emu.proc.pid)
+        rss1 = rss_bytes(emu.proc.pid)
         with urllib.request.urlopen(f"http://127.0.0.1:{emu.port}/_emulator/stats?tasks=0") as r:
             created = int(json.loads(r.read())["tasks_created"])
     finally:
