@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import attrs
 
 from .errors import ConfigurationError
+from .ledger import LedgerEntry
 from .models import TaskRef
 
 __all__ = ["API_KEY_ENV", "Limits", "SessionStatistics", "resolve_api_key"]
@@ -63,6 +64,10 @@ class SessionStatistics:
     ``outstanding_tasks`` are the tasks still being watched; ``abandoned_tasks`` are accepted
     tasks whose results nobody is waiting for any more (a batch left early, a cancelled
     caller): they are kept here so that nothing paid for is forgotten (resume them by ref).
+    ``deduplicated`` counts submits answered with the task their idempotency key already had.
+    ``in_doubt`` lists the ledger's intents whose POST may or may not have created a task
+    (never sent again silently; see :meth:`Session.recover`); ``unrecorded_tasks`` the accepted
+    tasks the ledger failed to record (after the first, the session sends nothing more).
     """
 
     provider: str
@@ -84,6 +89,9 @@ class SessionStatistics:
     uploads: int
     upload_cache_hits: int
     downloads: int
+    deduplicated: int = 0
+    in_doubt: tuple[LedgerEntry, ...] = ()
+    unrecorded_tasks: tuple[TaskRef, ...] = ()
 
 
 def resolve_api_key(provider: str, api_key: str | None) -> str:

@@ -28,11 +28,14 @@ class Job:
     A waiting job is a few slots: its wake-up event exists only once somebody waits on it.
     """
 
-    __slots__ = ("_done", "_error", "_event", "_listeners", "_session", "_state", "ref", "request")
+    __slots__ = ("_done", "_error", "_event", "_listeners", "_session", "_state", "key", "ref", "request")
 
-    def __init__(self, ref: TaskRef, request: GenerationRequest | None, session: Session) -> None:
+    def __init__(
+        self, ref: TaskRef, request: GenerationRequest | None, session: Session, key: str | None = None
+    ) -> None:
         self.ref = ref
         self.request = request
+        self.key = key  # the ledger's idempotency key (None for a task resumed by ref alone)
         self._session: Session | None = session
         self._done = False
         self._event: anyio.Event | None = None

@@ -5,8 +5,12 @@ once it is on the wire; it is retried only when no task can exist (``retry.class
 says which failures those are, within the retry policy's deadline and the session's retry
 budget); an ambiguous failure is resolved on toapis by looking the task up under the
 ``client_business_id`` sent with it, and surfaces everywhere else as
-:class:`~flux_async.errors.SubmissionUncertainError`. Never resubmit blindly. It also owns the
-active-task caps (:class:`ActiveLimiter`), so that the client itself never causes a cap 429.
+:class:`~flux_async.errors.SubmissionUncertainError`. Never resubmit blindly. Every submit is
+written ahead to the session's :class:`~flux_async.ledger.Ledger` (intent before the POST,
+acceptance before anything waits on the task), under an idempotency key that is also what
+toapis gets as ``client_business_id``; a key already known returns its task instead of paying
+again. It also owns the active-task caps (:class:`ActiveLimiter`), so that the client itself
+never causes a cap 429.
 
 It must not import the session, the scheduler, the batch machinery or aiohttp: it sees a
 :class:`~flux_async._context.Context` (codec, transport, clock, policy, counters) and values.
@@ -14,16 +18,23 @@ It must not import the session, the scheduler, the batch machinery or aiohttp: i
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import anyio
 
 from ._config import Limits
 from ._context import Context
 from ._http import HttpResponse
-from .errors import FluxError, SubmissionUncertainError
+from .errors import FluxError, LedgerError, SubmissionUncertainError, ValidationError
+from .ledger import Ledger, LedgerEntry
 from .models import GenerationRequest, TaskRef
 from .retry import (
     SubmitDecision,
@@ -33,7 +44,9 @@ from .retry import (
     should_retry,
 )
 
-__all__ = ["ActiveLimiter", "Submitter", "active_limiter"]
+__all__ = ["ActiveLimiter", "Submitter", "active_limiter", "request_digest"]
+
+logger = logging.getLogger("flux_async")
 
 #: Documented active-task caps: provider -> (cap for the account, caps per model).
 _PROVIDER_CAPS: Mapping[str, tuple[int | None, Mapping[str, int]]] = {
@@ -88,77 +101,262 @@ def active_limiter(provider: str, limits: Limits) -> ActiveLimiter | None:
     return ActiveLimiter(total_cap, model_caps) if (total_cap or model_caps) else None
 
 
+def request_digest(request: GenerationRequest) -> str:
+    """SHA-256 of what a request asks for (its idempotency key aside): the same key sent with
+    another request is a mistake the ledger catches."""
+    images = [
+        "sha256:" + hashlib.sha256(image).hexdigest() if isinstance(image, bytes) else os.fspath(image)
+        for image in request.images
+    ]
+    fields = {
+        "model": request.model,
+        "prompt": request.prompt,
+        "size": request.size,
+        "n": request.n,
+        "images": images,
+        "response_format": request.response_format,
+        "safety_tolerance": request.safety_tolerance,
+        "prompt_upsampling": request.prompt_upsampling,
+        "seed": request.seed,
+        "extra": dict(request.extra),
+    }
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class Submitter:
-    """Sends submits for one session: :meth:`send` returns the accepted task's ref."""
+    """Sends submits for one session, each written ahead to the ledger.
 
-    __slots__ = ("_ctx",)
+    :meth:`submit` records the intent, POSTs, and records the acceptance; :meth:`existing`
+    answers for a key that is already known (in flight here, or in the ledger). After an
+    acceptance could not be recorded, ``broken`` holds why, and nothing more is sent.
+    """
 
-    def __init__(self, ctx: Context) -> None:
+    __slots__ = ("_claims", "_ctx", "_ledger", "_sending", "broken", "resubmit_in_doubt", "unrecorded")
+
+    def __init__(self, ctx: Context, ledger: Ledger, *, resubmit_in_doubt: bool = False) -> None:
         self._ctx = ctx
+        self._ledger = ledger
+        self.resubmit_in_doubt = resubmit_in_doubt
+        # Keys whose POST is on its way here: a second submit with the key waits for the first.
+        self._claims: dict[str, asyncio.Future[TaskRef]] = {}
+        self._sending: set[str] = set()  # made keys whose submit is on its way
+        self.broken: BaseException | None = None
+        self.unrecorded: list[TaskRef] = []
 
-    async def send(self, request: GenerationRequest) -> TaskRef:
+    def in_flight(self, key: str) -> bool:
+        """True while a submit with ``key`` is on its way in this session."""
+        return key in self._claims or key in self._sending
+
+    async def existing(self, request: GenerationRequest, digest: str) -> TaskRef | None:
+        """The task already made for ``request.idempotency_key``, or None when it may be sent.
+
+        Waits for a submit with the same key that is on its way here. Raises ValidationError
+        for a key recorded for another request, SubmissionUncertainError for a key whose POST
+        is in doubt (unless ``resubmit_in_doubt``), and the first submit's error when it failed.
+        """
+        key = request.idempotency_key
+        assert key is not None
+        while True:
+            claim = self._claims.get(key)
+            if claim is None:
+                break
+            try:
+                return await asyncio.shield(claim)
+            except _ClaimDroppedError:
+                continue  # the first submit never got to send: look again
+        entry = await self._ledger.get(key)
+        if entry is None or entry.status == "not_submitted":
+            return None
+        return await self._resolve(entry, digest)
+
+    async def submit(
+        self, request: GenerationRequest, key: str, digest: str, *, label: str | None = None
+    ) -> tuple[TaskRef, bool]:
+        """Write the intent, POST, write the acceptance under ``key``: the accepted task, and
+        whether this call created it (False: the key turned out to be taken: its task)."""
+        ctx = self._ctx
+        if self.broken is not None:
+            raise LedgerError(
+                f"the ledger could not record an accepted task earlier ({self.broken}); "
+                "this session sends nothing more"
+            )
+        while True:
+            if key in self._claims:
+                ref = await self.existing(request, digest)
+                if ref is not None:
+                    return ref, False
+            try:
+                existing = await self._ledger.intend(
+                    key, provider=ctx.provider, model=request.model, digest=digest, label=label, at=time.time()
+                )
+            except Exception as exc:
+                raise LedgerError(
+                    f"the ledger could not record the intent to submit ({exc}); nothing was sent",
+                    key=key,
+                ) from exc
+            if existing is None:
+                break
+            ref = await self._resolve(existing, digest)
+            if ref is not None:
+                return ref, False
+        if request.idempotency_key is None:
+            # A key made for this submit alone: nobody else can ask for it, so no claim.
+            sending = self._sending
+            sending.add(key)
+            try:
+                return await self._send(request, key), True
+            finally:
+                sending.discard(key)
+        claim: asyncio.Future[TaskRef] = asyncio.get_running_loop().create_future()
+        self._claims[key] = claim
+        try:
+            ref = await self._send(request, key)
+        except BaseException as exc:
+            claim.set_exception(exc if isinstance(exc, Exception) else _ClaimDroppedError())
+            claim.exception()  # retrieved here: a claim nobody waits on must not warn
+            raise
+        else:
+            claim.set_result(ref)
+        finally:
+            del self._claims[key]
+        return ref, True
+
+    async def _resolve(self, entry: LedgerEntry, digest: str) -> TaskRef | None:
+        """The task of a recorded key: accepted (or settled with a task), or looked up; None
+        when it is certain that no task exists (the request may be sent)."""
+        ctx = self._ctx
+        if digest and entry.digest and entry.digest != digest:
+            raise ValidationError(
+                "idempotency_key",
+                entry.key,
+                "a key not yet used for another request",
+                reason=f"the key was used at {ctx.provider} for a different request",
+            )
+        if entry.ref is not None:
+            return entry.ref
+        if entry.status == "not_submitted":
+            return None
+        # An intent with no acceptance: the POST may have created a task.
+        if ctx.codec.supports_client_business_id:
+            return await self.recover_intent(entry)
+        if self.resubmit_in_doubt:
+            self._ledger.settle(entry.key, "not_submitted", error="resubmitted while in doubt")
+            return None
+        raise SubmissionUncertainError(
+            f"an earlier submit with idempotency key {entry.key!r} may have created a task at "
+            f"{ctx.provider} (sent {_when(entry.intended_at)}, its answer never recorded); it is "
+            "not sent again, to avoid paying twice (resubmit_in_doubt=True sends it anyway)",
+            provider=ctx.provider,
+            model=entry.model,
+            idempotency_key=entry.key,
+        )
+
+    async def recover_intent(self, entry: LedgerEntry) -> TaskRef | None:
+        """Resolve an intent left by an earlier process: its task where a lookup finds one,
+        None where it is absent or no lookup exists (then it stays in doubt); raises
+        SubmissionUncertainError when the lookup cannot tell."""
+        ctx = self._ctx
+        if not ctx.codec.supports_client_business_id:
+            return None
+        with anyio.CancelScope(shield=True):
+            found = await self._lookup(entry.key, entry.model, cause=None)
+            if found is not None:
+                await self._record_acceptance(entry.key, found)
+        if found is None:
+            self._ledger.settle(entry.key, "not_submitted", error="no task under the key")
+        return found
+
+    async def _record_acceptance(self, key: str, ref: TaskRef) -> None:
+        """Write the acceptance; on failure, stop sending and make the task impossible to miss."""
+        try:
+            await self._ledger.accept(key, ref)
+        except Exception as exc:
+            if self.broken is None:
+                self.broken = exc
+            self.unrecorded.append(ref)
+            logger.error(
+                "the ledger could not record accepted task %s (%s): it is watched, but resume it "
+                "by hand if this process ends first: %s",
+                ref.task_id,
+                exc,
+                json.dumps(ref.to_dict(), sort_keys=True),
+            )
+
+    async def _send(self, request: GenerationRequest, key: str) -> TaskRef:
         """POST the request, retrying only where no task can exist; resolve ambiguity safely."""
         ctx = self._ctx
         codec = ctx.codec
         counts = ctx.counts
-        # 128 random bits in hex, like uuid4().hex, without building a UUID object.
-        cbid = os.urandom(16).hex() if codec.supports_client_business_id else None
+        cbid = key if codec.supports_client_business_id else None
         policy = ctx.retry_policy
         attempt = 0
         started = ctx.now()
-        while True:
-            http = codec.build_submit(request, client_business_id=cbid)
-            counts["submit_attempts"] += 1
-            if attempt == 0:
-                ctx.budget.record_request()
-            error: FluxError
-            try:
-                # The POST is shielded: once it is on the wire its answer is awaited (within the
-                # read timeout) even if the caller is cancelled, so an accepted task id is never
-                # dropped on the floor.
-                with anyio.CancelScope(shield=True):
-                    response = await (ctx.transport or ctx.net()).send(http)
-                    return self._parse_submit(response, request.model)
-            except FluxError as exc:
-                error = exc
-            decision = classify_submit_failure(error)
-            retry_after = getattr(error, "retry_after", None)
-            if retry_after is not None or getattr(error, "status", None) == 429:
-                counts["rate_limited"] += 1
-            if decision is SubmitDecision.RETRY:
-                delay = retry_delay(policy, attempt, ctx.rng, retry_after=retry_after)
-                if should_retry(
-                    policy, attempts=attempt + 1, elapsed=ctx.now() - started, delay=delay
-                ) and ctx.budget.try_spend_retry():
-                    counts["submit_retries"] += 1
-                    await ctx.sleep(delay)
-                    attempt += 1
-                    continue
-            if decision is SubmitDecision.AMBIGUOUS:
-                if cbid is None:
-                    counts["uncertain_submits"] += 1
-                    raise SubmissionUncertainError(
-                        f"the submit may have created a task at {ctx.provider} ({error}); "
-                        "it was not retried, to avoid paying twice",
-                        provider=ctx.provider,
-                        model=request.model,
-                    ) from error
-                # Shielded like the POST: a task may exist under cbid, and a cancelled caller
-                # must not forget it (the lookup is bounded by the retry policy).
-                with anyio.CancelScope(shield=True):
-                    found = await self._lookup(cbid, request.model, cause=error)
-                if found is not None:
-                    counts["recovered_submits"] += 1
-                    return found
-                if should_retry(
-                    policy, attempts=attempt + 1, elapsed=ctx.now() - started, delay=0.0
-                ) and ctx.budget.try_spend_retry():
-                    # The provider has no task under our id: the request never created one, so
-                    # sending it again (with the same id) cannot pay twice.
-                    counts["submit_retries"] += 1
-                    attempt += 1
-                    continue
-            raise error
+        try:
+            while True:
+                http = codec.build_submit(request, client_business_id=cbid)
+                counts["submit_attempts"] += 1
+                if attempt == 0:
+                    ctx.budget.record_request()
+                error: FluxError
+                try:
+                    # The POST is shielded: once it is on the wire its answer is awaited (within
+                    # the read timeout) and its task recorded even if the caller is cancelled.
+                    with anyio.CancelScope(shield=True):
+                        response = await (ctx.transport or ctx.net()).send(http)
+                        ref = self._parse_submit(response, request.model)
+                        await self._record_acceptance(key, ref)
+                        return ref
+                except FluxError as exc:
+                    error = exc
+                decision = classify_submit_failure(error)
+                retry_after = getattr(error, "retry_after", None)
+                if retry_after is not None or getattr(error, "status", None) == 429:
+                    counts["rate_limited"] += 1
+                if decision is SubmitDecision.RETRY:
+                    delay = retry_delay(policy, attempt, ctx.rng, retry_after=retry_after)
+                    if should_retry(
+                        policy, attempts=attempt + 1, elapsed=ctx.now() - started, delay=delay
+                    ) and ctx.budget.try_spend_retry():
+                        counts["submit_retries"] += 1
+                        await ctx.sleep(delay)
+                        attempt += 1
+                        continue
+                if decision is SubmitDecision.AMBIGUOUS:
+                    if cbid is None:
+                        counts["uncertain_submits"] += 1
+                        raise SubmissionUncertainError(
+                            f"the submit may have created a task at {ctx.provider} ({error}); "
+                            "it was not retried, to avoid paying twice",
+                            provider=ctx.provider,
+                            model=request.model,
+                            idempotency_key=key,
+                        ) from error
+                    # Shielded like the POST: a task may exist under cbid, and a cancelled caller
+                    # must not forget it (the lookup is bounded by the retry policy).
+                    with anyio.CancelScope(shield=True):
+                        found = await self._lookup(cbid, request.model, cause=error)
+                        if found is not None:
+                            await self._record_acceptance(key, found)
+                    if found is not None:
+                        counts["recovered_submits"] += 1
+                        return found
+                    if should_retry(
+                        policy, attempts=attempt + 1, elapsed=ctx.now() - started, delay=0.0
+                    ) and ctx.budget.try_spend_retry():
+                        # The provider has no task under our id: the request never created one,
+                        # so sending it again (with the same id) cannot pay twice.
+                        counts["submit_retries"] += 1
+                        attempt += 1
+                        continue
+                raise error
+        except SubmissionUncertainError:
+            raise  # in doubt: the intent stays open for recovery
+        except BaseException as exc:
+            # Every other way out leaves no task: refused, never sent, or proven absent (the
+            # only awaits outside a shield are the waits between attempts).
+            self._ledger.settle(key, "not_submitted", error=type(exc).__name__)
+            raise
 
     def _parse_submit(self, response: HttpResponse, model: str) -> TaskRef:
         codec = self._ctx.codec
@@ -166,7 +364,7 @@ class Submitter:
             return codec.parse_submit(response, model=model)
         raise codec.parse_error(response)
 
-    async def _lookup(self, cbid: str, model: str, *, cause: BaseException) -> TaskRef | None:
+    async def _lookup(self, cbid: str, model: str, *, cause: BaseException | None) -> TaskRef | None:
         """Find a task by its client_business_id; raise SubmissionUncertainError if we cannot tell."""
         ctx = self._ctx
         codec = ctx.codec
@@ -191,4 +389,13 @@ class Submitter:
             provider=ctx.provider,
             model=model,
             client_business_id=cbid,
+            idempotency_key=cbid,
         ) from cause
+
+
+class _ClaimDroppedError(Exception):
+    """The submit holding a key ended without sending (cancelled): its waiters look again."""
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

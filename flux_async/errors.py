@@ -20,6 +20,7 @@ understood, and chain their cause (``raise X(...) from exc``). No error ever hol
     │   ├── RateLimitError(retry_after)
     │   └── ServerError (5xx)
     ├── SubmissionUncertainError      the POST may have created a paid task; carries what is known
+    ├── LedgerError                   the ledger could not record a paid action (nothing more is sent)
     ├── DownloadError                 a result could not be fetched safely
     │   └── ResultExpiredError        the result URL expired before it was fetched
     └── TaskError(task_id)
@@ -32,6 +33,10 @@ understood, and chain their cause (``raise X(...) from exc``). No error ever hol
 from __future__ import annotations
 
 import reprlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only: at run time this module imports nothing of ours
+    from .models import TaskRef
 
 __all__ = [
     "APIError",
@@ -41,6 +46,7 @@ __all__ = [
     "DownloadError",
     "FluxError",
     "InsufficientCreditsError",
+    "LedgerError",
     "ModerationError",
     "NotFoundError",
     "ProtocolError",
@@ -220,11 +226,28 @@ class SubmissionUncertainError(FluxError):
         model: str | None = None,
         client_business_id: str | None = None,
         task_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
         self.client_business_id = client_business_id
         self.task_id = task_id
+        self.idempotency_key = idempotency_key
+        super().__init__(message)
+
+
+class LedgerError(FluxError):
+    """The ledger could not record a paid action (a full disk, an I/O error, a lost server).
+
+    Raised before a submit whose intent could not be written (nothing was sent), and for every
+    submit after an acceptance could not be written (the session sends nothing more). ``ref`` is
+    the accepted task that is not on record, when there is one: it is still watched, and it is
+    logged at ERROR so it can be resumed by hand.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, ref: TaskRef | None = None) -> None:
+        self.key = key
+        self.ref = ref
         super().__init__(message)
 
 

@@ -55,7 +55,13 @@ class GenerationRequest:
 
     ``images`` holds URLs, paths or bytes: URLs are sent as they are; paths and bytes are
     uploaded first on the aggregators and inlined as base64 on BFL. ``extra`` is merged into the
-    provider's body unvalidated, for options this library does not know yet.
+    provider's body unvalidated, for options this library does not know yet (except the fields
+    the library owns, such as toapis' ``client_business_id``).
+
+    ``idempotency_key`` names the job for the session's ledger: a second submit with a key that
+    is already accepted returns the existing job instead of paying again, and on toapis the key
+    is sent as ``client_business_id``, so a submit whose answer was lost is found by it. Without
+    one, the session makes a fresh key for every submit.
     """
 
     model: str
@@ -68,6 +74,7 @@ class GenerationRequest:
     prompt_upsampling: bool | None = None
     seed: int | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_to_extra, hash=False)
+    idempotency_key: str | None = None
 
     def __repr__(self) -> str:
         shown = []

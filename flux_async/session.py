@@ -11,6 +11,7 @@ CLI (the batch machinery and jobs see it only for typing).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -35,13 +36,19 @@ from ._as_completed import Batch, Outbox
 from ._config import API_KEY_ENV, Limits, SessionStatistics, resolve_api_key
 from ._context import NOT_OPEN, Context
 from ._job import Job
-from ._submit import Submitter, active_limiter
+from ._submit import Submitter, active_limiter, request_digest
 from ._uploads import Uploads
 from .errors import (
     AuthenticationError,
     ConfigurationError,
     InsufficientCreditsError,
+    LedgerError,
+    ModerationError,
+    SubmissionUncertainError,
+    TaskFailedError,
+    TaskNotFoundError,
 )
+from .ledger import Ledger, MemoryLedger
 from .models import (
     GeneratedImage,
     GenerationRequest,
@@ -59,7 +66,13 @@ __all__ = ["API_KEY_ENV", "Job", "Limits", "Session", "SessionStatistics"]
 
 logger = logging.getLogger("flux_async")
 
-_FATAL = (AuthenticationError, InsufficientCreditsError)
+_FATAL = (AuthenticationError, InsufficientCreditsError, LedgerError)
+#: Errors that end a task for good at the provider: its ledger entry is settled.
+_ENDED_AT_THE_PROVIDER = (TaskFailedError, ModerationError, TaskNotFoundError)
+
+
+class _CallerGoneError(Exception):
+    """The caller of :meth:`Session.submit` left before its request was sent."""
 
 
 class Session:
@@ -83,6 +96,8 @@ class Session:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         seed: int | None = None,
+        ledger: Ledger | None = None,
+        resubmit_in_doubt: bool = False,
     ) -> None:
         if provider not in catalog.PROVIDERS:
             raise ConfigurationError(
@@ -105,7 +120,9 @@ class Session:
             ctx.poll, policy=self.poll_policy, clock=clock, sleep=sleep, rng=random.Random(rng.random()),
             retry_budget=ctx.budget,
         )
-        self._submitter = Submitter(ctx)
+        #: Where every paid action is written ahead (intent, acceptance, settlement).
+        self.ledger: Ledger = MemoryLedger() if ledger is None else ledger
+        self._submitter = Submitter(ctx, self.ledger, resubmit_in_doubt=resubmit_in_doubt)
         self._uploads = Uploads(ctx)
         self._limiter = active_limiter(provider, self.limits)
         self._submit_slots = anyio.Semaphore(self.limits.max_concurrent_submits)
@@ -204,12 +221,67 @@ class Session:
             raise
 
     async def submit(self, request: GenerationRequest) -> Job:
-        """Validate, upload local images, submit; return once the provider accepted the task."""
-        return await self._submit(request, on_accept=None)
+        """Validate, upload local images, submit; return once the provider accepted the task.
+
+        With ``request.idempotency_key`` set, a key this session's ledger already holds returns
+        its job instead of paying again. The submit runs in the session's own task: however the
+        caller is cancelled (anyio, ``asyncio.wait_for``, ``task.cancel()``), a POST already on
+        the wire is finished, recorded in the ledger and listed in ``abandoned_tasks``; one not
+        yet sent is not sent.
+        """
+        tg = self._task_group()
+        checked = catalog.validate(request, self.provider)
+        handover: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        tg.start_soon(self._submit_for, request, checked, handover)
+        return await handover
+
+    async def _submit_for(
+        self, request: GenerationRequest, checked: GenerationRequest, handover: asyncio.Future[Job]
+    ) -> None:
+        """:meth:`submit`'s work, owned by the session; ``handover`` is done early only when
+        the caller left (cancelled)."""
+        try:
+            job = await self._submit_checked(request, checked, on_accept=None, gone=handover.done)
+        except _CallerGoneError:
+            return
+        except Exception as exc:
+            if not handover.done():
+                handover.set_exception(exc)
+            return
+        except BaseException:
+            if not handover.done():  # the session is closing: nothing was sent
+                handover.set_exception(RuntimeError("the session closed before the job was submitted"))
+            raise
+        if handover.done():
+            self._abandon(job.ref)  # the caller left while the POST was on the wire
+        else:
+            handover.set_result(job)
 
     async def _submit(self, request: GenerationRequest, *, on_accept: Callable[[Job], None] | None) -> Job:
+        """Validate and submit, in the calling task (a batch's submitter, owned by the session)."""
         self._task_group()
         checked = catalog.validate(request, self.provider)
+        return await self._submit_checked(request, checked, on_accept=on_accept)
+
+    async def _submit_checked(
+        self,
+        request: GenerationRequest,
+        checked: GenerationRequest,
+        *,
+        on_accept: Callable[[Job], None] | None,
+        gone: Callable[[], bool] | None = None,
+    ) -> Job:
+        key = checked.idempotency_key
+        digest = ""
+        if key is None:
+            # 128 random bits in hex, like uuid4().hex, without building a UUID object.
+            key = os.urandom(16).hex()
+        else:
+            digest = request_digest(checked)
+            known = await self._submitter.existing(checked, digest)
+            if known is not None:
+                self._counts["deduplicated"] += 1
+                return self._attach(known, request, key, on_accept)
         slots = self._submit_slots
         try:
             slots.acquire_nowait()  # no trip through the event loop when a slot is free
@@ -223,14 +295,21 @@ class Session:
             if limiter is not None:
                 await limiter.acquire(model)
             try:
-                ref = await self._submitter.send(checked)
+                if gone is not None and gone():
+                    raise _CallerGoneError  # nothing sent, nothing written
+                ref, fresh = await self._submitter.submit(checked, key, digest)
             except BaseException:
                 if limiter is not None:
                     limiter.release(model)
                 raise
+            if not fresh:
+                if limiter is not None:
+                    limiter.release(model)
+                self._counts["deduplicated"] += 1
+                return self._attach(ref, request, key, on_accept)
             # No checkpoint between acceptance and registration: a cancelled caller cannot
             # lose a task that was paid for.
-            job = Job(ref, request, self)
+            job = Job(ref, request, self, key)
             self._counts["submitted"] += 1
             if on_accept is not None:
                 on_accept(job)
@@ -238,6 +317,50 @@ class Session:
             return job
         finally:
             slots.release()
+
+    def _attach(
+        self,
+        ref: TaskRef,
+        request: GenerationRequest | None,
+        key: str | None,
+        on_accept: Callable[[Job], None] | None,
+    ) -> Job:
+        """The job of a task the key already has: the one watched here, or a re-attached one."""
+        job = self._jobs.get(ref.task_id)
+        if job is None:
+            job = Job(ref, request, self, key)
+            if self._limiter is not None:
+                self._limiter.force(ref.model or "")
+            self._watch(job, initial=None)
+        if on_accept is not None:
+            on_accept(job)
+        return job
+
+    async def recover(self) -> list[Job]:
+        """Pick up what the ledger holds from earlier sessions (or processes) of this provider.
+
+        Every accepted task that was never settled is re-attached and its job returned. An
+        intent with no acceptance (the process ended while its POST was on the wire) is looked
+        up on toapis by its key: found, it is attached too; proven absent, it is settled as not
+        submitted (submit the request again with the same key to send it). Elsewhere no lookup
+        exists: it stays *in doubt*, listed in ``statistics().in_doubt``, and a submit with its
+        key raises ``SubmissionUncertainError`` unless the session was made with
+        ``resubmit_in_doubt=True``. Never sends a submit.
+        """
+        self._task_group()
+        jobs: list[Job] = []
+        for entry in self.ledger.unsettled():
+            if entry.provider != self.provider or self._submitter.in_flight(entry.key):
+                continue
+            ref = entry.ref
+            if ref is None:
+                try:
+                    ref = await self._submitter.recover_intent(entry)
+                except SubmissionUncertainError:
+                    continue  # still in doubt: listed in statistics()
+            if ref is not None:
+                jobs.append(self._attach(ref, None, entry.key, None))
+        return jobs
 
     def resume(self, ref: TaskRef | str) -> Job:
         """Re-attach to a task submitted earlier (by this or another session); never resubmits.
@@ -288,7 +411,15 @@ class Session:
         self._jobs.pop(job.ref.task_id, None)
         if self._limiter is not None:
             self._limiter.release(job.ref.model or "")
-        self._counts["succeeded" if job._error is None else "failed"] += 1
+        error = job._error
+        self._counts["succeeded" if error is None else "failed"] += 1
+        if job.key is not None:
+            if error is None:
+                self.ledger.settle(job.key, "succeeded")
+            elif isinstance(error, _ENDED_AT_THE_PROVIDER):
+                self.ledger.settle(job.key, "failed", error=type(error).__name__)
+            # Anything else (a timeout, polls that kept failing) may leave the task running:
+            # it stays accepted, for recovery to re-attach.
 
     # -- uploads and downloads -----------------------------------------------------------------
 
@@ -398,6 +529,13 @@ class Session:
             uploads=self._counts["uploads"],
             upload_cache_hits=self._counts["upload_cache_hits"],
             downloads=self._counts["downloads"],
+            deduplicated=self._counts["deduplicated"],
+            in_doubt=tuple(
+                entry
+                for entry in self.ledger.unsettled()
+                if entry.in_doubt and entry.provider == self.provider and not self._submitter.in_flight(entry.key)
+            ),
+            unrecorded_tasks=tuple(self._submitter.unrecorded),
         )
 
 

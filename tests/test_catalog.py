@@ -274,7 +274,7 @@ def test_options_are_passed_when_valid() -> None:
 @pytest.mark.parametrize(
     ("provider", "extra"),
     [
-        ("toapis", {"client_business_id": "job-1", "callback_url": "https://x/cb"}),
+        ("toapis", {"callback_url": "https://x/cb"}),
         # seed is not documented on toapis: the library does not send it, extra may.
         ("toapis", {"seed": 7}),
         ("toapis", {"metadata": {"anything": [1, 2]}}),
@@ -398,6 +398,13 @@ CASES = [
     Bad("extra-shadows-n", "toapis", {"model": G, "extra": {"n": 8}}, "extra", "got 'n'", "a mapping with str keys"),
     Bad("extra-shadows-prompt", "bfl", {"extra": {"prompt": "sneaky"}}, "extra", "got 'prompt'", "for options this library does not know"),
     Bad("extra-shadows-tolerance", "apimart", {"extra": {"safety_tolerance": 9}}, "extra", "got 'safety_tolerance'", "str keys"),
+    # The library's own id: an id from extra would defeat the lookup of a lost submit.
+    Bad("extra-client-business-id", "toapis", {"extra": {"client_business_id": "job-1"}}, "extra.client_business_id", "'job-1'", "idempotency_key"),
+    Bad("extra-client-business-id-bfl", "bfl", {"extra": {"client_business_id": 5}}, "extra.client_business_id", "got 5", "idempotency_key"),
+    # idempotency_key
+    Bad("key-empty", "toapis", {"idempotency_key": ""}, "idempotency_key", "got ''", "1 to 128 characters"),
+    Bad("key-space", "apimart", {"idempotency_key": "a b"}, "idempotency_key", "'a b'", "1 to 128 characters"),
+    Bad("key-not-str", "bfl", {"idempotency_key": 42}, "idempotency_key", "got 42", "1 to 128 characters"),
 ]  # fmt: skip
 
 

@@ -34,6 +34,10 @@ _OPTIONAL_FIELDS = ("n", "response_format", "safety_tolerance", "prompt_upsampli
 
 #: A free aspect ratio "W:H" (ASCII digits only: ``\d`` would also match other scripts' digits).
 _RATIO = re.compile(r"([1-9][0-9]{0,3}):([1-9][0-9]{0,3})")
+# Fields of a provider's body that only the library may set (``extra`` may not).
+_OWNED_BY_THE_LIBRARY = frozenset({"client_business_id"})
+# An idempotency key travels as toapis' client_business_id and in a URL path: keep it plain.
+_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _sizes_text(spec: ModelSpec, *, has_image: bool) -> str:
@@ -136,10 +140,29 @@ def _check_extra(spec: ModelSpec, extra: object) -> None:
     for key in extra:
         if not isinstance(key, str):
             raise ValidationError("extra", key, allowed, reason="extra's keys must be str")
+        if key in _OWNED_BY_THE_LIBRARY:
+            # The library sends its own id there and looks a lost submit up by it: an id from
+            # extra would replace it, the lookup would find nothing, and the job be paid twice.
+            raise ValidationError(
+                f"extra.{key}",
+                extra[key],
+                "no value: the library sets it from the request's idempotency_key",
+                reason=f"{key} is owned by the library: pass GenerationRequest(idempotency_key=...) instead",
+            )
         if spec.takes(key):
             # The field is validated; letting extra override it would undo that silently.
             reason = f"{key!r} is a request field for {spec.model}: set it there, not in extra"
             raise ValidationError("extra", key, allowed, reason=reason)
+
+
+def _check_idempotency_key(key: object) -> None:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValidationError(
+            "idempotency_key",
+            key,
+            "1 to 128 characters from A-Z a-z 0-9 and . _ : -",
+            reason="not a usable idempotency key",
+        )
 
 
 def _check_local_image(spec: ModelSpec, image: str | os.PathLike[str] | bytes, field: str) -> None:
@@ -232,6 +255,8 @@ def validate(request: GenerationRequest, provider: str) -> GenerationRequest:
         _check_range("seed", request.seed, spec.seed)
     if request.extra:
         _check_extra(spec, request.extra)
+    if request.idempotency_key is not None:
+        _check_idempotency_key(request.idempotency_key)
     if images:
         # Every image is classified before any file is looked at, so a bad URL costs no I/O.
         kinds = [classify_image(image, index=i) for i, image in enumerate(images)]
