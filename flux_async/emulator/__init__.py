@@ -22,7 +22,8 @@ In-process (127.0.0.1, a free port)::
         emu.stats()
 
 From a shell: ``python -m flux_async.emulator --port 8080 [--host H] [--scenario JSON|PATH]
-[--seed N] [--key K ...] [--any-key] [--json]`` (prints the base URLs and the test key).
+[--seed N] [--key K ...] [--any-key] [--public-url URL] [--json]`` (prints the base URLs and
+the test key; ``flux-async emulator`` takes the same options and needs no ``cli`` extra).
 In another process from Python: ``EmulatorProcess(scenario, cpus={0})`` (a context manager
 with ``base_url()``, ``stats()``, ``reset()``, ``set_scenario()``, ``inject()``), or
 ``run_forever(port, scenario)`` to block in the current one. In pytest: the ``flux_emulator``
@@ -36,12 +37,23 @@ Surfaces
 
 ``/toapis``, ``/apimart`` and ``/bfl`` are base URLs: the providers' own paths sit under them
 (``/toapis/v1/images/generations``, ``/apimart/v1/tasks/{id}``, ``/bfl/v1/flux-kontext-pro``,
-the uploads at ``/v1/uploads/images``). BFL's ``polling_url`` points to a "regional" path,
-``http://HOST/bfl-us1/v1/get_result?id=...``, which cannot be rebuilt from the base URL and the
-id (``/bfl/v1/get_result`` answers 404): a client must use it verbatim. Result images are
-served at ``/files/{provider}/{task_id}/{index}.{png|jpg|jpeg}`` (real PNG / baseline JPEG
-bytes, 64 px on the short side at the requested aspect ratio, deterministic from the prompt)
-until they expire; uploads at ``/files/uploads/{name}``.
+the uploads at ``/v1/uploads/images``). BFL's paths are also served at the root
+(``/v1/flux-kontext-pro``, ``/v1/get_result``), since clients written for BFL take a host root
+as their base URL (BFL's paths collide with neither aggregator's). BFL's ``polling_url`` points
+to a "regional" path, ``http://HOST/bfl-us1/v1/get_result?id=...``, which a client must use
+verbatim; the global ``/v1/get_result?id=`` (at the root or under ``/bfl``) answers too, as
+BFL's does (200 with the task's status, or ``Task not found``), and is counted apart in
+``bfl_global_polls``. Result images are served at
+``/files/{provider}/{task_id}/{index}.{png|jpg|jpeg}`` (real PNG / baseline JPEG bytes, 64 px
+on the short side at the requested aspect ratio, deterministic from the prompt) until they
+expire; BFL's carry a signature (``?se=...&sig=...``), and a URL whose signature does not
+match is refused with 403. Uploads are served at ``/files/uploads/{name}``.
+
+Every URL the emulator hands out starts with its own address (``emu.url``), whatever ``Host``
+header a request carries; ``Emulator(public_url=...)`` (``--public-url``) names another one for
+clients that reach it through a proxy or a published container port. BFL's ``input_image``
+(and ``input_image_2..4``) must be an http(s) URL or base64 (a ``data:`` URI included): anything
+else is a 422 and creates no task.
 
 toapis tasks can also be fetched by their ``client_business_id``:
 ``GET /toapis/v1/images/generations/{client_business_id}`` answers exactly as for the task id
@@ -69,9 +81,9 @@ Keys
     keys without access: 403 everywhere); ``no_credit_keys`` (valid keys without credit: 402
     on submit and upload); ``toapis_require_user_agent`` (False: if True, 403 without one).
 Timeline and outcomes
-    ``duration`` (``Duration.fixed(0)``: done at the first poll; also ``Duration.uniform(lo,
-    hi)``, ``Duration.lognormal(median, sigma, maximum=None)``); ``model_durations`` (``{"model"
-    or "provider/model": Duration}``); ``time_scale`` (1.0, multiplies every duration);
+    ``duration`` (``Duration.fixed(0)``: done at the first poll; also ``Duration.uniform(low,
+    high)``, ``Duration.lognormal(median, sigma, maximum=None)``; in JSON ``{"kind": "uniform",
+    "low": 2, "high": 8}``); ``model_durations`` (``{"model" or "provider/model": Duration}``); ``time_scale`` (1.0, multiplies every duration);
     ``queue_fraction`` (0.2 of the duration reported as queued); ``failure_rate``,
     ``moderation_rate`` and ``cancellation_rate`` (0; exclusive, drawn once per task).
     Moderated tasks end as BFL ``Request Moderated`` (share ``request_moderation_share``,
@@ -146,6 +158,8 @@ return this document (typed as the ``EmulatorStats`` / ``TaskStats`` TypedDicts)
       "tasks_created": 3,
       "duplicate_submits": 0,                     # submits repeating an earlier task's
                                                   # client_business_id or byte-identical body
+      "bfl_global_polls": 0,                      # BFL polls on the global /v1/get_result
+                                                  # (a client that rebuilt the polling URL)
       "rate_limited": {"cap": 2, "rate": 0, "scripted": 0},   # 429s by cause
       "dropped_connections": {"submit_before_create": 0, "submit_after_create": 1,
                               "other": 0, "total": 1},

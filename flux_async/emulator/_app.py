@@ -11,8 +11,10 @@ Routes (the providers' paths under a per-provider prefix):
   ``client_business_id``), ``/toapis/v1/uploads/images`` (POST)
 - ``/apimart/v1/images/generations`` (POST), ``/apimart/v1/tasks/{id}`` (GET),
   ``/apimart/v1/uploads/images`` (POST)
-- ``/bfl/v1/{model}`` (POST); polls go to the *regional* ``/bfl-us1/v1/get_result?id=`` that the
-  submit reply names, never derivable from ``/bfl`` + id
+- ``/bfl/v1/{model}`` (POST) and ``/bfl/v1/get_result?id=`` (GET, the global host); the submit
+  reply's ``polling_url`` names the *regional* ``/bfl-us1/v1/get_result?id=``. BFL's paths are
+  served at the root too (``/v1/{model}``, ``/v1/get_result``): they collide with no
+  aggregator's, and clients built for BFL take a host root as their base URL
 - ``/files/{provider}/{task_id}/{index}.{ext}`` result images, ``/files/uploads/{name}``
 - ``/_emulator/stats`` (GET), ``/_emulator/reset`` (POST), ``/_emulator/scenario`` (GET, PUT),
   ``/_emulator/faults`` (POST) for tests and benchmarks; ``/`` an index
@@ -76,7 +78,7 @@ class EmulatorApp:
     # -- control endpoints ---------------------------------------------------------------------
 
     async def _index(self, request: web.Request) -> web.Response:
-        origin = "http://" + request.host
+        origin = self.core.origin or "http://" + request.host
         return web.json_response(
             {
                 "emulator": "flux_async",

@@ -1,8 +1,10 @@
-"""The Black Forest Labs surface: a submit path per model, the regional poll, its replies.
+"""The Black Forest Labs surface: a submit path per model, the polls, their replies.
 
 Owns :class:`BflSurface`. BFL's ``polling_url`` names a *regional* path
-(``/bfl-us1/v1/get_result?id=``) that cannot be rebuilt from ``/bfl`` and the id, so a client
-must use it verbatim. Imports aiohttp, the standard library and the emulator's own modules
+(``/bfl-us1/v1/get_result?id=``), which a client must use verbatim; the global host answers
+``/v1/get_result?id=`` too, as BFL's does, and those polls are counted apart
+(``bfl_global_polls``) so a test can tell whether a client rebuilt the URL. BFL's paths are
+served under ``/bfl`` and at the root (a client built for BFL takes a host root as its base). Imports aiohttp, the standard library and the emulator's own modules
 only: never the client library's BFL codec, session, transport or scheduler (a misreading of
 the wire format shared with the client would hide).
 """
@@ -29,16 +31,20 @@ _MISSING_ID = wire.dumps(
 
 
 class BflSurface(Surface):
-    """``/bfl/v1/{model}`` (POST), ``/bfl-us1/v1/get_result?id=`` (GET)."""
+    """``/bfl/v1/{model}`` and ``/v1/{model}`` (POST), ``/bfl-us1/v1/get_result?id=`` (GET,
+    regional), ``/bfl/v1/get_result?id=`` and ``/v1/get_result?id=`` (GET, global)."""
 
     provider = "bfl"
-    prefixes = ("/bfl", "/bfl-us1")
+    prefixes = ("/bfl", "/bfl-us1", "/v1")
     # BFL accepts the prompt and moderates the task: the poll says ``Request Moderated``.
     refuses_blocked_prompts = False
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/bfl/v1/{model}", self.submit_model)
         router.add_get("/bfl-us1/v1/get_result", self.poll)
+        router.add_get("/bfl/v1/get_result", self.poll_global)
+        router.add_post("/v1/{model}", self.submit_model)
+        router.add_get("/v1/get_result", self.poll_global)
 
     async def submit_model(self, request: web.Request) -> web.Response:
         """A submit to ``/v1/{model}``; an unknown model is FastAPI's plain 404."""
@@ -75,6 +81,11 @@ class BflSurface(Surface):
             return self._send("bfl", "poll", 200, wire.bfl_not_found(ident))
         task.polls += 1
         return await self._answer_poll(request, "poll", task, sc, wire.bfl_task)
+
+    async def poll_global(self, request: web.Request) -> web.Response:
+        """A poll on the global host: answered as the regional one, and counted apart."""
+        self.core.bfl_global_polls += 1
+        return await self.poll(request)
 
     async def not_found(self, request: web.Request) -> web.Response:
         return self._send("bfl", "other", 404, _NOT_FOUND)

@@ -70,6 +70,7 @@ class EmulatorStats(TypedDict):
     status_codes: dict[str, int]
     tasks_created: int
     duplicate_submits: int
+    bfl_global_polls: int
     rate_limited: dict[str, int]
     dropped_connections: dict[str, int]
     faults: dict[str, int]
@@ -84,6 +85,11 @@ class Core:
 
     def __init__(self, scenario: Scenario, clock: Callable[[], float]) -> None:
         self.clock = clock
+        #: ``scheme://host[:port]`` that the URLs the emulator hands out (BFL's ``polling_url``,
+        #: result and upload URLs) start with: set by the server once it is listening. A request's
+        #: ``Host`` header is used only while it is unset (an application served without
+        #: :class:`~flux_async.emulator.Emulator`).
+        self.origin: str | None = None
         self.epoch = 0
         self.scenario = scenario
         self.plans: dict[str, Scenario] = {}
@@ -135,6 +141,7 @@ class Core:
         self.faults.sent = {}
         self.duplicate_submits = 0
         self.tasks_created = 0
+        self.bfl_global_polls = 0
 
     # -- counting ------------------------------------------------------------------------------
 
@@ -286,6 +293,7 @@ class Core:
             "status_codes": {str(k): v for k, v in sorted(self.status_codes.items())},
             "tasks_created": self.tasks_created,
             "duplicate_submits": self.duplicate_submits,
+            "bfl_global_polls": self.bfl_global_polls,
             "rate_limited": dict(self.rate_limited),
             "dropped_connections": dict(self.dropped, total=sum(self.dropped.values())),
             "faults": dict(self.faults.sent),

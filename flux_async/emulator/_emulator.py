@@ -34,6 +34,10 @@ class Emulator:
     timelines, URL expiry, rate limits and the timestamps it reports all read it, so a test can
     pass a :class:`ManualClock` and ``advance()`` it instead of sleeping. Only real waits
     (``latency``, ``slow`` faults) use real time.
+
+    The URLs the emulator hands out (BFL's ``polling_url``, result and upload URLs) start with
+    :attr:`url`, whatever ``Host`` a request names; ``public_url`` replaces it when clients
+    reach the server at another address (a container's published port, a proxy).
     """
 
     def __init__(
@@ -45,12 +49,14 @@ class Emulator:
         clock: Callable[[], float] | None = None,
         image_cache_size: int = 2048,
         shutdown_timeout: float = 1.0,
+        public_url: str | None = None,
     ) -> None:
         self._core = Core(scenario if scenario is not None else Scenario(), clock or wall_clock)
         self._app = EmulatorApp(self._core, ImageCache(image_cache_size))
         self._host = host
         self._port = port
         self._shutdown_timeout = shutdown_timeout
+        self._public_url = None if public_url is None else public_url.rstrip("/")
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -74,6 +80,7 @@ class Emulator:
             if isinstance(address, tuple) and len(address) >= 2:
                 self._port = int(address[1])
                 break
+        self._core.origin = self._public_url or self.url
 
     async def stop(self) -> None:
         """Stop serving; open connections are closed. Safe to call twice."""

@@ -2,7 +2,8 @@
 
 Owns :class:`UploadStore` (uploaded bytes, bounded, oldest dropped first), :func:`sniff` and
 :class:`Files` (the ``/files/...`` handlers, with the download faults: expiry, oversized and
-chunked bodies, wrong magic, a redirect to another scheme). Receiving an upload is each
+chunked bodies, wrong magic, a redirect to another scheme); a BFL result URL whose signature
+does not match is refused (403) as BFL's delivery host refuses it. Receiving an upload is each
 provider surface's; serving it back is here. Imports aiohttp, the standard library and the
 emulator's own modules only: never the client library's codecs, session, transport or
 scheduler.
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 from collections import OrderedDict
 
 from aiohttp import web
 
+from . import _wire as wire
 from ._core import Core
 from ._images import ImageCache
 from ._respond import HTML_PAGE, Responder
@@ -42,6 +45,12 @@ _EXPIRED_BODIES = {
         "application/xml",
     ),
 }
+#: What a signed-URL store answers when the signature does not match the URL.
+_BAD_SIGNATURE = (
+    b'<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthenticationFailed</Code>'
+    b"<Message>Server failed to authenticate the request. Make sure the value of the "
+    b"signature is formed correctly.</Message></Error>"
+)
 _UPLOAD_STORE_BYTES = 256 * 1024 * 1024
 _ZEROS = bytes(65536)
 
@@ -81,6 +90,15 @@ class UploadStore:
         while self._bytes > _UPLOAD_STORE_BYTES and len(self.files) > 1:
             _, (old, _, _) = self.files.popitem(last=False)
             self._bytes -= len(old)
+
+
+def _signed(request: web.Request, task_id: str, index: int) -> bool:
+    """Whether a BFL result URL carries the signature the emulator gave it."""
+    expires = request.query.get("se", "")
+    given = request.query.get("sig", "")
+    if not expires.isdigit() or not given:
+        return False
+    return hmac.compare_digest(given, wire.signature(task_id, index, int(expires)))
 
 
 class Files(Responder):
@@ -132,6 +150,9 @@ class Files(Responder):
         ):
             return self._download_404(provider)
         index = int(index_text)
+        if provider == "bfl" and not _signed(request, task.id, index):
+            self.core.count(provider, "download", 403)
+            return web.Response(status=403, body=_BAD_SIGNATURE, content_type="application/xml")
         task.downloads += 1
         now = core.clock()
         phase, _ = task.phase(now, sc.queue_fraction)

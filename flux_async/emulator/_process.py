@@ -38,16 +38,17 @@ def run_forever(
     *,
     host: str = "127.0.0.1",
     on_ready: Callable[[Emulator], None] | None = None,
+    public_url: str | None = None,
 ) -> None:
     """Serve in the foreground until SIGINT or SIGTERM (blocking; runs its own event loop).
 
     ``on_ready(emulator)`` is called once the socket is bound (with the real port, useful when
-    ``port=0``).
+    ``port=0``). ``public_url``: see :class:`Emulator`.
     """
     from ._emulator import Emulator
 
     async def serve() -> None:
-        emulator = Emulator(scenario, host=host, port=port)
+        emulator = Emulator(scenario, host=host, port=port, public_url=public_url)
         await emulator.start()
         try:
             stop = asyncio.Event()

@@ -189,6 +189,7 @@ class Responder:
         await asyncio.sleep(fault.delay if fault.delay is not None else sc.slow_delay)
         return self._send(provider, endpoint, 200, body)
 
-    @staticmethod
-    def _origin(request: web.Request) -> str:
-        return "http://" + request.host
+    def _origin(self, request: web.Request) -> str:
+        """Where the URLs handed out point: the server's own address, never a client's say-so."""
+        origin = self.core.origin
+        return origin if origin is not None else "http://" + request.host

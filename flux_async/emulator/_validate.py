@@ -10,6 +10,8 @@ Standard library only.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import TypeGuard
 
@@ -254,6 +256,21 @@ def bfl_json_error(position: int, error: str) -> BflValidationError:
     )
 
 
+_ECHOED = 64
+_DATA_URI = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
+
+
+def _image_input(value: str) -> bool:
+    """An http(s) URL, or base64 (a ``data:`` URI's included) that decodes to some bytes."""
+    if value[:8].lower().startswith(("http://", "https://")):
+        return True
+    data = _DATA_URI.sub("", value, count=1).replace("\n", "").replace("\r", "")
+    try:
+        return len(base64.b64decode(data, validate=True)) > 0
+    except (binascii.Error, ValueError):
+        return False
+
+
 def parse_bfl(model: str, body: object) -> Spec:
     """Validate a BFL ``POST /v1/{model}`` body; collects every error like pydantic does."""
     if not isinstance(body, dict):
@@ -282,6 +299,13 @@ def parse_bfl(model: str, body: object) -> Spec:
         value = body.get(name)
         if value is not None and not isinstance(value, str):
             errors.append(_detail("string_type", name, "Input should be a valid string", value))
+        elif isinstance(value, str) and name.startswith("input_image") and not _image_input(value):
+            errors.append(
+                _detail("value_error", name,
+                        "Value error, the image must be a base64-encoded image or an http(s) URL",
+                        value[:_ECHOED] + ("..." if len(value) > _ECHOED else ""),
+                        error="the image must be a base64-encoded image or an http(s) URL")
+            )
     ratio = body.get("aspect_ratio")
     if ratio is None:
         ratio = "1:1"

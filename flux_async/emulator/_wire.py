@@ -8,9 +8,10 @@ Standard library and the emulator's own modules only.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
-import zlib
 from collections.abc import Callable, Iterable
 
 from ._scenario import Scenario
@@ -33,6 +34,7 @@ __all__ = [
     "dumps",
     "error_body",
     "result_url",
+    "signature",
     "toapis_submit",
     "toapis_task",
 ]
@@ -127,12 +129,23 @@ def _ext(task: Task) -> str:
     return task.fmt  # png | jpg | jpeg: the file extension is the format's own name
 
 
+#: The key the emulator signs BFL result URLs with. A fixed key keeps the emulator's answers
+#: deterministic; a signature only has to make a tampered URL fail, as BFL's delivery host does.
+_URL_KEY = b"flux_async emulator: BFL result URLs"
+
+
+def signature(task_id: str, index: int, expires: int) -> str:
+    """The ``sig`` of a BFL result URL: an HMAC over the task, the image and the expiry."""
+    message = f"{task_id}:{index}:{expires}".encode()
+    return hmac.new(_URL_KEY, message, hashlib.sha256).hexdigest()[:32]
+
+
 def result_url(origin: str, task: Task, index: int, expires: float) -> str:
-    """Where image ``index`` of ``task`` is served; BFL's looks signed like a CDN URL."""
+    """Where image ``index`` of ``task`` is served; BFL's is signed like a CDN URL (``se`` the
+    expiry, ``sig`` the signature the file handler checks)."""
     url = f"{origin}/files/{task.provider}/{task.id}/{index}.{_ext(task)}"
     if task.provider == "bfl":
-        sig = zlib.crc32(f"{task.id}:{index}:{int(expires)}".encode())
-        url += f"?se={int(expires)}&sig={sig:08x}"
+        url += f"?se={int(expires)}&sig={signature(task.id, index, int(expires))}"
     return url
 
 
