@@ -132,7 +132,16 @@ class Submitter:
     acceptance could not be recorded, ``broken`` holds why, and nothing more is sent.
     """
 
-    __slots__ = ("_claims", "_ctx", "_ledger", "_sending", "broken", "resubmit_in_doubt", "unrecorded")
+    __slots__ = (
+        "_claims",
+        "_ctx",
+        "_ledger",
+        "_quiet",
+        "_sending",
+        "broken",
+        "resubmit_in_doubt",
+        "unrecorded",
+    )
 
     def __init__(self, ctx: Context, ledger: Ledger, *, resubmit_in_doubt: bool = False) -> None:
         self._ctx = ctx
@@ -140,13 +149,14 @@ class Submitter:
         self.resubmit_in_doubt = resubmit_in_doubt
         # Keys whose POST is on its way here: a second submit with the key waits for the first.
         self._claims: dict[str, asyncio.Future[TaskRef]] = {}
-        self._sending: set[str] = set()  # made keys whose submit is on its way
+        self._sending: set[str] = set()  # keys whose submit is on its way
+        self._quiet: anyio.Event | None = None  # set when the last of them is answered
         self.broken: BaseException | None = None
         self.unrecorded: list[TaskRef] = []
 
     def in_flight(self, key: str) -> bool:
         """True while a submit with ``key`` is on its way in this session."""
-        return key in self._claims or key in self._sending
+        return key in self._sending
 
     async def existing(self, request: GenerationRequest, digest: str) -> TaskRef | None:
         """The task already made for ``request.idempotency_key``, or None when it may be sent.
@@ -171,7 +181,7 @@ class Submitter:
         return await self._resolve(entry, digest)
 
     async def submit(
-        self, request: GenerationRequest, key: str, digest: str, *, label: str | None = None
+        self, request: GenerationRequest, key: str, digest: str
     ) -> tuple[TaskRef, bool]:
         """Write the intent, POST, write the acceptance under ``key``: the accepted task, and
         whether this call created it (False: the key turned out to be taken: its task)."""
@@ -181,46 +191,60 @@ class Submitter:
                 f"the ledger could not record an accepted task earlier ({self.broken}); "
                 "this session sends nothing more"
             )
-        while True:
-            if key in self._claims:
-                ref = await self.existing(request, digest)
-                if ref is not None:
-                    return ref, False
-            try:
-                existing = await self._ledger.intend(
-                    key, provider=ctx.provider, model=request.model, digest=digest, label=label, at=time.time()
-                )
-            except Exception as exc:
-                raise LedgerError(
-                    f"the ledger could not record the intent to submit ({exc}); nothing was sent",
-                    key=key,
-                ) from exc
-            if existing is None:
-                break
-            ref = await self._resolve(existing, digest)
+        user_key = request.idempotency_key is not None
+        while user_key and key in self._claims:  # the same key on its way here: share its task
+            ref = await self.existing(request, digest)
             if ref is not None:
                 return ref, False
-        if request.idempotency_key is None:
-            # A key made for this submit alone: nobody else can ask for it, so no claim.
-            sending = self._sending
-            sending.add(key)
-            try:
-                return await self._send(request, key), True
-            finally:
-                sending.discard(key)
-        claim: asyncio.Future[TaskRef] = asyncio.get_running_loop().create_future()
-        self._claims[key] = claim
+        claim: asyncio.Future[TaskRef] | None = None
+        if user_key:
+            # Claimed before the intent is written, so a second submit with the key waits for
+            # this one even while a (remote) ledger is still writing.
+            claim = asyncio.get_running_loop().create_future()
+            self._claims[key] = claim
+        sending = self._sending
+        sending.add(key)
         try:
+            while True:
+                try:
+                    existing = await self._ledger.intend(
+                        key, provider=ctx.provider, model=request.model, digest=digest, at=time.time()
+                    )
+                except Exception as exc:
+                    raise LedgerError(
+                        f"the ledger could not record the intent to submit ({exc}); nothing was sent",
+                        key=key,
+                    ) from exc
+                if existing is None:
+                    break
+                found = await self._resolve(existing, digest)
+                if found is not None:
+                    if claim is not None:
+                        claim.set_result(found)
+                    return found, False
             ref = await self._send(request, key)
         except BaseException as exc:
-            claim.set_exception(exc if isinstance(exc, Exception) else _ClaimDroppedError())
-            claim.exception()  # retrieved here: a claim nobody waits on must not warn
+            if claim is not None:
+                claim.set_exception(exc if isinstance(exc, Exception) else _ClaimDroppedError())
+                claim.exception()  # retrieved here: a claim nobody waits on must not warn
             raise
-        else:
-            claim.set_result(ref)
         finally:
-            del self._claims[key]
+            if claim is not None:
+                del self._claims[key]
+            sending.discard(key)
+            if not sending and self._quiet is not None:
+                self._quiet.set()
+                self._quiet = None
+        if claim is not None:
+            claim.set_result(ref)
         return ref, True
+
+    async def wait_quiet(self) -> None:
+        """Return once no submit is on its way (each one answered and recorded)."""
+        while self._sending:
+            if self._quiet is None:
+                self._quiet = anyio.Event()
+            await self._quiet.wait()
 
     async def _resolve(self, entry: LedgerEntry, digest: str) -> TaskRef | None:
         """The task of a recorded key: accepted (or settled with a task), or looked up; None

@@ -34,6 +34,7 @@ from typing import IO, Any, Final, Literal, Protocol, Self, runtime_checkable
 
 import attrs
 
+from ._jsonl import complete_last_line, write_line
 from .errors import ConfigurationError
 from .models import TaskRef
 
@@ -60,16 +61,15 @@ class LedgerEntry:
 
     ``state`` says how far the job got: ``intended`` (the POST may have left: in doubt until
     resolved), ``accepted`` (a task exists: ``ref``) or ``settled`` (``status`` says how it
-    ended; ``ref`` is set if a task existed). Times are Unix seconds. ``label`` is the caller's
-    name for the request (the command line writes the input's index), ``digest`` the SHA-256 of
-    the request without its key, so a key reused for another request is caught.
+    ended; ``ref`` is set if a task existed). Times are Unix seconds. ``digest`` is the SHA-256
+    of the request without its key (for a key the caller chose), so that a key reused for
+    another request is caught.
     """
 
     key: str
     provider: str
     model: str
     digest: str
-    label: str | None = None
     intended_at: float
     ref: TaskRef | None = None
     accepted_at: float | None = None
@@ -100,7 +100,7 @@ class Ledger(Protocol):
     """
 
     async def intend(
-        self, key: str, *, provider: str, model: str, digest: str, label: str | None, at: float
+        self, key: str, *, provider: str, model: str, digest: str, at: float
     ) -> LedgerEntry | None:
         """Record an intent, unless the key is already recorded: then record nothing and return
         what is recorded (a settled ``not_submitted`` entry is replaced: no task exists).
@@ -142,7 +142,6 @@ class _Record:
         "error",
         "intended_at",
         "key",
-        "label",
         "model",
         "provider",
         "ref",
@@ -151,13 +150,12 @@ class _Record:
     )
 
     def __init__(
-        self, key: str, provider: str, model: str, digest: str, label: str | None, at: float
+        self, key: str, provider: str, model: str, digest: str, at: float
     ) -> None:
         self.key = key
         self.provider = provider
         self.model = model
         self.digest = digest
-        self.label = label
         self.intended_at = at
         self.ref: TaskRef | None = None
         self.accepted_at: float | None = None
@@ -171,7 +169,6 @@ class _Record:
             provider=self.provider,
             model=self.model,
             digest=self.digest,
-            label=self.label,
             intended_at=self.intended_at,
             ref=self.ref,
             accepted_at=self.accepted_at,
@@ -197,7 +194,7 @@ class _Entries:
         return record if record is not None else self._settled.get(key)
 
     def claim(
-        self, key: str, provider: str, model: str, digest: str, label: str | None, at: float
+        self, key: str, provider: str, model: str, digest: str, at: float
     ) -> _Record | None:
         """Record an intent for ``key``; or the record already holding it (unless it is a
         settlement without a task, which a new intent replaces)."""
@@ -209,7 +206,7 @@ class _Entries:
                 existing = None
         if existing is not None:
             return existing
-        self._open[key] = _Record(key, provider, model, digest, label, at)
+        self._open[key] = _Record(key, provider, model, digest, at)
         return None
 
     def accept(self, key: str, ref: TaskRef, at: float) -> None:
@@ -264,9 +261,9 @@ class MemoryLedger:
         return f"MemoryLedger(entries={len(self._entries)})"
 
     async def intend(
-        self, key: str, *, provider: str, model: str, digest: str, label: str | None, at: float
+        self, key: str, *, provider: str, model: str, digest: str, at: float
     ) -> LedgerEntry | None:
-        existing = self._entries.claim(key, provider, model, digest, label, at)
+        existing = self._entries.claim(key, provider, model, digest, at)
         return None if existing is None else existing.entry()
 
     async def accept(self, key: str, ref: TaskRef) -> None:
@@ -310,7 +307,7 @@ class FileLedger:
             self._write({"ledger": _KIND, "version": _VERSION, "meta": dict(self.meta)}, sync=True)
             _fsync_dir(self.path.parent)
         else:
-            _complete_last_line(self.path)
+            complete_last_line(self.path)
             self.meta = self._load()
             self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
 
@@ -332,7 +329,7 @@ class FileLedger:
     # -- the protocol ----------------------------------------------------------------------------
 
     async def intend(
-        self, key: str, *, provider: str, model: str, digest: str, label: str | None, at: float
+        self, key: str, *, provider: str, model: str, digest: str, at: float
     ) -> LedgerEntry | None:
         held = self._entries.get(key)
         if held is not None and held.status != "not_submitted":
@@ -345,10 +342,8 @@ class FileLedger:
             "digest": digest,
             "at": at,
         }
-        if label is not None:
-            line["label"] = label
         self._write(line, sync=True)  # raises: then nothing is sent, nothing is held
-        self._entries.claim(key, provider, model, digest, label, at)
+        self._entries.claim(key, provider, model, digest, at)
         return None
 
     async def accept(self, key: str, ref: TaskRef) -> None:
@@ -395,10 +390,7 @@ class FileLedger:
         handle = self._handle
         if handle is None:
             raise OSError(f"the ledger {self.path} is closed")
-        handle.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-        handle.flush()
-        if sync:
-            os.fsync(handle.fileno())
+        write_line(handle, record, sync=sync)
 
     def _load(self) -> Mapping[str, Any]:
         meta: Mapping[str, Any] | None = None
@@ -431,13 +423,11 @@ class FileLedger:
         key = str(record["key"])
         at = float(record["at"])
         if op == "intent":
-            label = record.get("label")
             self._entries.claim(
                 key,
                 str(record["provider"]),
                 str(record["model"]),
                 str(record["digest"]),
-                None if label is None else str(label),
                 at,
             )
         elif op == "accept":
@@ -464,40 +454,3 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _complete_last_line(path: Path) -> None:
-    """End the file on a newline so that appends start a fresh line.
-
-    A crash can leave the last line without its newline: a whole JSON object just gets its
-    newline (it may be an acceptance: dropping it would forget a paid task); anything else was
-    cut short mid-write and is removed.
-    """
-    with open(path, "rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
-        start = 0
-        position = size
-        while position > 0:  # walk back to the previous newline in small steps
-            step = min(4096, position)
-            handle.seek(position - step)
-            cut = handle.read(step).rfind(b"\n")
-            if cut >= 0:
-                start = position - step + cut + 1
-                break
-            position -= step
-        handle.seek(start)
-        tail = handle.read()
-        try:
-            whole = isinstance(json.loads(tail), dict)
-        except ValueError:
-            whole = False
-        if whole:
-            handle.seek(size)
-            handle.write(b"\n")
-        else:
-            handle.truncate(start)

@@ -336,6 +336,15 @@ class Session:
             on_accept(job)
         return job
 
+    async def wait_submits(self) -> None:
+        """Wait until no submit of this session is on the wire: every POST sent has been
+        answered, and its task recorded in the ledger and watched (or its failure raised).
+
+        For a graceful stop: stop feeding new work, then wait here before reading
+        ``statistics()`` or closing, so that every paid task is accounted for.
+        """
+        await self._submitter.wait_quiet()
+
     async def recover(self) -> list[Job]:
         """Pick up what the ledger holds from earlier sessions (or processes) of this provider.
 

@@ -81,7 +81,9 @@ def results(out: Path) -> list[dict[str, Any]]:
 
 
 def journal_entries(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()[1:]]
+    """The acceptances in a batch's ledger (``journal.jsonl``): one per accepted task."""
+    records = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()[1:]]
+    return [r for r in records if r["op"] == "accept"]
 
 
 def is_image(path: Path) -> bool:
@@ -515,7 +517,8 @@ def test_without_the_cli_extra_the_command_says_what_to_install() -> None:
         (ServerError("oops", status=503), True, False),
         (DownloadError("expired", url="x"), True, False),
         (BadRequestError("policy", status=422), False, True),
-        (SubmissionUncertainError("maybe", provider="bfl", model="m"), False, True),
+        # In doubt: no result line; the ledger keeps the intent and --resume reports it again.
+        (SubmissionUncertainError("maybe", provider="bfl", model="m"), False, False),
         (TransportError("refused"), False, False),
         (RateLimitError("slow down"), False, False),
     ],

@@ -81,11 +81,20 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) ->
         time.sleep(0.01)
 
 
-def journal(out: Path) -> list[dict[str, Any]]:
+def ledger(out: Path) -> list[dict[str, Any]]:
+    """The batch's ledger records (``journal.jsonl`` after its header), complete lines only."""
     path = out / "journal.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()[1:] if line.endswith("}")]
+    lines = path.read_text().split("\n")[1:-1]  # the last piece is empty or cut short
+    return [json.loads(line) for line in lines]
+
+
+def journal(out: Path) -> list[dict[str, Any]]:
+    """The accepted tasks on record, each with the request index its key names."""
+    return [
+        {"index": int(r["key"].rsplit("-", 1)[1]), "ref": r["ref"]} for r in ledger(out) if r["op"] == "accept"
+    ]
 
 
 def results(out: Path) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import pytest
 
 from flux_async import (
     GenerationRequest,
+    Ledger,
     Outcome,
     TaskFailedError,
     TaskRef,
@@ -32,12 +33,17 @@ Script = Callable[[int, GenerationRequest], tuple[str | None, BaseException]]
 
 
 class ScriptedSession:
-    """Answers every request with the (task id or None, error) the script gives for it."""
+    """Answers every request with the (task id or None, error) the script gives for it, and
+    writes what a session writes to the batch's ledger."""
 
-    def __init__(self, script: Script, limits: Limits) -> None:
+    def __init__(self, script: Script, limits: Limits, ledger: Ledger) -> None:
         self.script = script
         self.limits = limits
+        self.ledger = ledger
         self.pulled = 0
+
+    async def wait_submits(self) -> None:
+        return None
 
     async def as_completed(
         self,
@@ -48,8 +54,16 @@ class ScriptedSession:
         for index, request in enumerate(requests):
             self.pulled += 1
             task_id, error = self.script(index, request)
-            if task_id is not None and on_submit is not None:
-                on_submit(index, TaskRef(provider="toapis", task_id=task_id))
+            key = request.idempotency_key
+            assert key is not None  # every request of a batch has its key
+            await self.ledger.intend(key, provider="toapis", model=request.model, digest="", at=1.0)
+            if task_id is not None:
+                ref = TaskRef(provider="toapis", task_id=task_id)
+                await self.ledger.accept(key, ref)
+                if on_submit is not None:
+                    on_submit(index, ref)
+            else:
+                self.ledger.settle(key, "not_submitted")
             yield Outcome(index=index, request=request, task_id=task_id, error=error)
 
 
@@ -76,14 +90,16 @@ async def test_settled_failures_get_a_result_line_and_the_rest_stay_in_the_journ
 
     out = output(tmp_path, 9)
     counts = Counts(label="x", total=9)
-    session = ScriptedSession(script, Limits())
+    session = ScriptedSession(script, Limits(), out.ledger)
     runner = BatchRunner(session, out, counts, source=entries(9))  # type: ignore[arg-type]
-    await runner.run()
-    out.close()
+    try:
+        await runner.run()
+    finally:
+        out.close()
 
     state = load_state(tmp_path)
     assert sorted(i for i in range(9) if i in state.finished) == [0, 3, 6]  # task failed: settled
-    assert sorted(state.unfinished) == [1, 4, 7]  # timed out: re-attached by --resume
+    assert sorted(state.accepted) == [1, 4, 7]  # timed out: re-attached by --resume
     assert [i for i in range(9) if state.needs_submit(i)] == [2, 5, 8]  # no task: submitted again
     assert (counts.failed, counts.unresolved) == (3, 6)
     assert runner.left_accepted == 3
@@ -97,10 +113,12 @@ async def test_a_streak_of_failed_submissions_stops_the_batch(tmp_path: Path) ->
 
     out = output(tmp_path, 1000)
     counts = Counts(label="x", total=1000)
-    session = ScriptedSession(script, Limits(max_concurrent_submits=2))
+    session = ScriptedSession(script, Limits(max_concurrent_submits=2), out.ledger)
     runner = BatchRunner(session, out, counts, source=entries(1000))  # type: ignore[arg-type]
-    await runner.run()
-    out.close()
+    try:
+        await runner.run()
+    finally:
+        out.close()
 
     assert isinstance(runner.fatal, TransportError)
     assert counts.unresolved == 10  # max(10, 3 * max_concurrent_submits)
@@ -116,9 +134,11 @@ async def test_an_acceptance_resets_the_streak(tmp_path: Path) -> None:
 
     out = output(tmp_path, 100)
     counts = Counts(label="x", total=100)
-    runner = BatchRunner(ScriptedSession(script, Limits()), out, counts, source=entries(100))  # type: ignore[arg-type]
-    await runner.run()
-    out.close()
+    runner = BatchRunner(ScriptedSession(script, Limits(), out.ledger), out, counts, source=entries(100))  # type: ignore[arg-type]
+    try:
+        await runner.run()
+    finally:
+        out.close()
     assert runner.fatal is None
     assert counts.unresolved == 80
     assert counts.failed == 20

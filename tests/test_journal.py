@@ -1,4 +1,4 @@
-"""The batch output directory: journal of accepted tasks, results.jsonl and reading them back."""
+"""The batch output directory: its ledger, results.jsonl and reading them back."""
 
 from __future__ import annotations
 
@@ -61,15 +61,30 @@ def test_create_writes_the_header_and_refuses_an_existing_batch(tmp_path: Path) 
     out = OutputDir.create(tmp_path / "out", HEADER)
     out.close()
     header_line = lines(tmp_path / "out" / JOURNAL_NAME)[0]
-    assert JournalHeader.from_json(header_line) == HEADER
+    assert header_line["ledger"] == "flux-async ledger"
+    assert JournalHeader.from_json(header_line["meta"]) == HEADER  # type: ignore[arg-type]
     assert (tmp_path / "out" / RESULTS_NAME).exists()
     with pytest.raises(JournalError, match="--resume"):
         OutputDir.create(tmp_path / "out", HEADER)
 
 
-def test_submit_entries_are_on_disk_and_fsynced_before_returning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_request_has_a_key_of_its_own_that_names_its_index() -> None:
+    keys = {HEADER.key(i) for i in range(1000)}
+    assert len(keys) == 1000
+    assert all(HEADER.index_of(HEADER.key(i)) == i for i in (0, 7, 999))
+    other = JournalHeader(provider="bfl", input="jobs.txt", fingerprint="ab" * 32, requests=5)
+    assert other.run != HEADER.run  # a new batch gets new keys
+    assert HEADER.index_of(other.key(3)) is None
+    assert HEADER.index_of("not-ours") is None
+
+
+async def intend(out: OutputDir, index: int) -> None:
+    """What the session writes before a POST under the batch's key for ``index``."""
+    await out.ledger.intend(HEADER.key(index), provider="bfl", model="flux-kontext-pro", digest="", at=100.0 + index)
+
+
+@pytest.mark.anyio
+async def test_results_are_flushed_not_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
 
@@ -79,10 +94,9 @@ def test_submit_entries_are_on_disk_and_fsynced_before_returning(
 
     out = OutputDir.create(tmp_path, HEADER)
     monkeypatch.setattr(os, "fsync", spy)
-    out.record_submit(3, 7, ref(3))
-    # Read through a separate handle while the writer is still open: the entry is already there.
-    assert lines(tmp_path / JOURNAL_NAME)[1] == {"index": 3, "line": 7, "ref": ref(3).to_dict()}
-    assert synced == [out._journal.fileno()]
+    await intend(out, 3)
+    await out.ledger.accept(HEADER.key(3), ref(3))
+    assert len(synced) == 2  # the ledger forces intent and acceptance to disk
     out.record_result(3, 7, task_id="t3", status="succeeded", files=[tmp_path / "3-t3.png"])
     assert lines(tmp_path / RESULTS_NAME) == [
         {
@@ -94,26 +108,32 @@ def test_submit_entries_are_on_disk_and_fsynced_before_returning(
             "error": None,
         }
     ]
-    assert synced == [out._journal.fileno()]  # results are flushed, not fsynced
+    assert len(synced) == 2  # results are flushed, not fsynced
     out.close()
 
 
-def test_load_state_sorts_requests_into_done_running_and_never_sent(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_reopen_sorts_requests_into_done_accepted_in_doubt_and_never_sent(tmp_path: Path) -> None:
     out = OutputDir.create(tmp_path, HEADER)
+    for i in (0, 1, 3, 4):
+        await intend(out, i)
     for i in (0, 1, 3):
-        out.record_submit(i, i + 1, ref(i))
+        await out.ledger.accept(HEADER.key(i), ref(i))
     out.record_result(0, 1, task_id="t0", status="succeeded", files=[tmp_path / "0-t0.png"])
     out.record_result(
         2, 3, task_id=None, status="failed", error={"kind": "BadRequestError", "message": "no"}
     )
     out.close()
-    state = load_state(tmp_path)
+    reopened, state = OutputDir.reopen(tmp_path)
+    reopened.close()
     assert state.header == HEADER
-    assert dict(state.unfinished) == {1: (2, ref(1)), 3: (4, ref(3))}
-    assert [i for i in range(5) if state.needs_submit(i)] == [4]
+    assert dict(state.accepted) == {1: ref(1), 3: ref(3)}
+    assert dict(state.in_doubt) == {4: 104.0}  # sent, never answered on record
+    assert [i for i in range(5) if state.needs_submit(i)] == [4]  # the session decides on it
     assert len(state.finished) == 2
     assert state.failed == 1
-    assert len(state.submitted) == 3
+    again = load_state(tmp_path)
+    assert (again.accepted, again.in_doubt, again.failed) == (state.accepted, state.in_doubt, state.failed)
 
 
 def test_resume_of_a_directory_without_a_journal_is_an_error(tmp_path: Path) -> None:
@@ -121,49 +141,62 @@ def test_resume_of_a_directory_without_a_journal_is_an_error(tmp_path: Path) -> 
         load_state(tmp_path)
 
 
-def test_a_cut_short_last_line_is_ignored_and_removed_on_reopen(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_a_cut_short_last_line_is_ignored_and_removed_on_reopen(tmp_path: Path) -> None:
     out = OutputDir.create(tmp_path, HEADER)
-    out.record_submit(0, 1, ref(0))
+    await intend(out, 0)
+    await out.ledger.accept(HEADER.key(0), ref(0))
     out.record_result(0, 1, task_id="t0", status="succeeded")
     out.close()
     with open(tmp_path / RESULTS_NAME, "a", encoding="utf-8") as f:
         f.write('{"index": 1, "task_')
     with open(tmp_path / JOURNAL_NAME, "a", encoding="utf-8") as f:
-        f.write('{"index": 1, "line": 2, "ref": {"provider": "bfl", "task_id": "t1", "polling_')
+        f.write('{"op":"accept","key":"' + HEADER.key(1) + '","ref":{"provider":"bfl","task_id":"t1","polling_')
     state = load_state(tmp_path)
     assert 1 not in state.finished
-    assert 1 not in state.submitted
-    reopened = OutputDir.reopen(tmp_path)
+    assert 1 not in state.accepted
+    reopened, _ = OutputDir.reopen(tmp_path)
     reopened.record_result(1, 2, task_id=None, status="failed", error={"kind": "X", "message": "y"})
     reopened.close()
     assert [r["index"] for r in lines(tmp_path / RESULTS_NAME)] == [0, 1]
-    assert len(lines(tmp_path / JOURNAL_NAME)) == 2
+    assert len(lines(tmp_path / JOURNAL_NAME)) == 3  # header, intent, acceptance: the cut line is gone
 
 
-def test_a_complete_entry_missing_its_newline_is_kept(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_a_complete_acceptance_missing_its_newline_is_kept(tmp_path: Path) -> None:
     out = OutputDir.create(tmp_path, HEADER)
+    await intend(out, 0)
     out.close()
     with open(tmp_path / JOURNAL_NAME, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"index": 0, "line": 1, "ref": ref(0).to_dict()}))
-    assert dict(load_state(tmp_path).unfinished) == {0: (1, ref(0))}
-    reopened = OutputDir.reopen(tmp_path)
-    reopened.record_submit(1, 2, ref(1))
+        f.write(json.dumps({"op": "accept", "key": HEADER.key(0), "ref": ref(0).to_dict(), "at": 1.0}))
+    assert dict(load_state(tmp_path).accepted) == {0: ref(0)}
+    reopened, _ = OutputDir.reopen(tmp_path)
+    await reopened.ledger.intend(HEADER.key(1), provider="bfl", model="m", digest="", at=2.0)
+    await reopened.ledger.accept(HEADER.key(1), ref(1))
     reopened.close()
-    assert dict(load_state(tmp_path).unfinished) == {0: (1, ref(0)), 1: (2, ref(1))}
+    assert dict(load_state(tmp_path).accepted) == {0: ref(0), 1: ref(1)}
 
 
 def test_a_corrupt_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
     out = OutputDir.create(tmp_path, HEADER)
     out.close()
     with open(tmp_path / JOURNAL_NAME, "a", encoding="utf-8") as f:
-        f.write("garbage\n" + json.dumps({"index": 0, "ref": ref(0).to_dict()}) + "\n")
-    with pytest.raises(JournalError, match=r"journal.jsonl:2: not valid JSON"):
+        f.write("garbage\n" + json.dumps({"op": "accept", "key": "k", "ref": ref(0).to_dict(), "at": 1}) + "\n")
+    with pytest.raises(JournalError, match=r"journal.jsonl:2"):
         load_state(tmp_path)
 
 
 def test_a_journal_must_start_with_a_header(tmp_path: Path) -> None:
     (tmp_path / JOURNAL_NAME).write_text(json.dumps({"index": 0}) + "\n")
-    with pytest.raises(JournalError, match="header"):
+    with pytest.raises(JournalError, match="not a flux-async ledger"):
+        load_state(tmp_path)
+
+
+def test_a_journal_of_the_earlier_format_is_refused_with_a_reason(tmp_path: Path) -> None:
+    old = {"journal": "flux-async batch journal", "version": 1, "provider": "bfl", "input": "x",
+           "fingerprint": "ab", "requests": 1, "defaults": {}}  # fmt: skip
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps({"ledger": "flux-async ledger", "version": 1, "meta": old}) + "\n")
+    with pytest.raises(JournalError, match="another version of flux-async"):
         load_state(tmp_path)
 
 

@@ -43,7 +43,7 @@ FAST = PollPolicy(target_delay=0.02, first_poll=0.01, min_interval=0.005, quantu
 
 async def intend(ledger: Ledger, key: str, **fields: Any) -> LedgerEntry | None:
     """Record an intent for ``key`` with test values for whatever ``fields`` leaves out."""
-    values: dict[str, Any] = {"provider": "toapis", "model": MODEL, "digest": "d", "label": None, "at": 1.0}
+    values: dict[str, Any] = {"provider": "toapis", "model": MODEL, "digest": "d", "at": 1.0}
     values.update(fields)
     return await ledger.intend(key, **values)
 
@@ -75,7 +75,7 @@ async def test_a_file_ledger_writes_each_record_as_a_line_and_reads_them_back(tm
     path = tmp_path / "sub" / "run.ledger"
     ledger = FileLedger(path, meta={"input": "prompts.txt"})
     ref = TaskRef(provider="bfl", task_id="t1", polling_url="https://api.bfl.ai/v1/get_result?id=t1", model=MODEL)
-    assert await intend(ledger, "a", label="0") is None
+    assert await intend(ledger, "a") is None
     await ledger.accept("a", ref)
     await intend(ledger, "b")
     await intend(ledger, "c")
@@ -90,7 +90,7 @@ async def test_a_file_ledger_writes_each_record_as_a_line_and_reads_them_back(tm
     assert again.meta == {"input": "prompts.txt"}
     a = await again.get("a")
     assert a is not None
-    assert (a.state, a.ref, a.label) == ("settled", ref, "0")
+    assert (a.state, a.ref) == ("settled", ref)
     b = await again.get("b")
     assert b is not None
     assert b.in_doubt
@@ -385,14 +385,14 @@ async def test_without_a_lookup_an_intent_stays_in_doubt_until_resubmitting_is_c
     path = tmp_path / "run.ledger"
     doubtful = request("doubtful", idempotency_key="k-doubt")
     with FileLedger(path) as ledger:
-        await intend(ledger, "k-doubt", provider=provider, digest=digest_of(doubtful, provider), label="7")
+        await intend(ledger, "k-doubt", provider=provider, digest=digest_of(doubtful, provider))
     with anyio.fail_after(20):
         async with Emulator(Scenario(seed=1, duration=Duration.fixed(0.05))) as emu:
             with FileLedger(path) as ledger:
                 async with session_for(emu, provider, ledger=ledger) as session:
                     assert await session.recover() == []
                     (listed,) = session.statistics().in_doubt
-                    assert (listed.key, listed.label) == ("k-doubt", "7")
+                    assert listed.key == "k-doubt"
                     with pytest.raises(SubmissionUncertainError) as caught:
                         await session.generate(doubtful)
                     assert caught.value.idempotency_key == "k-doubt"

@@ -1,31 +1,40 @@
-"""The engine of ``flux-async batch`` (and of the demo): submit, journal, wait, download, record.
+"""The engine of ``flux-async batch`` (and of the demo): submit, wait, download, record.
 
-A :class:`BatchRunner` drives one batch on one open :class:`~flux_async.Session`, on the public
-API only:
+A :class:`BatchRunner` drives one batch on one open :class:`~flux_async.Session` whose ledger is
+the batch's journal, on the public API only:
 
-- new requests go through ``session.as_completed`` (lazy input, bounded window, one shared
-  poll scheduler); its ``on_submit`` hook appends every accepted task to the journal, on disk,
-  before anything waits on it;
-- tasks journaled by an earlier run and not finished are re-attached with ``session.resume``
+- requests go through ``session.as_completed`` (lazy input, bounded window, one shared poll
+  scheduler), each under its idempotency key ``<run>-<index>``: the session writes the intent
+  before the POST and the acceptance before anything waits on the task, so a crash at any
+  instant leaves nothing that a rerun would pay for twice;
+- tasks accepted by an earlier run and not finished are re-attached with ``session.resume``
   by a bounded pool of waiters (never more than the batch's window at a time);
 - each finished job's images are downloaded as ``<index>-<task_id>.<ext>`` and its line is
   appended to ``results.jsonl``.
 
-:meth:`BatchRunner.request_stop` (the first Ctrl-C) stops submitting at once and lets every
-accepted task finish and be recorded; cancelling the runner (the second) leaves the journal to
-a later ``--resume``. Imports the package's public names, its journal module and the display.
+A request whose POST may have created a task that nobody recorded (the process died mid-POST,
+on a provider with no lookup) is *in doubt*: the session refuses to send it again, and it is
+listed for the user, unless the batch runs with ``--resubmit-in-doubt``.
+
+:meth:`BatchRunner.request_stop` (the first Ctrl-C, SIGTERM, SIGHUP) stops submitting at once,
+waits for any POST on the wire to be answered, and lets every accepted task finish and be
+recorded; cancelling the runner (the second Ctrl-C) leaves the ledger to a later ``--resume``.
+Imports the package's public names, its journal module and the display.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
+from .. import LedgerError
 from ._api import (
     AuthenticationError,
     BadRequestError,
@@ -48,14 +57,14 @@ from ._journal import BatchState, OutputDir, image_name
 
 __all__ = ["BatchRunner", "error_record"]
 
-_FATAL = (AuthenticationError, InsufficientCreditsError)
+_FATAL = (AuthenticationError, InsufficientCreditsError, LedgerError)
 _KEPT_UNRESOLVED = 100
 
 #: Errors that settle a job for good once its task exists: the provider ended the task.
 _FINAL_WITH_TASK = (TaskFailedError, ModerationError, TaskNotFoundError)
-#: Errors that settle a request no task was created for: sending it again cannot help (a
-#: refusal) or might pay twice (an uncertain submission).
-_FINAL_WITHOUT_TASK = (BadRequestError, ValidationError, ConfigurationError, SubmissionUncertainError)
+#: Errors that settle a request no task was created for: sending it again cannot help. (An
+#: uncertain submission is not settled: it stays in doubt in the ledger, see the module.)
+_FINAL_WITHOUT_TASK = (BadRequestError, ValidationError, ConfigurationError)
 
 
 def error_record(error: BaseException) -> dict[str, str]:
@@ -67,10 +76,10 @@ def is_final(error: BaseException, *, with_task: bool) -> bool:
     """Whether a failed job is settled (a result line) or left for ``--resume``.
 
     A job is settled when its task ended at the provider (failed, moderated, unknown), or when
-    no task exists and resending could not help or might pay twice. Anything else (the network,
-    the key, a timeout while the task may still run, a download that did not complete) leaves an
-    accepted task in the journal to be re-attached, and a request that created no task to be
-    submitted again.
+    no task exists and resending could not help. Anything else (the network, the key, a timeout
+    while the task may still run, a download that did not complete, a POST in doubt) leaves an
+    accepted task in the ledger to be re-attached, a request in doubt to be reported again, and
+    a request that created no task to be submitted again.
     """
     return isinstance(error, _FINAL_WITH_TASK if with_task else _FINAL_WITHOUT_TASK)
 
@@ -100,7 +109,12 @@ class BatchRunner:
         self.state = state
         self.on_change = on_change
         self.fatal: BaseException | None = None
-        self.journal_error: OSError | None = None
+        #: Why result lines could not be written (a full disk): submitting was stopped.
+        self.results_error: OSError | None = None
+        #: Requests whose POST may have created a task nobody recorded, not sent again
+        #: (index, line, error); ``counts.unresolved`` counts them too.
+        self.in_doubt: list[tuple[int, int, SubmissionUncertainError]] = []
+        self.in_doubt_count = 0
         #: The first jobs of this run that failed without being settled (index, line, task_id,
         #: error); ``counts.unresolved`` counts them all.
         self.unresolved: list[tuple[int, int, str | None, BaseException]] = []
@@ -157,8 +171,9 @@ class BatchRunner:
         """Run the batch to its end (or to the end of what was accepted, once stopped)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            if self.state is not None:
-                for index, (line, ref) in sorted(self.state.unfinished.items()):
+            if self.state is not None and self.state.accepted:
+                for index, line in self._lines_of(self.state.accepted):
+                    ref = self.state.accepted[index]
                     self._in_flight[index] = (line, ref)
                     self.counts.reattached += 1
                     self._queue_reattach(index, line, ref)
@@ -168,6 +183,9 @@ class BatchRunner:
                     self._consume_scope = scope
                     await self._submit_new()
                 self._consume_scope = None
+            # A POST that was on the wire when the stream stopped is answered and recorded
+            # (its task then waits in _in_flight) before the batch winds down.
+            await self.session.wait_submits()
             self._submitting_done = True
             # Tasks accepted but whose outcome the stream did not deliver (a stop, or a fatal
             # error): finish them by their refs. Later acceptances (a POST that was on the
@@ -179,10 +197,18 @@ class BatchRunner:
 
     # -- new submissions -----------------------------------------------------------------------
 
+    def _lines_of(self, indices: Mapping[int, object]) -> Iterator[tuple[int, int]]:
+        """(index, line) of each of ``indices``, in input order: one pass over the input."""
+        for item in self.source():
+            if item.index in indices:
+                yield item.index, item.line
+
     def _requests(self) -> Iterator[GenerationRequest]:
-        """The requests never submitted, in input order; records unreadable lines as failures."""
+        """The requests without a result or an accepted task, in input order, each under its
+        idempotency key; records unreadable lines as failures."""
         position = 0
         state = self.state
+        key = self.out.header.key
         for item in self.source():
             if state is not None and not state.needs_submit(item.index):
                 continue
@@ -195,23 +221,18 @@ class BatchRunner:
                 continue
             self._window[position] = (item.index, item.line)
             position += 1
-            yield item.request
+            yield attrs.evolve(item.request, idempotency_key=key(item.index))
 
     def _on_submit(self, position: int, ref: TaskRef) -> None:
-        """The provider accepted a task: journal it before anything waits on it."""
+        """The provider accepted a task (the session has recorded it in the ledger)."""
         index, line = self._window[position]
         self._in_flight[index] = (line, ref)
         self._failure_streak = 0
-        self.counts.submitted += 1
-        try:
-            self.out.record_submit(index, line, ref)
-        except OSError as exc:
-            # The task is paid for and still tracked in memory; stop adding to what cannot be
-            # recorded, and finish what was accepted.
-            if self.journal_error is None:
-                self.journal_error = exc
-            self.request_stop()
-        if self._submitting_done:
+        if self.state is not None and index in self.state.in_doubt:
+            self.counts.reattached += 1  # an earlier run's POST, found by its key
+        else:
+            self.counts.submitted += 1
+        if self._submitting_done and self._tg is not None:
             self._queue_reattach(index, line, ref)
         self.on_change(self.counts)
 
@@ -290,9 +311,10 @@ class BatchRunner:
         except Exception as exc:
             self._record_failure(index, line, task_id, exc, with_task=True, files=files)
             return
+        if not self._record(index, line, task_id=task_id, status="succeeded", files=files):
+            return
         self._in_flight.pop(index, None)
         self._handled.discard(index)
-        self.out.record_result(index, line, task_id=task_id, status="succeeded", files=files)
         self.counts.succeeded += 1
         self.counts.finished_with_task += 1
         self.on_change(self.counts)
@@ -307,17 +329,24 @@ class BatchRunner:
         with_task: bool,
         files: Iterable[Path] = (),
     ) -> None:
-        self._in_flight.pop(index, None)
-        self._handled.discard(index)
         if is_final(error, with_task=with_task):
-            self.out.record_result(
+            if not self._record(
                 index, line, task_id=task_id, status="failed", files=tuple(files), error=error_record(error)
-            )
+            ):
+                return
+            self._in_flight.pop(index, None)
+            self._handled.discard(index)
             self.counts.failed += 1
         else:
             # Not settled: no result line, so --resume re-attaches the task (or resubmits a
-            # request that created none).
-            if len(self.unresolved) < _KEPT_UNRESOLVED:
+            # request that created none, or reports one in doubt again).
+            self._in_flight.pop(index, None)
+            self._handled.discard(index)
+            if isinstance(error, SubmissionUncertainError):
+                self.in_doubt_count += 1
+                if len(self.in_doubt) < _KEPT_UNRESOLVED:
+                    self.in_doubt.append((index, line, error))
+            elif len(self.unresolved) < _KEPT_UNRESOLVED:
                 self.unresolved.append((index, line, task_id, error))
             if task_id is not None:
                 self._unresolved_tasks += 1
@@ -326,3 +355,16 @@ class BatchRunner:
         if with_task:
             self.counts.finished_with_task += 1
         self.on_change(self.counts)
+
+    def _record(self, index: int, line: int, **fields: Any) -> bool:
+        """Append a result line; on failure (a full disk) stop submitting and leave the job to
+        ``--resume`` (its task is in the ledger). False when it could not be written."""
+        try:
+            self.out.record_result(index, line, **fields)
+        except OSError as exc:
+            if self.results_error is None:
+                self.results_error = exc
+            self.request_stop()
+            self._handled.discard(index)
+            return False
+        return True

@@ -21,7 +21,7 @@ from ._batch import BatchRunner
 from ._batchentry import Defaults
 from ._batchfile import BatchFileError, CheckReport, check_file, read_entries
 from ._display import Counts, ProgressView
-from ._journal import JOURNAL_NAME, BatchState, JournalError, JournalHeader, OutputDir, load_state
+from ._journal import JOURNAL_NAME, BatchState, JournalError, JournalHeader, OutputDir
 from ._options import (
     connection_options,
     local_images,
@@ -65,6 +65,13 @@ _MAX_LISTED_ERRORS = 50
     "--resume", is_flag=True,
     help="Continue the batch in OUTPUT: re-attach to accepted jobs, skip finished ones, submit the rest.",
 )  # fmt: skip
+@click.option(
+    "--resubmit-in-doubt", is_flag=True,
+    help=(
+        "With --resume: send again the requests whose POST may have created a task that was "
+        "never recorded (apimart, BFL; the process died mid-POST). This risks paying twice."
+    ),
+)  # fmt: skip
 @connection_options
 @output_options
 def batch(
@@ -78,6 +85,7 @@ def batch(
     concurrency: int,
     max_outstanding: int,
     resume: bool,
+    resubmit_in_doubt: bool,
     provider: str,
     api_key: str | None,
     base_url: str | None,
@@ -90,9 +98,12 @@ def batch(
 
     The whole file is checked first: bad lines are listed with their line numbers and nothing
     is submitted (exit 2). Images are written to OUTPUT as <index>-<task_id>.<ext>; each
-    finished request is appended to OUTPUT/results.jsonl; each accepted task to
-    OUTPUT/journal.jsonl before it is waited on, so --resume never pays twice.
-    Ctrl-C stops submitting and waits for the jobs in flight; a second Ctrl-C exits at once.
+    finished request is appended to OUTPUT/results.jsonl. OUTPUT/journal.jsonl is the batch's
+    ledger: every submit is written there before it is sent and every accepted task before it
+    is waited on, so --resume never pays twice. A request whose POST was on the wire when the
+    process died is looked up (toapis) or reported in doubt and not sent again unless
+    --resubmit-in-doubt is given. Ctrl-C, SIGTERM or SIGHUP stops submitting and waits for the
+    jobs in flight; a second Ctrl-C exits at once.
     """
     out = Output.make(quiet=quiet, json_=json_)
     defaults = Defaults(model=model, size=size, n=n, images=local_images(images), seed=seed)
@@ -102,8 +113,12 @@ def batch(
         # The first pass, before any connection: every line is checked.
         checked = _check_input(out, file, defaults, provider)
 
+    if resubmit_in_doubt and not resume:
+        fail("--resubmit-in-doubt only applies to --resume", EXIT_USAGE)
+
     async def body() -> int:
-        session = open_session(provider, api_key, base_url, limits)  # a missing key stops here
+        # A missing key stops here, before anything is written.
+        open_session(provider, api_key, base_url, limits)
         header = JournalHeader(
             provider=provider,
             input=input_path,
@@ -112,6 +127,9 @@ def batch(
             defaults=defaults.to_dict(),
         )
         journal, state = _open_output(output, header, resume=resume)
+        session = open_session(
+            provider, api_key, base_url, limits, ledger=journal.ledger, resubmit_in_doubt=resubmit_in_doubt
+        )
         counts = Counts(
             label=file.name,
             total=checked.requests,
@@ -137,7 +155,11 @@ def batch(
                     flags = await execute([runner], out)
                 runs = [Run(counts, runner, session.statistics())]
         summary = summarize(output, runs, time.monotonic() - started, flags)
-        report(out, summary, runs, title=f"batch {file.name}")
+        extra = {
+            "in_doubt": runner.in_doubt_count,
+            "unrecorded_tasks": [ref.to_dict() for ref in runs[0].stats.unrecorded_tasks],
+        }
+        report(out, summary, runs, title=f"batch {file.name}", extra=extra)
         return summary.exit_code
 
     run_command(out, body, verbose=verbose)
@@ -168,11 +190,12 @@ def _open_output(output: Path, header: JournalHeader, *, resume: bool) -> tuple[
     """A new batch directory, or (``--resume`` and a journal there) the existing one."""
     try:
         if resume and (output / JOURNAL_NAME).exists():
-            state = load_state(output)
+            journal, state = OutputDir.reopen(output)
             reason = state.header.mismatch(header)
             if reason is not None:
+                journal.close()
                 fail(f"cannot resume the batch in {output}: {reason}", EXIT_USAGE)
-            return OutputDir.reopen(output), state
+            return journal, state
         return OutputDir.create(output, header), None
     except JournalError as exc:
         fail(str(exc), EXIT_USAGE)

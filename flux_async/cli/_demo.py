@@ -185,6 +185,7 @@ async def run_demo(output: Path | None, *, jobs: int, out: Output) -> int:
                         api_key=DEFAULT_API_KEY,
                         base_url=emu.base_url(provider),
                         limits=Limits(max_concurrent_submits=8),
+                        ledger=journal.ledger,
                     )
                 )
                 counts = Counts(label=f"{provider:8}", total=len(entries))
@@ -202,7 +203,7 @@ async def run_demo(output: Path | None, *, jobs: int, out: Output) -> int:
         summary.failed == len(expected)
         and not unexpected
         and not (summary.unresolved or summary.left_accepted or summary.not_submitted)
-        and not any(r.runner.fatal or r.runner.journal_error for r in runs)
+        and not any(r.runner.fatal or r.runner.results_error or r.runner.in_doubt_count for r in runs)
     )
     if summary.exit_code == EXIT_FAILED and only_expected:
         summary = attrs.evolve(summary, exit_code=EXIT_OK)

@@ -1,32 +1,38 @@
-"""A batch's output directory: images, ``results.jsonl`` and the journal of accepted tasks.
+"""A batch's output directory: images, ``results.jsonl`` and the batch's ledger.
 Part of the command line, never imported by the library. Plain file I/O only: no network, no
-event loop, no API keys (nothing here ever sees one); from the library it takes only ``TaskRef``.
+event loop, no API keys (nothing here ever sees one); from the library it takes ``TaskRef``, the
+:class:`~flux_async.FileLedger` and the crash-safe line helpers of ``flux_async._jsonl``.
 
 Layout of a batch's directory::
 
-    journal.jsonl     a header line, then one line per task the provider accepted
+    journal.jsonl     the batch's ledger: a header (what the batch is), then intents,
+                      acceptances and settlements, one per line
     results.jsonl     one line per finished request: index, task id, status, files, error
     <index>-<task_id>.<ext>            the images (``-<k>`` before the suffix when a job has several)
 
-The journal is what makes a batch resumable and keeps it from paying twice: each accepted task
-is appended, flushed and fsynced the moment the provider accepts it, before anything waits on
-it. A rerun reads both files back (:func:`load_state`): requests with a result line are done,
-requests in the journal without one are re-attached by their task reference, and only requests
-in neither are submitted. The state needs two bits per request index plus the unfinished
-references, so resuming a batch of millions stays small.
+The ledger is what makes a batch resumable and keeps it from paying twice: every request is
+submitted under the idempotency key ``<run>-<index>``, and the session writes the intent before
+its POST leaves and the acceptance before anything waits on the task (both fsynced). A rerun
+reads both files back (:meth:`OutputDir.reopen`): requests with a result line are done; an
+accepted task without one is re-attached by its reference; an intent with no acceptance is looked
+up by its key (toapis) or reported *in doubt* (never sent again unless asked); everything else
+is submitted. Finished requests cost two bits per index, so resuming a batch of millions stays small.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
 import attrs
 
-from ._api import TaskRef
+from .. import FileLedger
+from .._jsonl import complete_last_line, write_line
+from ._api import ConfigurationError, TaskRef
 
 __all__ = [
     "JOURNAL_NAME",
@@ -43,7 +49,7 @@ __all__ = [
 
 JOURNAL_NAME: Final = "journal.jsonl"
 RESULTS_NAME: Final = "results.jsonl"
-JOURNAL_VERSION: Final = 1
+JOURNAL_VERSION: Final = 2
 _JOURNAL_KIND: Final = "flux-async batch journal"
 
 
@@ -82,10 +88,12 @@ class IndexSet:
 
 @attrs.frozen(kw_only=True)
 class JournalHeader:
-    """What a journal belongs to: a resumed batch must match it exactly.
+    """What a batch is: a resumed batch must match it exactly. Kept in the ledger's header.
 
     ``fingerprint`` is the SHA-256 of the input file; ``defaults`` are the command line's
-    request fields (they shape every request of a ``.txt`` file).
+    request fields (they shape every request of a ``.txt`` file). ``run`` is made once per batch
+    (random) and names its requests: request ``i`` is submitted under the idempotency key
+    ``<run>-<i>`` on every run of the batch.
     """
 
     provider: str
@@ -93,9 +101,21 @@ class JournalHeader:
     fingerprint: str
     requests: int
     defaults: Mapping[str, Any] = attrs.field(factory=dict)
+    run: str = attrs.field(factory=lambda: secrets.token_hex(8))
+
+    def key(self, index: int) -> str:
+        """The idempotency key of request ``index``."""
+        return f"{self.run}-{index}"
+
+    def index_of(self, key: str) -> int | None:
+        """The request index a key of this batch names (None for any other key)."""
+        prefix, _, number = key.rpartition("-")
+        if prefix != self.run or not number.isdigit():
+            return None
+        return int(number)
 
     def to_json(self) -> dict[str, Any]:
-        """The header line's JSON object."""
+        """The header's JSON object (the ledger's ``meta``)."""
         return {
             "journal": _JOURNAL_KIND,
             "version": JOURNAL_VERSION,
@@ -104,13 +124,19 @@ class JournalHeader:
             "fingerprint": self.fingerprint,
             "requests": self.requests,
             "defaults": dict(self.defaults),
+            "run": self.run,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JournalHeader:
-        """Read a header line; raises JournalError for anything else."""
-        if data.get("journal") != _JOURNAL_KIND or data.get("version") != JOURNAL_VERSION:
-            raise JournalError("the journal's first line is not a flux-async batch journal header")
+        """Read a header; raises JournalError for anything else."""
+        if data.get("journal") != _JOURNAL_KIND:
+            raise JournalError("the journal's header is not a flux-async batch journal header")
+        if data.get("version") != JOURNAL_VERSION:
+            raise JournalError(
+                f"the journal was written by another version of flux-async (format "
+                f"{data.get('version')!r}, this one reads {JOURNAL_VERSION}): finish the batch with that version"
+            )
         try:
             return cls(
                 provider=str(data["provider"]),
@@ -118,6 +144,7 @@ class JournalHeader:
                 fingerprint=str(data["fingerprint"]),
                 requests=int(data["requests"]),
                 defaults=dict(data.get("defaults") or {}),
+                run=str(data["run"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise JournalError(f"the journal header is incomplete: {exc}") from None
@@ -137,20 +164,22 @@ class JournalHeader:
 class BatchState:
     """What an output directory says about a batch so far.
 
-    ``finished`` holds the indices with a result line (``failed`` of them without an image),
-    ``submitted`` those with a journal entry; ``unfinished`` maps each submitted index without a
-    result to ``(line, ref)``.
+    ``finished`` holds the indices with a result line (``failed`` of them without an image).
+    ``accepted`` maps each unfinished index whose task the provider accepted to its ref;
+    ``in_doubt`` each unfinished index whose POST was sent and never answered on record to the
+    time it was sent (Unix seconds).
     """
 
     header: JournalHeader
     finished: IndexSet
     failed: int
-    submitted: IndexSet
-    unfinished: Mapping[int, tuple[int, TaskRef]]
+    accepted: Mapping[int, TaskRef]
+    in_doubt: Mapping[int, float]
 
     def needs_submit(self, index: int) -> bool:
-        """True when request ``index`` was never accepted and never finished."""
-        return index not in self.submitted and index not in self.finished
+        """True when request ``index`` has no result and no accepted task: it goes through
+        the session (which looks up or refuses an intent in doubt, and sends the rest)."""
+        return index not in self.finished and index not in self.accepted
 
 
 def image_name(index: int, task_id: str, ext: str, *, k: int = 0, count: int = 1) -> str:
@@ -161,16 +190,17 @@ def image_name(index: int, task_id: str, ext: str, *, k: int = 0, count: int = 1
 
 
 class OutputDir:
-    """An open batch directory: append journal entries and result lines.
+    """An open batch directory: the batch's ledger and its result lines.
 
-    Open with :meth:`create` (a new batch) or :meth:`reopen` (``--resume``). Every line is
-    written whole with one call; a line cut short by a crash is dropped when the file is
-    reopened.
+    Open with :meth:`create` (a new batch) or :meth:`reopen` (``--resume``). The session writes
+    the ledger (pass :attr:`ledger` to it); this object appends result lines, each written whole
+    with one call (a line cut short by a crash is dropped when the file is reopened).
     """
 
-    def __init__(self, path: Path, journal: IO[str], results: IO[str]) -> None:
+    def __init__(self, path: Path, header: JournalHeader, ledger: FileLedger, results: IO[str]) -> None:
         self.path = path
-        self._journal = journal
+        self.header = header
+        self.ledger = ledger
         self._results = results
 
     @classmethod
@@ -185,21 +215,26 @@ class OutputDir:
             raise JournalError(
                 f"{root} already holds a batch: pass --resume to continue it, or choose another directory"
             )
-        journal = _open_append(root / JOURNAL_NAME)
-        _write_line(journal, header.to_json(), sync=True)
-        return cls(root, journal, _open_append(root / RESULTS_NAME))
+        try:
+            ledger = FileLedger(root / JOURNAL_NAME, meta=header.to_json())
+        except OSError as exc:
+            raise JournalError(f"cannot write {root / JOURNAL_NAME}: {exc.strerror}") from None
+        return cls(root, header, ledger, _open_append(root / RESULTS_NAME))
 
     @classmethod
-    def reopen(cls, path: str | os.PathLike[str]) -> OutputDir:
-        """Open an existing batch directory to append to it (after :func:`load_state`)."""
+    def reopen(cls, path: str | os.PathLike[str]) -> tuple[OutputDir, BatchState]:
+        """Open an existing batch directory to continue it, with what it says so far."""
         root = Path(path)
-        for name in (JOURNAL_NAME, RESULTS_NAME):
-            _drop_partial_line(root / name)
-        return cls(root, _open_append(root / JOURNAL_NAME), _open_append(root / RESULTS_NAME))
-
-    def record_submit(self, index: int, line: int, ref: TaskRef) -> None:
-        """Append an accepted task; returns once it is on disk (flushed and fsynced)."""
-        _write_line(self._journal, {"index": index, "line": line, "ref": ref.to_dict()}, sync=True)
+        ledger = _open_ledger(root)
+        try:
+            header = JournalHeader.from_json(ledger.meta)
+            complete_last_line(root / RESULTS_NAME)
+            state = _state(root, header, ledger)
+            out = cls(root, header, ledger, _open_append(root / RESULTS_NAME))
+        except BaseException:
+            ledger.close()
+            raise
+        return out, state
 
     def record_result(
         self,
@@ -211,8 +246,9 @@ class OutputDir:
         files: Sequence[Path] = (),
         error: Mapping[str, str] | None = None,
     ) -> None:
-        """Append the outcome of request ``index`` (flushed, not fsynced: the journal is the
-        record of what was paid for; a lost result line only means one more status check)."""
+        """Append the outcome of request ``index`` (flushed, not fsynced: the ledger is the
+        record of what was paid for; a lost result line only means one more status check).
+        Raises OSError when the line cannot be written."""
         record: dict[str, Any] = {
             "index": index,
             "line": line,
@@ -221,7 +257,7 @@ class OutputDir:
             "files": [os.fspath(self._relative(f)) for f in files],
             "error": None if error is None else dict(error),
         }
-        _write_line(self._results, record, sync=False)
+        write_line(self._results, record, sync=False)
 
     def _relative(self, file: Path) -> Path:
         try:
@@ -231,16 +267,33 @@ class OutputDir:
 
     def close(self) -> None:
         """Close both files."""
-        self._journal.close()
+        self.ledger.close()
         self._results.close()
 
 
 def load_state(path: str | os.PathLike[str]) -> BatchState:
-    """Read a batch directory back for ``--resume``; raises JournalError when it holds none."""
+    """Read a batch directory back without opening it for writing."""
     root = Path(path)
+    ledger = _open_ledger(root)
+    try:
+        return _state(root, JournalHeader.from_json(ledger.meta), ledger)
+    finally:
+        ledger.close()
+
+
+def _open_ledger(root: Path) -> FileLedger:
     journal_path = root / JOURNAL_NAME
     if not journal_path.exists():
         raise JournalError(f"{root} holds no batch journal ({JOURNAL_NAME}): nothing to resume")
+    try:
+        return FileLedger(journal_path)
+    except ConfigurationError as exc:
+        raise JournalError(str(exc)) from None
+    except OSError as exc:
+        raise JournalError(f"cannot read {journal_path}: {exc.strerror}") from None
+
+
+def _state(root: Path, header: JournalHeader, ledger: FileLedger) -> BatchState:
     finished = IndexSet()
     failed = 0
     results_path = root / RESULTS_NAME
@@ -250,27 +303,18 @@ def load_state(path: str | os.PathLike[str]) -> BatchState:
             if index not in finished and record.get("status") != "succeeded":
                 failed += 1
             finished.add(index)
-    submitted = IndexSet()
-    unfinished: dict[int, tuple[int, TaskRef]] = {}
-    header: JournalHeader | None = None
-    for number, record in _records(journal_path):
-        if header is None:
-            header = JournalHeader.from_json(record)
+    accepted: dict[int, TaskRef] = {}
+    in_doubt: dict[int, float] = {}
+    for entry in ledger.entries():
+        request = header.index_of(entry.key)
+        if request is None or request in finished:
             continue
-        index = _index(record, journal_path, number)
-        try:
-            ref = TaskRef.from_dict(record["ref"])
-            line = int(record.get("line", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise JournalError(f"{journal_path}:{number}: not a journal entry ({exc})") from None
-        submitted.add(index)
-        if index not in finished:
-            unfinished[index] = (line, ref)
-    if header is None:
-        raise JournalError(f"{journal_path} is empty: nothing to resume")
-    return BatchState(
-        header=header, finished=finished, failed=failed, submitted=submitted, unfinished=unfinished
-    )
+        if entry.ref is not None:
+            # Accepted (and perhaps settled at the provider, its images never fetched).
+            accepted[request] = entry.ref
+        elif entry.in_doubt:
+            in_doubt[request] = entry.intended_at
+    return BatchState(header=header, finished=finished, failed=failed, accepted=accepted, in_doubt=in_doubt)
 
 
 def _index(record: Mapping[str, Any], path: Path, number: int) -> int:
@@ -302,50 +346,3 @@ def _open_append(path: Path) -> IO[str]:
         return open(path, "a", encoding="utf-8")
     except OSError as exc:
         raise JournalError(f"cannot open {path}: {exc.strerror}") from None
-
-
-def _write_line(handle: IO[str], record: Mapping[str, Any], *, sync: bool) -> None:
-    handle.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-    handle.flush()
-    if sync:
-        os.fsync(handle.fileno())
-
-
-def _drop_partial_line(path: Path) -> None:
-    """End the file on a newline so appends start a fresh line.
-
-    A crash can leave the last line without its newline: a complete JSON object just gets its
-    newline (it may be a journal entry: dropping it would forget a paid task), anything else
-    was cut short mid-write and is removed.
-    """
-    if not path.exists():
-        return
-    with open(path, "rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
-        # Walk back to the previous newline in small steps; lines are short.
-        start = 0
-        position = size
-        while position > 0:
-            step = min(4096, position)
-            handle.seek(position - step)
-            cut = handle.read(step).rfind(b"\n")
-            if cut >= 0:
-                start = position - step + cut + 1
-                break
-            position -= step
-        handle.seek(start)
-        tail = handle.read()
-        try:
-            complete = isinstance(json.loads(tail), dict)
-        except ValueError:
-            complete = False
-        if complete:
-            handle.seek(size)
-            handle.write(b"\n")
-        else:
-            handle.truncate(start)

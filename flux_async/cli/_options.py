@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 import click
@@ -91,9 +91,12 @@ def local_images(images: Sequence[str]) -> tuple[str, ...]:
     )
 
 
-def open_session(provider: str, api_key: str | None, base_url: str | None, limits: Limits | None = None) -> Session:
-    """A session for ``provider``; a missing key is a ConfigurationError here, before any request."""
-    return Session(provider, api_key=api_key, base_url=base_url, limits=limits)
+def open_session(
+    provider: str, api_key: str | None, base_url: str | None, limits: Limits | None = None, **options: Any
+) -> Session:
+    """A session for ``provider`` (``options`` are the Session's other keywords: its ledger...);
+    a missing key is a ConfigurationError here, before any request."""
+    return Session(provider, api_key=api_key, base_url=base_url, limits=limits, **options)
 
 
 def _safe(task_id: str) -> str:

@@ -181,9 +181,10 @@ class Interrupts:
 
 
 async def execute(runners: Sequence[BatchRunner], out: Output) -> Interrupts:
-    """Run the batches to their end. The first Ctrl-C stops submitting and waits for what is in
-    flight; the second cancels everything at once (the journal already holds every accepted
-    task; a submit already on the wire is still answered and recorded)."""
+    """Run the batches to their end. The first Ctrl-C (or SIGTERM, or SIGHUP) stops submitting
+    and waits for what is in flight; a second Ctrl-C cancels everything at once (the ledger
+    already holds the intent of every submit sent and the acceptance of every task answered, so
+    ``--resume`` neither loses nor repays any)."""
     flags = Interrupts()
     with anyio.CancelScope() as everything:
         async with anyio.create_task_group() as tg:
@@ -206,14 +207,16 @@ async def _watch_interrupts(
 ) -> None:
     with ExitStack() as stack:
         try:
-            signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGINT))
+            signals = stack.enter_context(
+                anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            )
         except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
             # No signal handling here (not the main thread, another platform): Ctrl-C then
             # raises KeyboardInterrupt, which leaves the journal intact all the same.
             task_status.started()
             return
         task_status.started()
-        async for _signum in signals:
+        async for signum in signals:
             if not flags.soft:
                 flags.soft = True
                 for runner in runners:
@@ -225,10 +228,12 @@ async def _watch_interrupts(
                     soft_wrap=True,
                     markup=False,
                 )
-            else:
+            elif signum == signal.SIGINT:
                 flags.hard = True
                 everything.cancel()
                 return
+            # A repeated SIGTERM or SIGHUP (a service manager, a closed terminal) keeps the
+            # graceful stop under way: only a person's second Ctrl-C cuts it short.
 
 
 @attrs.frozen
@@ -253,7 +258,10 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
     not_submitted = sum(
         max(0, r.counts.total - r.counts.settled - r.runner.left_accepted) for r in runs
     )
-    trouble = any(r.runner.fatal is not None or r.runner.journal_error is not None for r in runs)
+    trouble = any(
+        r.runner.fatal is not None or r.runner.results_error is not None or r.stats.unrecorded_tasks
+        for r in runs
+    )
     if flags.any:
         code = EXIT_INTERRUPTED
     elif trouble or failed or unresolved or previous_failed or left_accepted or not_submitted:
@@ -293,14 +301,32 @@ def report(out: Output, summary: RunSummary, runs: Sequence[Run], *, title: str,
         runner = run.runner
         if runner.fatal is not None:
             out.error(f"stopped submitting: {type(runner.fatal).__name__}: {runner.fatal}")
-        if runner.journal_error is not None:
-            out.error(f"cannot write the journal ({runner.journal_error}); submitting was stopped")
+        if runner.results_error is not None:
+            out.error(
+                f"cannot write results.jsonl ({runner.results_error}); submitting was stopped "
+                "(the jobs are in the ledger: --resume collects them once there is room)"
+            )
+        for ref in run.stats.unrecorded_tasks:
+            out.error(
+                f"task {ref.task_id} was paid for but the ledger could not record it; resume it by hand "
+                f"(flux-async status, or Session.resume) with: {json.dumps(ref.to_dict(), sort_keys=True)}"
+            )
+    doubtful = [item for run in runs for item in run.runner.in_doubt]
+    for index, line, doubt in doubtful[:_LISTED_UNRESOLVED]:
+        out.error(
+            f"request {index} (line {line}) is in doubt: {doubt} -- rerun with --resume "
+            "--resubmit-in-doubt to send it again at the risk of paying twice"
+        )
+    in_doubt = sum(run.runner.in_doubt_count for run in runs)
+    if in_doubt > _LISTED_UNRESOLVED:
+        out.error(f"... and {in_doubt - _LISTED_UNRESOLVED} more in doubt")
     unresolved = [item for run in runs for item in run.runner.unresolved]
     for index, line, task_id, error in unresolved[:_LISTED_UNRESOLVED]:
         task = f" (task {task_id})" if task_id else ""
         out.error(f"request {index} (line {line}){task}: {type(error).__name__}: {error}")
-    if summary.unresolved > _LISTED_UNRESOLVED:
-        out.error(f"... and {summary.unresolved - _LISTED_UNRESOLVED} more")
+    others = summary.unresolved - in_doubt
+    if others > _LISTED_UNRESOLVED:
+        out.error(f"... and {others - _LISTED_UNRESOLVED} more")
     if summary.left_accepted or summary.not_submitted:
         out.error(
             f"{summary.left_accepted} accepted job(s) not collected and {summary.not_submitted} request(s) "
