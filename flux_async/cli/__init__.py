@@ -2,7 +2,8 @@
 
 Built on the library's public API only; nothing in the library imports it. ``main`` is the
 console entry point. The command needs the ``cli`` extra (click and rich); without it ``main``
-says how to install it instead of failing with an import error.
+says how to install it instead of failing with an import error, except for ``flux-async
+emulator``, which needs only the runtime dependencies and runs all the same.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in _CLI_DEPENDENCIES:
             raise
+        args = list(sys.argv[1:] if argv is None else argv)
+        if args[:1] == ["emulator"]:
+            from ..emulator.__main__ import main as emulator_main
+
+            raise SystemExit(emulator_main(args[1:], prog="flux-async emulator")) from None
         sys.stderr.write(
             f"flux-async: the command line needs the 'cli' extra ({exc.name} is missing): "
             "pip install 'flux-async[cli]'\n"

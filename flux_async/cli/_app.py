@@ -12,8 +12,8 @@ stderr. API keys come from ``--api-key`` or the environment and are never printe
 
 from __future__ import annotations
 
-import json
-import os
+import logging
+import shlex
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +21,17 @@ from typing import Any
 
 import click
 
-from ._api import PROVIDERS, GenerationRequest, TaskState, TaskStatus, __version__
+from ._api import (
+    FluxError,
+    GenerationRequest,
+    SubmissionUncertainError,
+    TaskError,
+    TaskRef,
+    TaskState,
+    TaskStatus,
+    TaskTimeoutError,
+    __version__,
+)
 from ._batchcommand import batch
 from ._options import (
     connection_options,
@@ -30,10 +40,22 @@ from ._options import (
     open_session,
     output_options,
     request_options,
+    writable_directory,
 )
-from ._runtime import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Output, run_command
+from ._runtime import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    Output,
+    run_command,
+    sole_error,
+)
 
-__all__ = ["cli"]
+__all__ = ["cli", "status_command"]
+
+_log = logging.getLogger("flux_async.cli")
 
 
 # -- the group ---------------------------------------------------------------------------------
@@ -62,7 +84,7 @@ cli.add_command(batch)
 @request_options
 @click.option(
     "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-    help="Directory for the images.",
+    help="Directory for the images (checked before anything is submitted).",
 )  # fmt: skip
 @connection_options
 @output_options
@@ -81,25 +103,64 @@ def generate(
     json_: bool,
     verbose: int,
 ) -> None:
-    """Run one job for PROMPT, wait for it, download its images and print their paths."""
+    """Run one job for PROMPT, wait for it, download its images and print their paths.
+
+    The task is named on stderr as soon as it is accepted, with the ``flux-async status``
+    command that checks it (on BFL it takes the polling URL). With --json, stdout holds one
+    object whether the job succeeded or not: the task (``task_id``, ``polling_url``, ``ref``)
+    when one was created, and the files or the error.
+    """
     out = Output.make(quiet=quiet, json_=json_)
     request = GenerationRequest(model=model, prompt=prompt, size=size, n=n, images=local_images(images), seed=seed)
-    submitted: list[str] = []
+    accepted: list[TaskRef] = []
+    failure: list[BaseException] = []
+
+    def failed_json(code: int) -> None:
+        if out.json:
+            error = failure[-1] if failure else None
+            ref = accepted[0] if accepted else None
+            out.data({**_task_json(provider, ref, error), "ok": False, "exit_code": code, "error": _error_json(error, code)})
+
+    try:
+        writable_directory(output)  # before anything is paid for
+    except click.BadParameter as exc:
+        failure.append(exc)
+        failed_json(EXIT_USAGE)
+        raise
 
     async def body() -> int:
+        try:
+            return await run()
+        except Exception as exc:
+            error = sole_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            if error is not None and not isinstance(error, CommandError):
+                failure.append(error)  # a CommandError was made from a failure recorded already
+            raise
+
+    async def run() -> int:
         started = time.monotonic()
         async with open_session(provider, api_key, base_url) as session:
             job = await session.submit(request)
-            submitted.append(job.task_id)
-            out.info(f"submitted task {job.task_id} to {provider}")
+            accepted.append(job.ref)
+            hint = status_command(job.ref, base_url)
+            _log.info("task %s accepted by %s", job.task_id, provider)
+            out.info(f"submitted task {job.task_id} to {provider} (check it with: {hint})")
             spinner = out.err.status(f"waiting for {job.task_id}") if out.interactive else nullcontext()
-            with spinner:
-                result = await job.result()
-            files = await download_all(session, result.images, output, job.task_id)
+            try:
+                with spinner:
+                    result = await job.result()
+                _log.info("task %s succeeded after %.1f s", job.task_id, time.monotonic() - started)
+                files = await download_all(session, result.images, output, job.task_id)
+            except (FluxError, OSError) as exc:
+                failure.append(exc)
+                # The task exists and is paid for: name it, and how to look at it again.
+                later = "" if _ended_for_good(exc) else f"; check it later with: {hint}"
+                raise CommandError(f"task {job.task_id}: {type(exc).__name__}: {exc}{later}", EXIT_FAILED) from None
+        _log.info("task %s: %d file(s) written to %s", job.task_id, len(files), output)
         if out.json:
             out.data({
-                "task_id": job.task_id,
-                "provider": provider,
+                **_task_json(provider, job.ref),
+                "ok": True,
                 "files": [str(f) for f in files],
                 "urls": [image.url for image in result.images],
                 "seconds": round(time.monotonic() - started, 3),
@@ -112,9 +173,46 @@ def generate(
     try:
         run_command(out, body, verbose=verbose)
     except SystemExit as exc:
-        if exc.code == EXIT_INTERRUPTED and submitted:
-            out.error(f"task {submitted[0]} may still be running: flux-async status {submitted[0]}")
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
+        ref = accepted[0] if accepted else None
+        if code == EXIT_INTERRUPTED and ref is not None:
+            out.error(f"task {ref.task_id} may still be running: {status_command(ref, base_url)}")
+        if code != EXIT_OK:
+            failed_json(code)
         raise
+
+
+def status_command(ref: TaskRef, base_url: str | None) -> str:
+    """The ``flux-async status`` command line that checks ``ref`` (BFL's takes the polling URL)."""
+    words = ["flux-async", "status", ref.polling_url or ref.task_id, "--provider", ref.provider]
+    if base_url:
+        words += ["--base-url", base_url]
+    return shlex.join(words)
+
+
+def _ended_for_good(error: BaseException) -> bool:
+    """True when the provider ended the task without an image: no later check can help."""
+    return isinstance(error, TaskError) and not isinstance(error, TaskTimeoutError)
+
+
+def _task_json(provider: str, ref: TaskRef | None, error: BaseException | None = None) -> dict[str, Any]:
+    """The task part of ``generate --json``: what ``flux-async status`` needs to find it."""
+    if ref is None:
+        # An uncertain submission may know the task it created.
+        task_id = getattr(error, "task_id", None) if isinstance(error, SubmissionUncertainError) else None
+        return {"task_id": task_id, "provider": provider, "polling_url": None, "ref": None}
+    return {"task_id": ref.task_id, "provider": provider, "polling_url": ref.polling_url, "ref": ref.to_dict()}
+
+
+def _error_json(error: BaseException | None, code: int) -> dict[str, Any]:
+    if error is None:
+        kind = "Interrupted" if code == EXIT_INTERRUPTED else "Error"
+        return {"kind": kind, "message": "interrupted" if code == EXIT_INTERRUPTED else "the command failed"}
+    message = error.format_message() if isinstance(error, click.ClickException) else str(error)
+    info: dict[str, Any] = {"kind": type(error).__name__, "message": message or type(error).__name__}
+    if isinstance(error, SubmissionUncertainError) and error.client_business_id:
+        info["client_business_id"] = error.client_business_id
+    return info
 
 
 # -- status and upload -------------------------------------------------------------------------
@@ -219,45 +317,21 @@ def upload(
 # -- emulator and demo ---------------------------------------------------------------------------
 
 
-@cli.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
-@click.option(
-    "--scenario", "scenario_text", default=None, metavar="JSON|FILE",
-    help="A Scenario as JSON, or a file holding it (default: healthy, instant jobs).",
-)  # fmt: skip
-@click.option("--json", "json_", is_flag=True, help="Print the address as one JSON line once listening.")
-def emulator(port: int, host: str, scenario_text: str | None, json_: bool) -> None:
-    """Run the local emulator of toapis, apimart and BFL in the foreground (Ctrl-C stops it)."""
-    from ..emulator import DEFAULT_API_KEY, Emulator, Scenario, run_forever
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def emulator(options: tuple[str, ...]) -> None:
+    """Run the local emulator of toapis, apimart and BFL in the foreground (Ctrl-C stops it).
 
-    out = Output.make(quiet=False, json_=json_)
-    scenario = None
-    if scenario_text is not None:
-        try:
-            text = Path(scenario_text).read_text(encoding="utf-8") if os.path.isfile(scenario_text) else scenario_text
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("a scenario is a JSON object")
-            scenario = Scenario.from_dict(data)
-        except (OSError, ValueError, TypeError) as exc:
-            out.error(f"--scenario: {exc}")
-            raise SystemExit(EXIT_USAGE) from None
+    Takes the options of ``python -m flux_async.emulator`` (--port, --host, --scenario, --seed,
+    --key, --any-key, --public-url, --json; see --help) and prints the same things; it works
+    without the cli extra too.
+    """
+    from ..emulator.__main__ import main as emulator_main
 
-    def ready(emu: Emulator) -> None:
-        if json_:
-            click.echo(json.dumps({"url": emu.url, "port": emu.port, "api_key": DEFAULT_API_KEY}))
-            return
-        out.err.print(f"emulator listening on {emu.url} (Ctrl-C stops it)")
-        for name in PROVIDERS:
-            out.err.print(f"  --provider {name:8} --base-url {emu.base_url(name)}")
-        out.err.print(f"  test API key: {DEFAULT_API_KEY}")
-
-    try:
-        run_forever(port, scenario, host=host, on_ready=ready)
-    except OSError as exc:
-        out.error(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-        raise SystemExit(EXIT_FAILED) from None
+    raise SystemExit(emulator_main(list(options), prog="flux-async emulator"))
 
 
 @cli.command()

@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["Counts", "ProgressView", "RunSummary", "summary_json", "summary_table"]
+__all__ = ["Counts", "ProgressView", "RunSummary", "rate_text", "summary_json", "summary_table"]
 
 
 @attrs.define
@@ -92,19 +92,50 @@ class Counts:
         return text
 
 
+#: A rate is shown once this many jobs finished in this run, over at least this many seconds:
+#: before that it is noise (three jobs done in a few milliseconds are not "600 per second").
+_RATE_MIN_JOBS = 5
+_RATE_MIN_SECONDS = 2.0
+
+
+def rate_text(finished: int, elapsed: float | None) -> str | None:
+    """The rate of finished jobs (``12.5/s``, ``40/min``), or None while it would be noise."""
+    if elapsed is None or finished < _RATE_MIN_JOBS or elapsed < _RATE_MIN_SECONDS:
+        return None
+    rate = finished / elapsed
+    if rate >= 1.0:
+        return f"{rate:.1f}/s"
+    per_minute = rate * 60.0
+    return f"{per_minute:.1f}/min" if per_minute < 10 else f"{per_minute:.0f}/min"
+
+
 class _CountsColumn(ProgressColumn):
-    """The counters, the rate of finished jobs and the time left, as one line of text."""
+    """The counters, the rate of finished jobs and the time left, as one line of text.
+
+    The rate is this run's average (jobs finished by this run over the time it has run), the
+    time left that rate applied to what is left; neither is shown while there is too little to
+    go on, and no time left is shown once the batch is stopping (what is left of the file will
+    not be run).
+    """
 
     def render(self, task: Task) -> Text:
         text = Text(str(task.fields.get("counts", "")))
-        speed = task.finished_speed or task.speed
-        if speed:
-            text.append(f" · {speed:.1f}/s", style="progress.data.speed")
-        remaining = task.time_remaining
-        if remaining is not None and not task.finished:
+        finished = int(task.fields.get("finished", 0))
+        rate = rate_text(finished, task.elapsed)
+        if rate is not None:
+            text.append(f" · {rate}", style="progress.data.speed")
+        stopping = bool(task.fields.get("stopping", False))
+        if rate is not None and task.elapsed and not stopping and not task.finished and task.total is not None:
+            remaining = (task.total - task.completed) * task.elapsed / finished
             minutes, seconds = divmod(int(remaining), 60)
-            text.append(f" · ETA {minutes}:{seconds:02d}", style="progress.remaining")
+            hours, minutes = divmod(minutes, 60)
+            left = f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+            text.append(f" · ETA {left}", style="progress.remaining")
         return text
+
+
+def _row_fields(counts: Counts) -> dict[str, Any]:
+    return {"counts": counts.fields(), "finished": counts.finished, "stopping": counts.stopping}
 
 
 class ProgressView:
@@ -119,8 +150,9 @@ class ProgressView:
         self._progress: Progress | None = None
         self._rows: dict[int, tuple[TaskID, Counts]] = {}
         if enabled:
-            # The counters matter more than the bar: narrow terminals get only the counters.
-            wide = console.width >= 110
+            # The counters matter more than the bar: narrow terminals, and output that is not a
+            # terminal at all (a log file), get only the counters.
+            wide = console.is_terminal and console.width >= 110
             columns: list[ProgressColumn | str] = [TextColumn("[bold]{task.description}")]
             if wide:
                 columns.append(BarColumn(bar_width=16))
@@ -148,7 +180,7 @@ class ProgressView:
     ) -> None:
         if self._progress is not None:
             for task_id, counts in self._rows.values():
-                self._progress.update(task_id, completed=counts.completed, counts=counts.fields())
+                self._progress.update(task_id, completed=counts.completed, **_row_fields(counts))
             self._progress.stop()
 
     def add(self, counts: Counts) -> None:
@@ -156,7 +188,7 @@ class ProgressView:
         if self._progress is None:
             return
         task_id = self._progress.add_task(
-            escape(counts.label), total=counts.total, completed=counts.completed, counts=counts.fields()
+            escape(counts.label), total=counts.total, completed=counts.completed, **_row_fields(counts)
         )
         self._rows[id(counts)] = (task_id, counts)
 
@@ -166,7 +198,7 @@ class ProgressView:
             return
         row = self._rows.get(id(counts))
         if row is not None:
-            self._progress.update(row[0], completed=counts.completed, counts=counts.fields())
+            self._progress.update(row[0], completed=counts.completed, **_row_fields(counts))
 
     def note(self, message: str) -> None:
         """A line above the display (suppressed when the display is off)."""
@@ -198,16 +230,23 @@ class RunSummary:
     exit_code: int
 
     @property
-    def requests_per_job(self) -> float:
-        """HTTP requests (submits, polls, uploads, downloads) per job finished in this run."""
+    def requests_per_job(self) -> float | None:
+        """HTTP requests (submits, polls, uploads, downloads) per job finished in this run.
+
+        None when it would mislead: no job finished, or accepted tasks were left unfinished (an
+        interrupted batch): their requests are counted but not their jobs.
+        """
         finished = self.succeeded + self.failed + self.unresolved
-        return self.requests / finished if finished else 0.0
+        if not finished or self.left_accepted:
+            return None
+        return self.requests / finished
 
 
 def summary_json(summary: RunSummary) -> dict[str, Any]:
     """The summary as a JSON-ready dict."""
     out = attrs.asdict(summary)
-    out["requests_per_job"] = round(summary.requests_per_job, 3)
+    per_job = summary.requests_per_job
+    out["requests_per_job"] = None if per_job is None else round(per_job, 3)
     out["wall_time"] = round(summary.wall_time, 3)
     return out
 
@@ -236,7 +275,12 @@ def summary_table(summary: RunSummary, *, title: str = "batch summary") -> Table
         table.add_row("accepted, not collected", f"{summary.left_accepted} (--resume re-attaches them)")
     if summary.not_submitted:
         table.add_row("not submitted", f"{summary.not_submitted} (--resume submits them)")
-    table.add_row("requests per job", f"{summary.requests_per_job:.2f}  ({summary.requests} requests)")
+    per_job = summary.requests_per_job
+    if per_job is not None:
+        table.add_row("requests per job", f"{per_job:.2f}  ({summary.requests} requests)")
+    else:
+        why = "jobs left unfinished" if summary.left_accepted else "no job finished"
+        table.add_row("requests per job", f"- ({why}; {summary.requests} requests)")
     table.add_row("retries", str(summary.retries))
     table.add_row("429 answers", str(summary.rate_limited))
     table.add_row("wall time", f"{summary.wall_time:.1f} s")

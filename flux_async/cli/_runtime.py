@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -35,12 +36,14 @@ __all__ = [
     "Interrupts",
     "Output",
     "Run",
+    "console",
     "execute",
     "exit_on_error",
     "fail",
     "library_log",
     "report",
     "run_command",
+    "sole_error",
     "summarize",
 ]
 
@@ -63,6 +66,20 @@ def fail(message: str, code: int) -> NoReturn:
     raise CommandError(message, code)
 
 
+#: The width given to output that is not a terminal (a pipe, a log file): wide enough that no
+#: line of ours is wrapped, which would split one record over several lines.
+_UNWRAPPED_WIDTH = 512
+
+
+def console(*, stderr: bool) -> Console:
+    """A rich console on stdout or stderr. Off a terminal, with no ``COLUMNS`` set, lines are
+    not wrapped at the default 80 columns."""
+    made = Console(stderr=stderr, highlight=False)
+    if not made.is_terminal and "COLUMNS" not in os.environ:
+        made = Console(stderr=stderr, highlight=False, width=_UNWRAPPED_WIDTH)
+    return made
+
+
 @attrs.define
 class Output:
     """Where a command writes: stdout for data, stderr for people."""
@@ -74,7 +91,7 @@ class Output:
     @classmethod
     def make(cls, *, quiet: bool, json_: bool) -> Output:
         """Consoles are made per command so they bind the streams of that invocation."""
-        return cls(quiet=quiet, json=json_, err=Console(stderr=True, highlight=False))
+        return cls(quiet=quiet, json=json_, err=console(stderr=True))
 
     @property
     def interactive(self) -> bool:
@@ -102,7 +119,13 @@ def library_log(output: Output, verbose: int) -> Iterator[None]:
     (debug). The logger is put back as it was afterwards (the command may run in-process)."""
     logger = logging.getLogger("flux_async")
     saved = (logger.level, logger.propagate)
-    handler = RichHandler(console=output.err, show_path=False)
+    handler: logging.Handler
+    if output.err.is_terminal:
+        handler = RichHandler(console=output.err, show_path=False)
+    else:
+        # A log file gets one plain line per record.
+        handler = logging.StreamHandler(output.err.file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.setLevel(logging.ERROR if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
     logger.propagate = False
     logger.addHandler(handler)
@@ -114,7 +137,7 @@ def library_log(output: Output, verbose: int) -> Iterator[None]:
         logger.propagate = saved[1]
 
 
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The one error inside (possibly nested) groups, or None when there are several."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]
@@ -135,7 +158,7 @@ def exit_on_error(output: Output) -> Iterator[None]:
             yield
         except BaseExceptionGroup as group:
             # A task group may wrap the one error that ended a command: report that error.
-            sole = _sole_error(group)
+            sole = sole_error(group)
             if sole is None:
                 raise
             raise sole from None
@@ -335,4 +358,4 @@ def report(out: Output, summary: RunSummary, runs: Sequence[Run], *, title: str,
     if out.json:
         out.data({**summary_json(summary), **(extra or {})})
     elif not out.quiet:
-        Console(highlight=False).print(summary_table(summary, title=title))
+        console(stderr=False).print(summary_table(summary, title=title))
