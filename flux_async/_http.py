@@ -2,7 +2,8 @@
 
 Pure values: no I/O and no aiohttp. A codec builds an :class:`HttpRequest` and parses an
 :class:`HttpResponse`; only ``transport.py`` turns them into real traffic. The ``repr`` of a
-request never shows credentials.
+request never shows credentials, and :func:`redact_headers` / :func:`redact_url` make headers
+and URLs fit to show in errors and logs.
 """
 
 from __future__ import annotations
@@ -12,10 +13,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
-__all__ = ["SENSITIVE_HEADERS", "FormField", "HttpRequest", "HttpResponse", "redact_headers"]
+__all__ = [
+    "SENSITIVE_HEADERS",
+    "FormField",
+    "HttpRequest",
+    "HttpResponse",
+    "redact_headers",
+    "redact_url",
+]
 
 #: Header names (lower case) whose values are secrets and never shown.
 SENSITIVE_HEADERS = frozenset({"authorization", "x-key", "proxy-authorization", "cookie"})
@@ -24,6 +33,25 @@ SENSITIVE_HEADERS = frozenset({"authorization", "x-key", "proxy-authorization", 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of ``headers`` with every credential replaced by ``"<redacted>"``."""
     return {k: ("<redacted>" if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+
+
+#: Query parameters whose values may be shown: task ids, never signatures or tokens.
+_SHOWN_QUERY = frozenset({"id", "language"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log: no user info, and every query value replaced by ``<redacted>``
+    but a task id (``?id=`` of BFL's polling URL), since a signed result URL carries its
+    signature there."""
+    parts = urlsplit(url)
+    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    if not parts.query:
+        return shown
+    query = "&".join(
+        f"{name}={value if name in _SHOWN_QUERY else '<redacted>'}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return f"{shown}?{query}"
 
 
 def _freeze_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:

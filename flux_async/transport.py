@@ -5,14 +5,21 @@ This is the only client-side module that imports aiohttp. It owns the ``ClientSe
 exceptions become :class:`~flux_async.errors.TransportError`, and the download safety checks
 (scheme, redirects, byte cap, magic bytes, atomic files). It must not import the session, the
 scheduler or the codecs.
+
+With the ``flux_async.transport`` logger at DEBUG, every request is logged once it ends: method,
+URL (credentials and query values redacted: a signed result URL carries its signature there),
+status or failure, time taken; a finished download is logged at INFO. Keys travel only in
+headers, which are never logged. With DEBUG off a request costs one level check and nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -22,7 +29,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import attrs
 
-from ._http import HttpRequest, HttpResponse
+from ._http import HttpRequest, HttpResponse, redact_url
 from .errors import DownloadError, ResultExpiredError, TransportError, TransportTimeout
 
 __all__ = [
@@ -35,6 +42,9 @@ __all__ = [
 
 #: Largest API (JSON) response body read into memory; anything larger is a protocol fault.
 MAX_API_BODY = 16 * 1024 * 1024
+
+_log = logging.getLogger("flux_async.transport")
+_DEBUG = logging.DEBUG
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, "png"),
@@ -189,6 +199,8 @@ class AiohttpTransport:
             kwargs["data"] = form
         self._requests += 1
         client = self._session or self._client()
+        debug = _log.isEnabledFor(_DEBUG)
+        started = time.monotonic() if debug else 0.0
         try:
             async with client.request(request.method, url, **kwargs) as resp:  # type: ignore[arg-type]
                 length = resp.content_length
@@ -200,6 +212,11 @@ class AiohttpTransport:
                     body = await resp.read()
                 else:
                     body = await _read_bounded(resp, request.method, url)
+                if debug:
+                    _log.debug(
+                        "%s %s -> %d (%.0f ms, %d bytes)", request.method, redact_url(url),
+                        resp.status, (time.monotonic() - started) * 1000, len(body),
+                    )
                 return HttpResponse(
                     status=resp.status,
                     # aiohttp's read-only multidict, wrapped rather than copied: most responses
@@ -208,12 +225,17 @@ class AiohttpTransport:
                     body=body,
                     received_at=datetime.now(UTC),
                 )
-        except TransportError:
+        except TransportError as exc:
             self._errors += 1
+            if debug:
+                _log_failure(request.method, url, started, exc)
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._errors += 1
-            raise _map_exception(exc, f"{request.method} {_path(url)}") from exc
+            mapped = _map_exception(exc, f"{request.method} {_path(url)}")
+            if debug:
+                _log_failure(request.method, url, started, mapped)
+            raise mapped from exc
 
     async def download(
         self, url: str, dest: Path | None, *, limits: DownloadLimits, expires_at: datetime | None = None
@@ -232,11 +254,18 @@ class AiohttpTransport:
         timeout = aiohttp.ClientTimeout(
             total=limits.timeout, sock_connect=self._connect_timeout, sock_read=self._read_timeout
         )
+        debug = _log.isEnabledFor(_DEBUG)
         for _hop in range(limits.max_redirects + 1):
             _check_scheme(current)
             self._requests += 1
+            started = time.monotonic() if debug else 0.0
             try:
                 async with self._client().get(current, allow_redirects=False, timeout=timeout) as resp:
+                    if debug:
+                        _log.debug(
+                            "GET %s -> %d (%.0f ms to the headers)", redact_url(current),
+                            resp.status, (time.monotonic() - started) * 1000,
+                        )
                     if resp.status in (301, 302, 303, 307, 308):
                         location = resp.headers.get("Location")
                         if not location:
@@ -257,7 +286,10 @@ class AiohttpTransport:
                     return await self._stream(resp, dest, limits, current)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 self._errors += 1
-                raise DownloadError(str(_map_exception(exc, "download")), url=_path(current)) from exc
+                mapped = _map_exception(exc, "download")
+                if debug:
+                    _log_failure("GET", current, started, mapped)
+                raise DownloadError(str(mapped), url=_path(current)) from exc
         raise DownloadError(f"more than {limits.max_redirects} redirects", url=_path(url))
 
     async def _stream(
@@ -297,6 +329,7 @@ class AiohttpTransport:
             self._downloads += 1
             self._bytes += size
             if dest is None:
+                _log.info("downloaded %s: %d bytes of %s", redact_url(url), size, ext)
                 return b"".join(chunks), ext
             assert tmp_fd is not None
             assert tmp_path is not None
@@ -305,6 +338,7 @@ class AiohttpTransport:
             final = dest.with_suffix("." + ext)
             os.replace(tmp_path, final)
             tmp_path = None
+            _log.info("downloaded %s to %s (%d bytes)", redact_url(url), final, size)
             return final, ext
         finally:
             if tmp_fd is not None:
@@ -340,9 +374,16 @@ class AiohttpTransport:
 
 
 def _path(url: str) -> str:
-    """A URL without its query string (signed URLs carry credentials in the query)."""
+    """A URL without its query string (signed URLs carry credentials in the query) or user info."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _log_failure(method: str, url: str, started: float, error: BaseException) -> None:
+    _log.debug(
+        "%s %s failed after %.0f ms: %s", method, redact_url(url),
+        (time.monotonic() - started) * 1000, error,
+    )
 
 
 def _create_part_file(directory: Path) -> tuple[int, str]:

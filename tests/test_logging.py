@@ -1,0 +1,130 @@
+"""Logging worth turning on: DEBUG names each request (method, redacted URL, status, time), INFO
+each finished download, and ``-v`` / ``-vv`` show them on the command line. No key, no URL
+signature, ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flux_async import GenerationRequest, TransportError
+from flux_async._http import redact_url
+from flux_async.cli._app import cli
+from flux_async.emulator import Emulator, EmulatorProcess, Scenario
+from flux_async.retry import RetryPolicy
+from flux_async.session import Session
+
+SENTINEL = "sk-secret-SENTINEL-logging-7c1e0d"
+KEY_VARS = ("TOAPIS_API_KEY", "APIMART_API_KEY", "BFL_API_KEY", "FLUX_ASYNC_API_KEY",
+            "FLUX_ASYNC_BASE_URL", "FLUX_ASYNC_PROVIDER")
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level and r.name.startswith("flux_async")]
+
+
+def test_redact_url_keeps_the_task_id_and_nothing_secret() -> None:
+    assert redact_url("https://api.us1.bfl.ai/v1/get_result?id=abc-123") == (
+        "https://api.us1.bfl.ai/v1/get_result?id=abc-123"
+    )
+    assert redact_url("https://delivery.bfl.ai/x/sample.jpg?se=1700000000&sig=deadbeef") == (
+        "https://delivery.bfl.ai/x/sample.jpg?se=<redacted>&sig=<redacted>"
+    )
+    assert redact_url("http://user:pw@127.0.0.1:8080/toapis/v1/images/generations") == (
+        "http://127.0.0.1:8080/toapis/v1/images/generations"
+    )
+
+
+@pytest.mark.anyio
+async def test_debug_logs_every_request_and_info_every_download(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flux_async")
+    async with (
+        Emulator(Scenario(api_keys=(SENTINEL,))) as emu,
+        Session("bfl", api_key=SENTINEL, base_url=emu.base_url("bfl")) as session,
+    ):
+        job = await session.submit(GenerationRequest(model="flux-kontext-pro", prompt="a fox"))
+        result = await job.result()
+        await session.download(result.images[0], tmp_path / "fox.img")
+    debug = messages(caplog, logging.DEBUG)
+    submit = [m for m in debug if m.startswith("POST ")]
+    assert len(submit) == 1
+    assert re.fullmatch(r"POST http://127\.0\.0\.1:\d+/bfl/v1/flux-kontext-pro -> 200 \(\d+ ms, \d+ bytes\)", submit[0])
+    polls = [m for m in debug if "/get_result?id=" in m]
+    assert polls
+    assert all(f"?id={job.task_id} -> 200" in m for m in polls)
+    [download] = [m for m in debug if "/files/bfl/" in m]
+    assert "se=<redacted>&sig=<redacted> -> 200" in download
+    [saved] = messages(caplog, logging.INFO)
+    assert "fox.jpg" in saved or "fox.png" in saved
+    signature = result.images[0].url.rpartition("sig=")[2]
+    for record in caplog.records:
+        text = record.getMessage()
+        assert SENTINEL not in text
+        assert signature not in text
+
+
+@pytest.mark.anyio
+async def test_a_failed_request_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="flux_async")
+    async with Emulator() as emu:
+        dead = emu.url  # nothing listens there once the emulator has stopped
+    retry = RetryPolicy(max_attempts=1)
+    async with Session("toapis", api_key=SENTINEL, base_url=dead + "/toapis", retry_policy=retry) as session:
+        with pytest.raises(TransportError):
+            await session.get_task("task_img_1")
+    [failure] = [m for m in messages(caplog, logging.DEBUG) if "failed after" in m]
+    assert failure.startswith(f"GET {dead}/toapis/v1/images/generations/task_img_1 failed after ")
+    assert "could not connect" in failure
+
+
+@pytest.mark.anyio
+async def test_without_debug_nothing_is_logged_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="flux_async")
+    async with (
+        Emulator() as emu,
+        Session("toapis", api_key="emulator-test-key", base_url=emu.base_url("toapis")) as session,
+    ):
+        await session.generate(model="flux-kontext-pro", prompt="a fox")
+    assert messages(caplog, logging.DEBUG) == []
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[EmulatorProcess]:
+    with EmulatorProcess(Scenario(api_keys=(SENTINEL,))) as emulator:
+        yield emulator
+
+
+@pytest.mark.parametrize(("flag", "requests_shown"), [("-v", False), ("-vv", True)])
+def test_verbose_flags_show_info_then_debug(
+    emu: EmulatorProcess, tmp_path: Path, flag: str, requests_shown: bool
+) -> None:
+    env: dict[str, str | None] = dict.fromkeys(KEY_VARS)
+    args = ["generate", "a fox", "-o", str(tmp_path), "--base-url", emu.base_url("toapis"),
+            "--api-key", SENTINEL, flag]
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    log = result.stderr
+    assert "INFO flux_async.cli: task task_img_" in log
+    assert "INFO flux_async.transport: downloaded http://127.0.0.1:" in log
+    assert ("DEBUG flux_async.transport: POST http://127.0.0.1:" in log) is requests_shown
+    assert SENTINEL not in result.output
+
+
+def test_without_a_flag_the_log_is_quiet(emu: EmulatorProcess, tmp_path: Path) -> None:
+    env: dict[str, str | None] = dict.fromkeys(KEY_VARS)
+    args = ["generate", "a fox", "-o", str(tmp_path), "--base-url", emu.base_url("toapis"),
+            "--api-key", SENTINEL]
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "flux_async." not in result.stderr
