@@ -318,7 +318,7 @@ class Submitter:
         started = ctx.now()
         try:
             while True:
-                http = codec.build_submit(request, client_business_id=cbid)
+                http = codec.build_submit(request, client_business_id=cbid, idempotency_key=key)
                 counts["submit_attempts"] += 1
                 if attempt == 0:
                     ctx.budget.record_request()

@@ -529,3 +529,13 @@ def test_every_sample_is_used() -> None:
         "upload_ok.json",
     }
     assert used == {p.name for p in SAMPLES.glob("*.json")}
+
+
+def test_an_idempotency_key_travels_in_the_documented_header_and_nowhere_else(codec: ApimartCodec) -> None:
+    request = GenerationRequest(model="flux-kontext-pro", prompt="a fox")
+    plain = codec.build_submit(request)
+    keyed = codec.build_submit(request, idempotency_key="batch-7")
+    assert dict(keyed.headers) == {**HEADERS, "Idempotency-Key": "batch-7"}
+    assert keyed.json == plain.json  # the body does not change
+    assert "Idempotency-Key" not in plain.headers
+    assert "Idempotency-Key" not in codec.build_poll(TaskRef(provider="apimart", task_id="t")).headers

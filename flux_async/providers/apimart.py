@@ -178,15 +178,22 @@ class ApimartCodec(BaseCodec):
     _readers = MappingProxyType({_Poll: _read_poll})
 
     def build_submit(
-        self, request: GenerationRequest, *, client_business_id: str | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        client_business_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> HttpRequest:
-        """``POST /v1/images/generations`` with the request's set fields, options at top level."""
+        """``POST /v1/images/generations`` with the request's set fields, options at top level;
+        ``idempotency_key`` goes in the ``Idempotency-Key`` header apimart documents for some
+        models (unconfirmed for Kontext: a courtesy, never relied on)."""
         body, options = aggregator_fields(request, provider=self.name)
         body.update(options)
         merge_extra(body, request.extra)
-        return HttpRequest(
-            method="POST", url="/v1/images/generations", headers=self._headers(), json=body
-        )
+        headers = self._headers()
+        if idempotency_key is not None:
+            headers = {**headers, "Idempotency-Key": idempotency_key}
+        return HttpRequest(method="POST", url="/v1/images/generations", headers=headers, json=body)
 
     def parse_submit(self, response: HttpResponse, *, model: str) -> TaskRef:
         """The task from a submit response (``data[0].task_id``; ``data`` a list or an object)."""

@@ -33,10 +33,17 @@ class Codec(Protocol):
     supports_client_business_id: bool
 
     def build_submit(
-        self, request: GenerationRequest, *, client_business_id: str | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        client_business_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> HttpRequest:
         """The POST that creates a task. ``request`` is already validated and defaulted by the
-        catalog; its ``images`` are URL strings (or bytes on BFL, inlined as base64)."""
+        catalog; its ``images`` are URL strings (or bytes on BFL, inlined as base64).
+        ``client_business_id`` is what a later lookup finds the task by (toapis);
+        ``idempotency_key`` is sent where the provider documents a header for it (apimart), as a
+        courtesy: nothing relies on the provider honouring it."""
         ...
 
     def parse_submit(self, response: HttpResponse, *, model: str) -> TaskRef:

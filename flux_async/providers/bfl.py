@@ -174,7 +174,11 @@ class BflCodec(BaseCodec):
         return {"x-key": self.api_key}
 
     def build_submit(
-        self, request: GenerationRequest, *, client_business_id: str | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        client_business_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> HttpRequest:
         """``POST /v1/{model}`` with the request's set fields (``client_business_id`` is not
         supported by BFL and is ignored)."""

@@ -139,7 +139,11 @@ class ToapisCodec(BaseCodec):
     _readers = MappingProxyType({_Task: _read_task})
 
     def build_submit(
-        self, request: GenerationRequest, *, client_business_id: str | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        client_business_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> HttpRequest:
         """``POST /v1/images/generations`` with the request's set fields."""
         body, options = aggregator_fields(request, provider=self.name)
