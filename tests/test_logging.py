@@ -1,6 +1,6 @@
-"""Logging worth turning on: DEBUG names each request (method, redacted URL, status, time), INFO
-each finished download, and ``-v`` / ``-vv`` show them on the command line. No key, no URL
-signature, ever.
+"""Logging worth turning on: DEBUG names each request (method, redacted URL, status, time) and,
+on the command line, sums up the scheduler's work every few seconds; INFO names each finished
+download; ``-v`` / ``-vv`` show them. No key, no URL signature, ever.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 from click.testing import CliRunner
 
-from flux_async import GenerationRequest, TransportError
+from flux_async import GenerationRequest, SessionStatistics, TransportError
 from flux_async._http import redact_url
 from flux_async.cli._app import cli
+from flux_async.cli._statslog import log_scheduling
 from flux_async.emulator import Emulator, EmulatorProcess, Scenario
 from flux_async.retry import RetryPolicy
 from flux_async.session import Session
@@ -128,3 +130,61 @@ def test_without_a_flag_the_log_is_quiet(emu: EmulatorProcess, tmp_path: Path) -
     result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "flux_async." not in result.stderr
+
+
+# -- the scheduler, in aggregate -------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+def _snapshot(polls: int, finished: int, retries: int = 0, limited: int = 0) -> SessionStatistics:
+    fields = {f.name: 0 for f in attrs.fields(SessionStatistics) if f.default is attrs.NOTHING}
+    fields.update(
+        provider="toapis", outstanding_tasks=(), abandoned_tasks=(), polls_per_finished_task=1.5,
+        outstanding=7, active_tasks=7, polls_sent=polls, succeeded=finished, poll_retries=retries,
+        rate_limited=limited,
+    )
+    return SessionStatistics(**fields)
+
+
+class _FakeSession:
+    def __init__(self, *snapshots: SessionStatistics) -> None:
+        self.snapshots = list(snapshots)
+
+    def statistics(self) -> SessionStatistics:
+        return self.snapshots.pop(0)
+
+
+@pytest.mark.anyio
+async def test_the_schedulers_work_is_logged_in_aggregate(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="flux_async")
+    session = _FakeSession(_snapshot(0, 0), _snapshot(10, 2, retries=1), _snapshot(14, 5, retries=1, limited=2))
+    times = iter([100.0, 105.0, 110.0])
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        await log_scheduling([session], every=5.0, sleep=sleep, clock=lambda: next(times))  # type: ignore[list-item]
+    assert [r.getMessage() for r in caplog.records if r.name == "flux_async.scheduler"] == [
+        "toapis: 7 task(s) watched, 7 active; last 5.0 s: 10 poll(s) (2.0/s), 2 finished, "
+        "1 poll retry, 0 answered 429; 1.50 polls per finished task so far",
+        "toapis: 7 task(s) watched, 7 active; last 5.0 s: 4 poll(s) (0.8/s), 3 finished, "
+        "0 poll retries, 2 answered 429; 1.50 polls per finished task so far",
+    ]
+
+
+@pytest.mark.anyio
+async def test_without_debug_the_scheduling_log_costs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="flux_async")
+    session = _FakeSession()  # any statistics() call would fail: there is none to give
+
+    async def sleep(seconds: float) -> None:
+        raise AssertionError("no timer is set")
+
+    await log_scheduling([session], sleep=sleep)  # type: ignore[list-item]

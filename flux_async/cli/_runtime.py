@@ -26,6 +26,7 @@ from rich.logging import RichHandler
 from ._api import ConfigurationError, FluxError, SessionStatistics, ValidationError
 from ._batch import BatchRunner
 from ._display import Counts, RunSummary, summary_json, summary_table
+from ._statslog import log_scheduling
 
 __all__ = [
     "EXIT_FAILED",
@@ -213,6 +214,8 @@ async def execute(runners: Sequence[BatchRunner], out: Output) -> Interrupts:
         async with anyio.create_task_group() as tg:
             # Started (the handler installed) before the first request can be sent.
             await tg.start(_watch_interrupts, runners, everything, flags, out)
+            # The scheduler's work in aggregate, with -vv (returns at once otherwise).
+            tg.start_soon(log_scheduling, [runner.session for runner in runners])
             async with anyio.create_task_group() as work:
                 for runner in runners:
                     work.start_soon(runner.run)
