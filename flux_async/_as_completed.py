@@ -211,7 +211,7 @@ class Batch:
             self.scope.cancel()
         if self.waiting:
             for job in self.waiting.values():
-                self.session._abandon(job.ref)
+                self.session._jobs.abandon(job.ref)
             logger.warning(
                 "batch left early with %d accepted task(s) not delivered: %s%s "
                 "(listed in statistics().abandoned_tasks; resume them by ref)",
@@ -247,7 +247,7 @@ class Batch:
             self.waiting[job.ref.task_id] = job
             if self.stopped:
                 # A POST that was already on the wire when the consumer left.
-                self.session._abandon(job.ref)
+                self.session._jobs.abandon(job.ref)
             job._add_listener(lambda done: self.job_done(done, index))
             if self.on_submit is not None:
                 try:
@@ -260,7 +260,7 @@ class Batch:
     def job_done(self, job: Job, index: int) -> None:
         if self.stopped:
             if job.ref.task_id in self.waiting:
-                self.session._abandon(job.ref)
+                self.session._jobs.abandon(job.ref)
             return
         if job._error is None and self.download_to is not None and self.tg is not None:
             self.tg.start_soon(self._download, index, job)
@@ -287,7 +287,7 @@ class Batch:
         if not self.outbox.put(outcome):
             job = self.waiting.get(outcome.task_id) if outcome.task_id is not None else None
             if job is not None:
-                self.session._abandon(job.ref)
+                self.session._jobs.abandon(job.ref)
         self.pending -= 1
         if self.pending == 0 and self.input_done:
             self.all_done.set()

@@ -1,9 +1,9 @@
 """``Job``: one accepted task as its caller sees it, and the error a terminal state stands for.
 
 A job is woken once, by the scheduler's ``on_done`` through :meth:`Job._on_done`, and then tells
-its session and its listeners. It holds no coroutine while it waits. Imports values, errors and
-anyio's event only: never the transport, the scheduler or the codecs; the session is known to it
-only as the owner it reports to.
+its owner (the session's :class:`~flux_async._jobs.Jobs`) and its listeners. It holds no
+coroutine while it waits. Imports values, errors and anyio's event only: never the transport, the
+scheduler or the codecs; its owner is known to it only as what it reports to.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .errors import ModerationError, TaskFailedError, TaskNotFoundError
 from .models import GenerationRequest, GenerationResult, TaskRef, TaskState, TaskStatus
 
 if TYPE_CHECKING:
-    from .session import Session
+    from ._jobs import Jobs
 
 __all__ = ["Job"]
 
@@ -28,15 +28,15 @@ class Job:
     A waiting job is a few slots: its wake-up event exists only once somebody waits on it.
     """
 
-    __slots__ = ("_done", "_error", "_event", "_listeners", "_session", "_state", "key", "ref", "request")
+    __slots__ = ("_done", "_error", "_event", "_listeners", "_owner", "_state", "key", "ref", "request")
 
     def __init__(
-        self, ref: TaskRef, request: GenerationRequest | None, session: Session, key: str | None = None
+        self, ref: TaskRef, request: GenerationRequest | None, owner: Jobs, key: str | None = None
     ) -> None:
         self.ref = ref
         self.request = request
         self.key = key  # the ledger's idempotency key (None for a task resumed by ref alone)
-        self._session: Session | None = session
+        self._owner: Jobs | None = owner
         self._done = False
         self._event: anyio.Event | None = None
         self._state: TaskState | None = None
@@ -105,9 +105,9 @@ class Job:
             self._state = value
             self._error = _error_for_state(value)
         self._done = True
-        session, self._session = self._session, None
-        if session is not None:
-            session._job_finished(self)
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.finished(self)
         if self._event is not None:
             self._event.set()
         listeners, self._listeners = self._listeners, None

@@ -36,17 +36,14 @@ from ._as_completed import Batch, Outbox
 from ._config import API_KEY_ENV, Limits, SessionStatistics, resolve_api_key
 from ._context import NOT_OPEN, Context
 from ._job import Job
-from ._submit import Submitter, active_limiter, request_digest
+from ._jobs import Jobs, coerce_ref
+from ._submit import Submitter, active_limiter
 from ._uploads import Uploads
 from .errors import (
     AuthenticationError,
     ConfigurationError,
     InsufficientCreditsError,
     LedgerError,
-    ModerationError,
-    SubmissionUncertainError,
-    TaskFailedError,
-    TaskNotFoundError,
 )
 from .ledger import Ledger, MemoryLedger
 from .models import (
@@ -67,12 +64,6 @@ __all__ = ["API_KEY_ENV", "Job", "Limits", "Session", "SessionStatistics"]
 logger = logging.getLogger("flux_async")
 
 _FATAL = (AuthenticationError, InsufficientCreditsError, LedgerError)
-#: Errors that end a task for good at the provider: its ledger entry is settled.
-_ENDED_AT_THE_PROVIDER = (TaskFailedError, ModerationError, TaskNotFoundError)
-
-
-class _CallerGoneError(Exception):
-    """The caller of :meth:`Session.submit` left before its request was sent."""
 
 
 class Session:
@@ -124,15 +115,20 @@ class Session:
         self.ledger: Ledger = MemoryLedger() if ledger is None else ledger
         self._submitter = Submitter(ctx, self.ledger, resubmit_in_doubt=resubmit_in_doubt)
         self._uploads = Uploads(ctx)
-        self._limiter = active_limiter(provider, self.limits)
-        self._submit_slots = anyio.Semaphore(self.limits.max_concurrent_submits)
+        self._jobs = Jobs(
+            ctx,
+            self._scheduler,
+            self.limits,
+            self.ledger,
+            self._submitter,
+            self._uploads,
+            active_limiter(provider, self.limits),
+        )
         self._download_slots = anyio.Semaphore(self.limits.max_concurrent_downloads)
         self._download_limits = DownloadLimits(
             max_bytes=self.limits.max_download_bytes, max_redirects=self.limits.max_redirects
         )
         self._tg: TaskGroup | None = None
-        self._jobs: dict[str, Job] = {}
-        self._abandoned: dict[str, TaskRef] = {}
         self._batches: set[Batch] = set()
 
     def __repr__(self) -> str:
@@ -177,7 +173,7 @@ class Session:
             left = self._scheduler.outstanding()
             if left:
                 for ref in left:
-                    self._abandoned[ref.task_id] = ref
+                    self._jobs.abandon(ref)
                 shown = ", ".join(ref.task_id for ref in left[:20])
                 more = f" and {len(left) - 20} more" if len(left) > 20 else ""
                 logger.warning(
@@ -217,7 +213,7 @@ class Session:
             return await job.result()
         except anyio.get_cancelled_exc_class():
             # The caller gave up, the paid task runs on: keep it listed (resume it by ref).
-            self._abandon(job.ref)
+            self._jobs.abandon(job.ref)
             raise
 
     async def submit(self, request: GenerationRequest) -> Job:
@@ -232,109 +228,14 @@ class Session:
         tg = self._task_group()
         checked = catalog.validate(request, self.provider)
         handover: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        tg.start_soon(self._submit_for, request, checked, handover)
+        tg.start_soon(self._jobs.submit_for, request, checked, handover)
         return await handover
-
-    async def _submit_for(
-        self, request: GenerationRequest, checked: GenerationRequest, handover: asyncio.Future[Job]
-    ) -> None:
-        """:meth:`submit`'s work, owned by the session; ``handover`` is done early only when
-        the caller left (cancelled)."""
-        try:
-            job = await self._submit_checked(request, checked, on_accept=None, gone=handover.done)
-        except _CallerGoneError:
-            return
-        except Exception as exc:
-            if not handover.done():
-                handover.set_exception(exc)
-            return
-        except BaseException:
-            if not handover.done():  # the session is closing: nothing was sent
-                handover.set_exception(RuntimeError("the session closed before the job was submitted"))
-            raise
-        if handover.done():
-            self._abandon(job.ref)  # the caller left while the POST was on the wire
-        else:
-            handover.set_result(job)
 
     async def _submit(self, request: GenerationRequest, *, on_accept: Callable[[Job], None] | None) -> Job:
         """Validate and submit, in the calling task (a batch's submitter, owned by the session)."""
         self._task_group()
         checked = catalog.validate(request, self.provider)
-        return await self._submit_checked(request, checked, on_accept=on_accept)
-
-    async def _submit_checked(
-        self,
-        request: GenerationRequest,
-        checked: GenerationRequest,
-        *,
-        on_accept: Callable[[Job], None] | None,
-        gone: Callable[[], bool] | None = None,
-    ) -> Job:
-        key = checked.idempotency_key
-        digest = ""
-        if key is None:
-            # 128 random bits in hex, like uuid4().hex, without building a UUID object.
-            key = os.urandom(16).hex()
-        else:
-            digest = request_digest(checked)
-            known = await self._submitter.existing(checked, digest)
-            if known is not None:
-                self._counts["deduplicated"] += 1
-                return self._attach(known, request, key, on_accept)
-        slots = self._submit_slots
-        try:
-            slots.acquire_nowait()  # no trip through the event loop when a slot is free
-        except anyio.WouldBlock:
-            await slots.acquire()
-        try:
-            if checked.images:
-                checked = await self._uploads.prepare_images(checked)
-            model = checked.model
-            limiter = self._limiter
-            if limiter is not None:
-                await limiter.acquire(model)
-            try:
-                if gone is not None and gone():
-                    raise _CallerGoneError  # nothing sent, nothing written
-                ref, fresh = await self._submitter.submit(checked, key, digest)
-            except BaseException:
-                if limiter is not None:
-                    limiter.release(model)
-                raise
-            if not fresh:
-                if limiter is not None:
-                    limiter.release(model)
-                self._counts["deduplicated"] += 1
-                return self._attach(ref, request, key, on_accept)
-            # No checkpoint between acceptance and registration: a cancelled caller cannot
-            # lose a task that was paid for.
-            job = Job(ref, request, self, key)
-            self._counts["submitted"] += 1
-            if on_accept is not None:
-                on_accept(job)
-            self._watch(job, initial=None)
-            return job
-        finally:
-            slots.release()
-
-    def _attach(
-        self,
-        ref: TaskRef,
-        request: GenerationRequest | None,
-        key: str | None,
-        on_accept: Callable[[Job], None] | None,
-    ) -> Job:
-        """The job of a task the key already has: the one watched here, or a re-attached one."""
-        job = self._jobs.get(ref.task_id)
-        if job is None:
-            job = Job(ref, request, self, key)
-            if self._limiter is not None:
-                self._limiter.force(ref.model or "")
-            self._watch(job, initial=None)
-        if on_accept is not None:
-            on_accept(job)
-        return job
+        return await self._jobs.submit(request, checked, on_accept=on_accept)
 
     async def wait_submits(self) -> None:
         """Wait until no submit of this session is on the wire: every POST sent has been
@@ -357,19 +258,7 @@ class Session:
         ``resubmit_in_doubt=True``. Never sends a submit.
         """
         self._task_group()
-        jobs: list[Job] = []
-        for entry in self.ledger.unsettled():
-            if entry.provider != self.provider or self._submitter.in_flight(entry.key):
-                continue
-            ref = entry.ref
-            if ref is None:
-                try:
-                    ref = await self._submitter.recover_intent(entry)
-                except SubmissionUncertainError:
-                    continue  # still in doubt: listed in statistics()
-            if ref is not None:
-                jobs.append(self._attach(ref, None, entry.key, None))
-        return jobs
+        return await self._jobs.recover()
 
     def resume(self, ref: TaskRef | str) -> Job:
         """Re-attach to a task submitted earlier (by this or another session); never resubmits.
@@ -378,57 +267,12 @@ class Session:
         ``polling_url`` itself), because its poll URL cannot be rebuilt from the id.
         """
         self._task_group()
-        ref = self._coerce_ref(ref)
-        existing = self._jobs.get(ref.task_id)
-        if existing is not None:
-            return existing
-        job = Job(ref, None, self)
-        if self._limiter is not None:
-            self._limiter.force(ref.model or "")
-        self._watch(job, initial=None)
-        return job
+        return self._jobs.attach(coerce_ref(self.provider, ref), None, None)
 
     async def get_task(self, ref: TaskRef | str) -> TaskState:
         """One status check of a task (retried on transient failures)."""
-        ref = self._coerce_ref(ref)
+        ref = coerce_ref(self.provider, ref)
         return await self._ctx.idempotent(lambda: self._ctx.poll(ref))
-
-    def _coerce_ref(self, ref: TaskRef | str) -> TaskRef:
-        if isinstance(ref, TaskRef):
-            if ref.provider != self.provider:
-                raise ConfigurationError(f"task {ref.task_id} belongs to {ref.provider!r}, not {self.provider!r}")
-            return ref
-        if self.provider == "bfl":
-            if ref.startswith(("http://", "https://")) and "id=" in ref:
-                task_id = ref.split("id=", 1)[1].split("&", 1)[0]
-                return TaskRef(provider="bfl", task_id=task_id, polling_url=ref)
-            raise ConfigurationError(
-                "a BFL task needs its polling_url: pass the TaskRef (job.ref) or the polling_url itself"
-            )
-        return TaskRef(provider=self.provider, task_id=ref)
-
-    # -- submission ----------------------------------------------------------------------------
-
-    def _watch(self, job: Job, *, initial: TaskState | None) -> None:
-        self._jobs[job.ref.task_id] = job
-        deadline = None
-        if self.limits.job_timeout is not None:
-            deadline = self._ctx.now() + self.limits.job_timeout
-        self._scheduler.watch(job.ref, job._on_done, deadline=deadline, initial=initial)
-
-    def _job_finished(self, job: Job) -> None:
-        self._jobs.pop(job.ref.task_id, None)
-        if self._limiter is not None:
-            self._limiter.release(job.ref.model or "")
-        error = job._error
-        self._counts["succeeded" if error is None else "failed"] += 1
-        if job.key is not None:
-            if error is None:
-                self.ledger.settle(job.key, "succeeded")
-            elif isinstance(error, _ENDED_AT_THE_PROVIDER):
-                self.ledger.settle(job.key, "failed", error=type(error).__name__)
-            # Anything else (a timeout, polls that kept failing) may leave the task running:
-            # it stays accepted, for recovery to re-attach.
 
     # -- uploads and downloads -----------------------------------------------------------------
 
@@ -511,9 +355,6 @@ class Session:
             # Every job taken from the input before it broke has been delivered above.
             raise batch.input_error
 
-    def _abandon(self, ref: TaskRef) -> None:
-        self._abandoned[ref.task_id] = ref
-
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of the session's counters."""
         sched = self._scheduler.statistics()
@@ -529,8 +370,8 @@ class Session:
             failed=self._counts["failed"],
             outstanding=len(outstanding),
             outstanding_tasks=outstanding,
-            abandoned_tasks=tuple(self._abandoned.values()),
-            active_tasks=0 if self._limiter is None else self._limiter.active,
+            abandoned_tasks=tuple(self._jobs.abandoned.values()),
+            active_tasks=0 if self._jobs.limiter is None else self._jobs.limiter.active,
             polls_sent=sched.polls_sent,
             polls_per_finished_task=sched.polls_per_finished,
             poll_retries=sched.retries,

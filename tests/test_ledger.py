@@ -466,10 +466,10 @@ async def test_a_caller_cancelled_mid_post_leaves_the_task_recorded_and_listed(p
 async def test_a_caller_cancelled_before_its_submit_is_sent_sends_nothing() -> None:
     async with Emulator(Scenario(seed=1)) as emu:
         async with session_for(emu, "toapis", limits=Limits(max_concurrent_submits=1)) as session:
-            await session._submit_slots.acquire()  # the one slot is busy: the submit queues
+            await session._jobs._slots.acquire()  # the one slot is busy: the submit queues
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(session.generate(request(idempotency_key="queued")), 0.05)
-            session._submit_slots.release()
+            session._jobs._slots.release()
             await asyncio.sleep(0.05)
             assert await session.ledger.get("queued") is None
             assert session.statistics().abandoned_tasks == ()

@@ -1,0 +1,233 @@
+"""The session's jobs: how a checked request becomes a watched :class:`~flux_async.Job`, how a
+known task is attached instead of paid for again, and what happens when a job ends.
+
+:class:`Jobs` holds what the facade delegates: the submit slots and the active-task limiter
+around the money path's POST (``_submit``), the table of watched jobs (one per task), the list
+of abandoned tasks (accepted, nobody waiting: never forgotten), and the settlement of a job in
+the ledger when it ends. It must not import aiohttp, the transport or the codecs (it reaches them
+through the money path and the uploads) nor the session (which owns it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+import anyio
+
+from ._config import Limits
+from ._context import Context
+from ._job import Job
+from ._submit import ActiveLimiter, Submitter, request_digest
+from ._uploads import Uploads
+from .errors import (
+    ConfigurationError,
+    ModerationError,
+    SubmissionUncertainError,
+    TaskFailedError,
+    TaskNotFoundError,
+)
+from .ledger import Ledger
+from .models import GenerationRequest, TaskRef
+from .scheduler import PollScheduler
+
+__all__ = ["Jobs", "coerce_ref"]
+
+#: Errors that end a task for good at the provider: its ledger entry is settled.
+_ENDED_AT_THE_PROVIDER = (TaskFailedError, ModerationError, TaskNotFoundError)
+
+
+class CallerGoneError(Exception):
+    """The caller of ``Session.submit`` left before its request was sent."""
+
+
+class Jobs:
+    """Submitting, attaching, watching and settling the jobs of one session."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        scheduler: PollScheduler,
+        limits: Limits,
+        ledger: Ledger,
+        submitter: Submitter,
+        uploads: Uploads,
+        limiter: ActiveLimiter | None,
+    ) -> None:
+        self._ctx = ctx
+        self._counts = ctx.counts
+        self._scheduler = scheduler
+        self._job_timeout = limits.job_timeout
+        self._ledger = ledger
+        self._submitter = submitter
+        self._uploads = uploads
+        self.limiter = limiter
+        self._slots = anyio.Semaphore(limits.max_concurrent_submits)
+        self.watched: dict[str, Job] = {}  # task id -> its job, while it is watched
+        self.abandoned: dict[str, TaskRef] = {}
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    async def submit_for(
+        self, request: GenerationRequest, checked: GenerationRequest, handover: asyncio.Future[Job]
+    ) -> None:
+        """``Session.submit``'s work, run in the session's own task; ``handover`` is done early
+        only when the caller left (cancelled)."""
+        try:
+            job = await self.submit(request, checked, on_accept=None, gone=handover.done)
+        except CallerGoneError:
+            return
+        except Exception as exc:
+            if not handover.done():
+                handover.set_exception(exc)
+            return
+        except BaseException:
+            if not handover.done():  # the session is closing: nothing was sent
+                handover.set_exception(RuntimeError("the session closed before the job was submitted"))
+            raise
+        if handover.done():
+            self.abandon(job.ref)  # the caller left while the POST was on the wire
+        else:
+            handover.set_result(job)
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        checked: GenerationRequest,
+        *,
+        on_accept: Callable[[Job], None] | None,
+        gone: Callable[[], bool] | None = None,
+    ) -> Job:
+        """Submit ``checked`` (``request`` as the catalog normalised it) under a slot and the
+        active-task caps, or attach the task its idempotency key already has."""
+        key = checked.idempotency_key
+        digest = ""
+        if key is None:
+            # 128 random bits in hex, like uuid4().hex, without building a UUID object.
+            key = os.urandom(16).hex()
+        else:
+            digest = request_digest(checked)
+            known = await self._submitter.existing(checked, digest)
+            if known is not None:
+                self._counts["deduplicated"] += 1
+                return self.attach(known, request, key, on_accept)
+        slots = self._slots
+        try:
+            slots.acquire_nowait()  # no trip through the event loop when a slot is free
+        except anyio.WouldBlock:
+            await slots.acquire()
+        try:
+            if checked.images:
+                checked = await self._uploads.prepare_images(checked)
+            model = checked.model
+            limiter = self.limiter
+            if limiter is not None:
+                await limiter.acquire(model)
+            try:
+                if gone is not None and gone():
+                    raise CallerGoneError  # nothing sent, nothing written
+                ref, fresh = await self._submitter.submit(checked, key, digest)
+            except BaseException:
+                if limiter is not None:
+                    limiter.release(model)
+                raise
+            if not fresh:
+                if limiter is not None:
+                    limiter.release(model)
+                self._counts["deduplicated"] += 1
+                return self.attach(ref, request, key, on_accept)
+            # No checkpoint between acceptance and registration: a cancelled caller cannot
+            # lose a task that was paid for.
+            job = Job(ref, request, self, key)
+            self._counts["submitted"] += 1
+            if on_accept is not None:
+                on_accept(job)
+            self.watch(job)
+            return job
+        finally:
+            slots.release()
+
+    # -- tasks that exist already --------------------------------------------------------------
+
+    def attach(
+        self,
+        ref: TaskRef,
+        request: GenerationRequest | None,
+        key: str | None,
+        on_accept: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """The job of an existing task: the one watched here, or a newly attached one (counted
+        against the active-task caps even over them: it is running already). Never submits."""
+        job = self.watched.get(ref.task_id)
+        if job is None:
+            job = Job(ref, request, self, key)
+            if self.limiter is not None:
+                self.limiter.force(ref.model or "")
+            self.watch(job)
+        if on_accept is not None:
+            on_accept(job)
+        return job
+
+    async def recover(self) -> list[Job]:
+        """See ``Session.recover``."""
+        provider = self._ctx.provider
+        jobs: list[Job] = []
+        for entry in self._ledger.unsettled():
+            if entry.provider != provider or self._submitter.in_flight(entry.key):
+                continue
+            ref = entry.ref
+            if ref is None:
+                try:
+                    ref = await self._submitter.recover_intent(entry)
+                except SubmissionUncertainError:
+                    continue  # still in doubt: listed in statistics()
+            if ref is not None:
+                jobs.append(self.attach(ref, None, entry.key))
+        return jobs
+
+    # -- watching and ending -------------------------------------------------------------------
+
+    def watch(self, job: Job) -> None:
+        """Hand ``job``'s task to the scheduler, with the job's deadline."""
+        self.watched[job.ref.task_id] = job
+        deadline = None
+        if self._job_timeout is not None:
+            deadline = self._ctx.now() + self._job_timeout
+        self._scheduler.watch(job.ref, job._on_done, deadline=deadline)
+
+    def finished(self, job: Job) -> None:
+        """Called once by a job when it ends: free its cap, count it, settle it in the ledger."""
+        self.watched.pop(job.ref.task_id, None)
+        if self.limiter is not None:
+            self.limiter.release(job.ref.model or "")
+        error = job._error
+        self._counts["succeeded" if error is None else "failed"] += 1
+        if job.key is not None:
+            if error is None:
+                self._ledger.settle(job.key, "succeeded")
+            elif isinstance(error, _ENDED_AT_THE_PROVIDER):
+                self._ledger.settle(job.key, "failed", error=type(error).__name__)
+            # Anything else (a timeout, polls that kept failing) may leave the task running:
+            # it stays accepted, for recovery to re-attach.
+
+    def abandon(self, ref: TaskRef) -> None:
+        """Keep an accepted task nobody waits for on the list (``abandoned_tasks``)."""
+        self.abandoned[ref.task_id] = ref
+
+
+def coerce_ref(provider: str, ref: TaskRef | str) -> TaskRef:
+    """The ref a caller means: a ``TaskRef`` of ``provider``, a task id (aggregators), or a BFL
+    ``polling_url``. Raises ConfigurationError otherwise."""
+    if isinstance(ref, TaskRef):
+        if ref.provider != provider:
+            raise ConfigurationError(f"task {ref.task_id} belongs to {ref.provider!r}, not {provider!r}")
+        return ref
+    if provider == "bfl":
+        if ref.startswith(("http://", "https://")) and "id=" in ref:
+            task_id = ref.split("id=", 1)[1].split("&", 1)[0]
+            return TaskRef(provider="bfl", task_id=task_id, polling_url=ref)
+        raise ConfigurationError(
+            "a BFL task needs its polling_url: pass the TaskRef (job.ref) or the polling_url itself"
+        )
+    return TaskRef(provider=provider, task_id=ref)
