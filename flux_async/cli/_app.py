@@ -1,11 +1,12 @@
-"""The ``flux-async`` click group and its small commands: generate, status, upload, emulator, demo.
-Part of the command line, never imported by the library; it takes the library's names from
-``_api``, and the emulator's only when ``emulator`` runs. ``batch`` is defined in
+"""The ``flux-async`` click group and its small commands: generate, status, upload, report,
+emulator, demo. Part of the command line, never imported by the library; it takes the library's
+names from ``_api``, and the emulator's only when ``emulator`` runs. ``batch`` is defined in
 ``_batchcommand`` and added to the group here.
 
 Each command parses its options, opens a :class:`~flux_async.Session` and calls the public
 API; the options they share live in ``_options``, the batch engine in ``_batch``, the display
-in ``_display``, the shared running and reporting in ``_runtime``, the demo in ``_demo``.
+in ``_display``, the shared running and reporting in ``_runtime``, the batch report in
+``_report``, the demo in ``_demo``.
 Machine output (file paths, URLs, ``--json``) goes to stdout; progress, notes and errors go to
 stderr. API keys come from ``--api-key`` or the environment and are never printed.
 """
@@ -66,8 +67,9 @@ _log = logging.getLogger("flux_async.cli")
 def cli() -> None:
     """Generate images with Flux Kontext and Grok on toapis, apimart and Black Forest Labs.
 
-    One job (generate), a resumable file of thousands (batch), status checks, uploads, a
-    local emulator of all three services (emulator) and a self-contained demo (demo).
+    One job (generate), a resumable file of thousands (batch) and a page to look at its
+    results (report), status checks, uploads, a local emulator of all three services
+    (emulator) and a self-contained demo (demo).
 
     Exit codes: 0 success, 1 some job failed, 2 usage or input error, 130 interrupted.
     """
@@ -312,6 +314,33 @@ def upload(
         return EXIT_OK
 
     run_command(out, body, verbose=verbose)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+@cli.command("report")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@output_options
+def report_command(directory: Path, quiet: bool, json_: bool, verbose: int) -> None:
+    """Write DIRECTORY/report.html for a batch's output directory and print its path.
+
+    One self-contained page (no network, nothing but the batch's own images): the images with
+    their prompts, model, size, seed and time to result; the failures grouped by kind with
+    their messages; the totals and a chart of time to result.
+    """
+    from ._report import write_report
+
+    out = Output.make(quiet=quiet, json_=json_)
+    try:
+        path = write_report(directory)
+    except FileNotFoundError as exc:
+        out.error(str(exc))
+        raise SystemExit(EXIT_USAGE) from None
+    except OSError as exc:
+        out.error(f"cannot write the report: {exc}")
+        raise SystemExit(EXIT_FAILED) from None
+    out.data({"report": str(path)} if out.json else str(path))
 
 
 # -- emulator and demo ---------------------------------------------------------------------------
