@@ -17,12 +17,15 @@ from hypothesis import strategies as st
 
 from flux_async.models import TaskState, TaskStatus
 from flux_async.scheduler import PollPolicy
+from flux_async.scheduler._learned import refit
 from flux_async.scheduler._timing import (
     Learned,
     WatchState,
+    belief_step,
     learn,
     next_poll,
     observe,
+    spacing,
     through,
     window,
 )
@@ -162,10 +165,15 @@ def test_a_trusted_estimated_time_becomes_a_window() -> None:
     due = next_poll(w, model, STILL, 0.5, random.Random(0))
     assert w.w_hi == pytest.approx(math.exp(mu + 2 * sigma))  # the window ends past the estimate
     assert math.exp(mu - 2 * sigma) < due < 2.0  # and is stepped through from its start
-    # The same task without the estimate waits for the (wide) learned distribution instead.
+    # The same task without the estimate waits for the (wide) learned distribution instead:
+    # its first poll comes at a low quantile of the durations, not inside the estimate's window.
     plain = WatchState(0.0)
     polled(plain, running(), 0.5)
-    assert next_poll(plain, model, STILL, 0.5, random.Random(0)) > 2.0
+    learned = model.belief(None)
+    assert learned is not None
+    assert next_poll(plain, model, STILL, 0.5, random.Random(0)) >= min(
+        2.0, math.exp(learned[0] - 2.6 * learned[1])
+    )
     assert plain.w_hi == math.inf
 
 
@@ -228,3 +236,113 @@ def test_after_a_poll_the_next_is_never_sooner_than_min_interval(
         due = next_poll(w, model, policy, now, rng)
         assert math.isfinite(due)
         assert due >= now + policy.min_interval - 1e-9
+
+
+# -- no progress: the two-level schedule and the learned distribution of a batch -------------------
+
+
+def test_without_progress_polls_are_sparse_then_1_5_then_0_6_target_delays_apart() -> None:
+    mu, sigma, tau = math.log(10.0), 0.35, 0.5
+    at = lambda z: math.exp(mu + z * sigma)  # noqa: E731 - the duration at a standard score
+    assert spacing(at(-3.5), mu, sigma, tau) > 2 * tau  # completions rare: requests saved here
+    assert spacing(at(-2.0), mu, sigma, tau) == pytest.approx(1.5 * tau)
+    assert spacing(at(-0.5), mu, sigma, tau) == pytest.approx(1.5 * tau)
+    # Where most completions fall, closer than the target delay: a median delay near tau / 2.
+    for z in (-0.2, 0.0, 1.0, 2.5):
+        assert spacing(at(z), mu, sigma, tau) == pytest.approx(0.6 * tau)
+    # The first poll lands at a low quantile of the distribution, not at 1 s nor at the median.
+    first = belief_step(0.0, mu, sigma, tau, 0.2)
+    assert at(-3.5) < first < at(-2.0)
+
+
+def test_the_delay_of_a_completion_is_bounded_once_completions_are_likely() -> None:
+    """Whenever a task of a learned model is past the distribution's 0.5% quantile, its next
+    poll comes within 1.5 target delays: the tail of the detection delay is bounded."""
+    model = learned_exactly(10.0)
+    mu, sigma = model.belief(None) or (0.0, 0.0)
+    w = WatchState(0.0)
+    w.polls = 1
+    now = math.exp(mu - 2.5 * sigma)
+    while now < math.exp(mu + 3.0 * sigma):
+        w.last_t = now
+        due = next_poll(w, model, STILL, now, random.Random(0))
+        assert due - now <= 1.5 * STILL.target_delay + 1e-9
+        now = due
+
+
+class _Task:
+    """A running task as the learned model sees it."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.live = False
+
+
+def test_a_batch_is_learned_from_its_running_tasks_too() -> None:
+    """A batch finishes in order of duration: six seconds in, only its quickest jobs are done.
+    Fitted to them alone, the median would be about 5 s; counting the 85% still running as
+    "longer than six seconds" recovers the true 10 s and its spread."""
+    rng = random.Random(4)
+    durations = [10.0 * math.exp(rng.gauss(0.0, 0.35)) for _ in range(2000)]
+    model = Learned()
+    now = 6.0
+    for d in durations:
+        task = _Task(0.0)
+        model.enrol(task)
+        if d < now:
+            w = WatchState(0.0)
+            w.last_t = d * 0.99
+            learn(w, model, d * 1.01)
+            model.retire(task)
+    done = model.durations
+    assert 100 < done.n < 400
+    assert math.exp(done.mean) < 6.0  # the quickest jobs only
+    assert model.stale(now)
+    assert refit(model, now)  # the model's first belief
+    assert not model.stale(now)  # and not again at once
+    belief = model.belief(None)
+    assert belief is not None
+    for _ in range(30):  # later refits start from the last fit and go on converging
+        model.fit_t = -math.inf
+        refit(model, now)
+        belief = model.belief(None)
+        assert belief is not None
+    mu, sigma = belief
+    assert math.exp(mu) == pytest.approx(10.0, rel=0.1)
+    assert 0.25 < sigma < 0.45
+
+
+def test_running_tasks_are_sampled_evenly_and_swept() -> None:
+    model = Learned()
+    tasks = [_Task(float(i)) for i in range(1000)]
+    for task in tasks:
+        model.enrol(task)
+    ages, weight = model.sample(1000.0)
+    assert 40 <= len(ages) <= 60
+    assert weight * len(ages) == pytest.approx(1000)
+    assert min(ages) < 50  # spread over the whole running set
+    assert max(ages) > 950
+    for task in tasks[:900]:
+        model.retire(task)
+    model.retire(tasks[0])  # twice: counted once
+    assert model.alive == 100
+    assert len(model.running) < 1000  # swept once most of it had ended
+    ages, weight = model.sample(1000.0)
+    assert weight * len(ages) == pytest.approx(100)
+    assert all(age <= 100 for age in ages)
+
+
+def test_a_refit_waits_for_news() -> None:
+    model = learned_exactly(10.0, count=2)
+    assert not model.stale(1000.0)  # two completions teach nothing yet
+    model = learned_exactly(10.0, count=4)
+    now = 2000.0
+    assert model.stale(now)
+    refit(model, now)
+    assert not model.stale(now + 0.5)  # nothing new: the running set aged 5% of the median
+    assert model.stale(now + 1.0)  # it aged 10% of the median
+    refit(model, now + 1.0)
+    w = WatchState(0.0)
+    w.last_t = 9.9
+    learn(w, model, 10.1)  # a fifth completion: 25% more
+    assert model.stale(now + 1.3)

@@ -7,6 +7,9 @@ Three parts, each importable on its own:
 - ``_timing``: the timing model, plain functions over small values that decide *when* a task
   is polled next (progress windows, learned durations, backoff), testable without a clock or
   an event loop;
+- ``_learned``: what is learned per provider and model (the completion-time distribution,
+  fitted to the finished tasks and the ones still running), also pure;
+- ``_records``: the driver's per-task and per-provider records;
 - ``_driver``: :class:`PollScheduler`, the heap, the quantum, the worker pool, the 429 pauses
   and the polls-per-second budget; it asks the timing model and sends the polls.
 

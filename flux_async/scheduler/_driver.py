@@ -35,69 +35,17 @@ from ..errors import RateLimitError, TaskTimeoutError
 from ..models import TaskRef, TaskState, TaskStatus
 from ..retry import RetryBudget, RetryPolicy, backoff_delay, is_retryable_poll
 from ._alarm import Alarm
+from ._learned import Learned, refit
 from ._meters import LagHistogram, PollBudget
 from ._policy import PollPolicy, SchedulerStatistics
-from ._timing import EPS, Learned, WatchState, learn, next_poll, observe
+from ._records import DoneCallback, PollOrder, ProviderQueue, Watch
+from ._timing import EPS, learn, next_poll, observe
 
 __all__ = ["DoneCallback", "PollScheduler"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_POLICY = PollPolicy()
-
-#: What ``on_done`` receives: the terminal state, or the exception that ended the watch.
-DoneCallback = Callable[[TaskState | BaseException], None]
-
-
-class _Watch(WatchState):
-    """One waiting task: the timing model's state plus what the driver needs (a few hundred
-    bytes, one object per task)."""
-
-    __slots__ = (
-        "deadline",
-        "errors",  # consecutive failed polls
-        "km",  # what is learned for the task's provider and model
-        "on_done",  # None once the watch has ended: its heap entry, if any, is stale
-        "queue",
-        "ref",
-        "seq",
-    )
-
-    def __init__(
-        self,
-        ref: TaskRef,
-        on_done: DoneCallback,
-        seq: int,
-        queue: _ProviderQueue,
-        km: Learned,
-        t0: float,
-        deadline: float | None,
-    ) -> None:
-        WatchState.__init__(self, t0)
-        self.ref = ref
-        self.on_done: DoneCallback | None = on_done
-        self.seq = seq
-        self.queue = queue
-        self.km = km
-        self.deadline = deadline
-        self.errors = 0
-
-
-_HeapEntry = tuple[float, int, _Watch]
-_PollOrder = tuple[_Watch, float]  # a task to poll now, and when it was due
-
-
-class _ProviderQueue:
-    """The waiting tasks of one provider, and that provider's 429 pause."""
-
-    __slots__ = ("heap", "paused_until", "rate_limit_streak", "stale")
-
-    def __init__(self) -> None:
-        self.heap: list[_HeapEntry] = []
-        self.paused_until = -math.inf
-        self.rate_limit_streak = 0
-        self.stale = 0
-
 
 # -- the scheduler ------------------------------------------------------------------------------
 
@@ -137,10 +85,10 @@ class PollScheduler:
             max_delay=policy.rate_limit_pause_cap,
             jitter="equal",
         )
-        self._watches: dict[str, _Watch] = {}
-        self._queues: dict[str, _ProviderQueue] = {}
+        self._watches: dict[str, Watch] = {}
+        self._queues: dict[str, ProviderQueue] = {}
         self._models: dict[tuple[str, str | None], Learned] = {}
-        self._ready: collections.deque[tuple[_Watch, TaskState]] = collections.deque()
+        self._ready: collections.deque[tuple[Watch, TaskState]] = collections.deque()
         self._seq = itertools.count()
         self._budget = (
             None if policy.max_polls_per_second is None else PollBudget(policy.max_polls_per_second)
@@ -148,7 +96,7 @@ class PollScheduler:
         self._tg: anyio.abc.TaskGroup | None = None
         # Polls handed to the workers, and the event an idle worker waits on: a plain queue, so
         # that taking an order costs no trip through the event loop.
-        self._orders: collections.deque[_PollOrder] = collections.deque()
+        self._orders: collections.deque[PollOrder] = collections.deque()
         self._idle = Parking()  # workers with nothing to send
         self._workers = 0
         # The driver's sleep: rung when a poll falls due before it would wake by itself.
@@ -197,21 +145,22 @@ class PollScheduler:
         provider = ref.provider
         queue = self._queues.get(provider)
         if queue is None:
-            queue = self._queues[provider] = _ProviderQueue()
+            queue = self._queues[provider] = ProviderQueue()
         key = (provider, ref.model)
         km = self._models.get(key)
         if km is None:
             km = self._models[key] = Learned()
         t0 = now if submitted_at is None else submitted_at
-        rec = _Watch(ref, on_done, next(self._seq), queue, km, t0, deadline)
+        rec = Watch(ref, on_done, next(self._seq), queue, km, t0, deadline)
         self._watches[task_id] = rec
+        km.enrol(rec)
         if initial is not None:
             if initial.terminal:
                 self._ready.append((rec, initial))
                 self._alarm.ring()
                 return
             observe(rec, initial, now)
-        self._push(rec, next_poll(rec, rec.km, self.policy, now, self._rng))
+        self._plan(rec, now)
 
     def unwatch(self, task_id: str) -> bool:
         """Stop watching a task without calling its ``on_done``; True if it was watched."""
@@ -219,7 +168,10 @@ class PollScheduler:
         if rec is None:
             return False
         rec.on_done = None
-        rec.queue.stale += 1
+        rec.km.retire(rec)
+        if rec.due is not None:
+            rec.due = None
+            rec.queue.stale += 1
         return True
 
     def outstanding(self) -> list[TaskRef]:
@@ -300,11 +252,11 @@ class PollScheduler:
         budget = self._budget
         queues = self._queues.values()
         while True:
-            best: _ProviderQueue | None = None
+            best: ProviderQueue | None = None
             best_due = math.inf
             for queue in queues:
                 heap = queue.heap
-                while heap and heap[0][2].on_done is None:
+                while heap and heap[0][2].due != heap[0][0]:  # ended, or planned again
                     heapq.heappop(heap)
                     queue.stale -= 1
                 if heap:
@@ -318,6 +270,7 @@ class PollScheduler:
             rec = best.heap[0][2]
             if rec.deadline is not None and rec.deadline <= limit:
                 heapq.heappop(best.heap)
+                rec.due = None
                 self._timed_out += 1
                 self._finish(
                     rec,
@@ -336,6 +289,7 @@ class PollScheduler:
                     return allowed
                 budget.starts.append(now)
             heapq.heappop(best.heap)
+            rec.due = None
             self._in_flight += 1
             orders.append((rec, best_due))
             # One parked worker takes the order. With none parked, a new one starts unless
@@ -378,19 +332,20 @@ class PollScheduler:
                 if wake_at < self._alarm.at:
                     self._alarm.ring()
 
-    def _after_state(self, rec: _Watch, state: TaskState, start: float, now: float) -> None:
+    def _after_state(self, rec: Watch, state: TaskState, start: float, now: float) -> None:
         rec.errors = 0
         rec.queue.rate_limit_streak = 0
         observed = 0.5 * (start + now)  # the provider answered somewhere in between
         if state.terminal:
+            self._finish(rec, state)
             if state.status is TaskStatus.SUCCEEDED:
                 learn(rec, rec.km, observed)
-            self._finish(rec, state)
+                self._refresh(rec.km, now)
             return
         observe(rec, state, observed)
-        self._push(rec, next_poll(rec, rec.km, self.policy, now, self._rng))
+        self._plan(rec, now)
 
-    def _after_error(self, rec: _Watch, exc: Exception, now: float) -> None:
+    def _after_error(self, rec: Watch, exc: Exception, now: float) -> None:
         if isinstance(exc, RateLimitError):
             # A 429 is about the provider, not this task: pause all of the provider's polls.
             self._rate_limited += 1
@@ -418,27 +373,59 @@ class PollScheduler:
             return
         self._finish(rec, exc)
 
-    def _push(self, rec: _Watch, due: float) -> None:
-        """Queue ``rec`` for a poll at ``due`` (or for its timeout, if that comes first)."""
+    def _plan(self, rec: Watch, now: float) -> None:
+        """Ask the timing model when to poll ``rec`` next, refitting what is learned for its
+        model first when there is news."""
+        self._refresh(rec.km, now)
+        self._push(rec, next_poll(rec, rec.km, self.policy, now, self._rng))
+
+    def _refresh(self, km: Learned, now: float) -> None:
+        """Refit what is learned for a model when there is news (cheap to ask)."""
+        if km.stale(now) and refit(km, now):
+            self._replan(km, now)
+
+    def _replan(self, km: Learned, now: float) -> None:
+        """The first belief of a model reaches its waiting tasks: bring forward the polls that the model's first belief wants sooner: until it, tasks
+        were planned by the backoff alone, whose growing steps can be seconds apart just where
+        the first completions show that the others are about to finish."""
+        policy, rng = self.policy, self._rng
+        for task in km.running:
+            rec = task
+            # Only tasks without progress: those with it have a better plan than any belief.
+            if isinstance(rec, Watch) and rec.live and rec.due is not None and rec.c_t is None:
+                due = next_poll(rec, km, policy, now, rng)
+                if due < rec.due - policy.quantum:
+                    self._push(rec, due)
+
+    def _push(self, rec: Watch, due: float) -> None:
+        """Queue ``rec`` for a poll at ``due`` (or for its timeout, if that comes first); an
+        entry it already has becomes stale."""
         if rec.deadline is not None and due > rec.deadline:
             due = rec.deadline
         quantum = self.policy.quantum
         if quantum > 0:
             due = math.ceil(due / quantum - 1e-7) * quantum
         queue = rec.queue
+        if rec.due is not None:
+            queue.stale += 1
+        rec.due = due
         heapq.heappush(queue.heap, (due, rec.seq, rec))
         if queue.stale > 64 and queue.stale > len(queue.heap) // 2:
-            queue.heap = [entry for entry in queue.heap if entry[2].on_done is not None]
+            queue.heap = [entry for entry in queue.heap if entry[2].due == entry[0]]
             heapq.heapify(queue.heap)
             queue.stale = 0
         if due < self._alarm.at:
             self._alarm.ring()
 
-    def _finish(self, rec: _Watch, outcome: TaskState | BaseException) -> None:
+    def _finish(self, rec: Watch, outcome: TaskState | BaseException) -> None:
         callback = rec.on_done
         if callback is None:
             return
         rec.on_done = None
+        rec.km.retire(rec)
+        if rec.due is not None:
+            rec.due = None
+            rec.queue.stale += 1
         if self._watches.get(rec.ref.task_id) is rec:
             del self._watches[rec.ref.task_id]
         self._finished += 1

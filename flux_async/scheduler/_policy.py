@@ -39,11 +39,14 @@ class PollPolicy:
       scheduler polls once at the end of the window if it is at most ``target_delay`` wide, and
       otherwise splits it into steps of at most ``target_delay``: a typical delay of
       ``target_delay / 2`` or less, for a few requests per task.
-    - When only the learned distribution of durations is known, polls are spaced
-      ``2 * target_delay`` apart where completions are most likely (a mean delay of about
-      ``target_delay``), further apart where they are unlikely (the spacing follows
-      ``1 / sqrt(hazard)``, which minimises requests for a given mean delay), and the first poll
-      lands at a low quantile of the distribution.
+    - When only the learned distribution of durations is known (no progress reported, as BFL
+      often does), the polls stay sparse while completions are rare (before the distribution's
+      0.5% quantile; the first poll lands there), then come ``1.5 * target_delay`` apart, and
+      ``0.6 * target_delay`` apart from its 38% quantile on, where most completions fall: a
+      median delay of about ``0.4 * target_delay`` and almost none over ``1.5 * target_delay``.
+      The distribution is learned per provider and model from the tasks that finished *and*
+      the ones still running (a batch's first completions are its quickest jobs); its first
+      estimate also re-plans the tasks still waiting on the blind backoff.
     - When nothing is known yet: a geometric backoff from ``first_poll`` (1 s when None), growing
       by ``backoff`` up to ``max_interval``.
 

@@ -19,6 +19,7 @@ import math
 import random
 
 from ..models import TaskState
+from ._learned import Learned, LogStats
 from ._policy import PollPolicy
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "LogStats",
     "WatchState",
     "belief_step",
+    "hazard_spacing",
     "learn",
     "next_poll",
     "observe",
@@ -43,47 +45,63 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 # report of p means the true progress lies in [p - 0.5, p + 1).
 _P_BELOW = 0.5
 _P_ABOVE = 1.0
-# The learned distribution is used from this many completions on, with this prior on its spread.
-_MIN_SAMPLES = 3
-_PRIOR_WEIGHT = 2.0
-_PRIOR_SIGMA = 0.5
-_MIN_SIGMA = 0.03
-# Forgetting: a completion weighs e^-1 after this many seconds.
-_MEMORY = 1800.0
-# A calibrated estimated_time replaces the learned distribution when it leaves this fraction of
-# the durations' spread unexplained, or less.
-_BETTER = 0.7
 # The first poll, and start of the backoff, when nothing is known.
 _FIRST_POLL = 1.0
 # Once a task is later than predicted, its next polls are spaced by this fraction of the lateness.
 _OVERDUE_FRACTION = 0.25
+# The schedule when only the learned distribution is known (see `spacing`), in target delays and
+# in standard scores of the log-duration: sparse (the hazard rule) before the 0.5% quantile, at
+# most _SPARSE apart from there, _DENSE apart from the 38% quantile on. Half the completions then
+# wait at most about 0.4 target delays, and all but the earliest half-percent at most 1.5.
+_TAIL_Z = -2.58
+_DENSE_Z = -0.3
+_SPARSE = 1.5
+_DENSE = 0.6
 EPS = 1e-9
 
 
-def spacing(elapsed: float, mu: float, sigma: float, dense: float) -> float:
-    """Poll spacing at ``elapsed`` seconds for durations ~ LogNormal(mu, sigma).
-
-    Minimising ``polls + λ·delay`` gives a spacing proportional to ``1 / sqrt(hazard)``; it is
-    scaled so that it equals ``dense`` at the median.
-    """
+def hazard_spacing(elapsed: float, mu: float, sigma: float, dense: float) -> float:
+    """Poll spacing at ``elapsed`` seconds for durations ~ LogNormal(mu, sigma) that minimises
+    ``polls + λ·mean delay``: proportional to ``1 / sqrt(hazard)``, scaled to ``dense`` at the
+    median."""
     z = (math.log(elapsed) - mu) / sigma
     z = min(8.0, max(-8.0, z))
     mills = 0.5 * math.erfc(z * _INV_SQRT2) * _SQRT_2PI * math.exp(0.5 * z * z)  # Q(z) / φ(z)
     return dense * math.sqrt(_SQRT_2_OVER_PI * math.exp(sigma * z) * mills)
 
 
-def belief_step(elapsed: float, mu: float, sigma: float, dense: float, min_step: float) -> float:
+def spacing(elapsed: float, mu: float, sigma: float, tau: float) -> float:
+    """Poll spacing at ``elapsed`` seconds for durations ~ LogNormal(mu, sigma), for a target
+    delay ``tau``.
+
+    What users compare is the median delay and its tail, not the mean. Minimising requests
+    for a given median delay puts polls on two levels: far apart where completions are
+    unlikely, close together where the hazard is high (a poll there is the one most likely to
+    find the task done). So: the hazard rule while completions are rare (before the
+    distribution's 0.5% quantile: this is where requests are saved), then 1.5 ``tau`` apart
+    (which bounds the delay of nearly every task), and 0.6 ``tau`` apart from the 38% quantile
+    on, where most completions fall.
+    """
+    z = (math.log(elapsed) - mu) / sigma
+    if z >= _DENSE_Z:
+        return _DENSE * tau
+    if z >= _TAIL_Z:
+        return _SPARSE * tau
+    return max(_SPARSE * tau, hazard_spacing(elapsed, mu, sigma, tau))
+
+
+def belief_step(elapsed: float, mu: float, sigma: float, tau: float, min_step: float) -> float:
     """The wait until the next poll when the duration is believed LogNormal(mu, sigma) and
     ``elapsed`` seconds have passed: the smallest ``s`` with ``s >= spacing(elapsed + s)``."""
     elapsed = max(elapsed, 1e-3)
-    hi = spacing(elapsed, mu, sigma, dense)
-    if hi <= min_step or min_step >= spacing(elapsed + min_step, mu, sigma, dense):
+    hi = spacing(elapsed, mu, sigma, tau)
+    if hi <= min_step or min_step >= spacing(elapsed + min_step, mu, sigma, tau):
         step = min_step
     else:
         lo = min_step
         for _ in range(12):  # bisection on a log scale: ~0.5% precision over 8 decades
             mid = math.sqrt(lo * hi)
-            if mid >= spacing(elapsed + mid, mu, sigma, dense):
+            if mid >= spacing(elapsed + mid, mu, sigma, tau):
                 hi = mid
             else:
                 lo = mid
@@ -92,78 +110,6 @@ def belief_step(elapsed: float, mu: float, sigma: float, dense: float, min_step:
     if late > 0:  # far beyond what the distribution expects: back off with the lateness
         step = max(step, _OVERDUE_FRACTION * late)
     return step
-
-
-class LogStats:
-    """Mean and variance of log-values, each sample's weight decaying with time: O(1) memory.
-
-    Forgetting goes by time, not by sample count, because a batch submitted together completes
-    in order of duration: a per-sample window would remember only its slowest jobs. A sample may
-    come with the variance of its own measurement error (a duration is only known to lie between
-    two polls); its mean is taken out of the spread, which is never more than halved that way.
-    """
-
-    __slots__ = ("mean", "n", "noise", "t", "var", "weight")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.weight = 0.0
-        self.mean = 0.0
-        self.var = 0.0
-        self.noise = 0.0
-        self.t = 0.0
-
-    def add(self, x: float, now: float, weight: float = 1.0, noise: float = 0.0) -> None:
-        old = self.weight
-        if self.n and now > self.t:
-            old *= math.exp((self.t - now) / _MEMORY)
-        self.n += 1
-        self.t = max(self.t, now)
-        total = old + weight
-        d = x - self.mean
-        self.mean += weight * d / total
-        self.var = (old * self.var + weight * d * (x - self.mean)) / total
-        self.noise += weight * (noise - self.noise) / total
-        self.weight = total
-
-    def sigma(self, prior: float) -> float:
-        """The spread, shrunk towards ``prior`` while the samples weigh little."""
-        var = max(0.25 * self.var, self.var - self.noise)  # never more than halve the spread
-        var = (self.weight * var + _PRIOR_WEIGHT * prior * prior) / (self.weight + _PRIOR_WEIGHT)
-        return max(_MIN_SIGMA, math.sqrt(var))
-
-
-class Learned:
-    """What was learned for one (provider, model): durations, and how good estimated_time is.
-
-    One is shared by every task of its key; :func:`learn` feeds it, :func:`next_poll` reads it.
-    """
-
-    __slots__ = ("durations", "estimated", "estimates")
-
-    def __init__(self) -> None:
-        self.durations = LogStats()  # log(seconds from submission to completion)
-        self.estimates = LogStats()  # log(actual duration / estimated_time)
-        self.estimated = LogStats()  # log(duration) of the same tasks, with the same weights
-
-    def belief(self, estimate: float | None) -> tuple[float, float] | None:
-        """(mu, sigma) of the log-duration of a task, or None when nothing is known.
-
-        An ``estimated_time`` is used once it has proven clearly more precise than the spread of
-        the durations themselves, or while nothing else is known; it is never combined with the
-        learned distribution, because a constant estimate would then be counted twice.
-        """
-        d = self.durations
-        learned = (d.mean, d.sigma(_PRIOR_SIGMA)) if d.n >= _MIN_SAMPLES else None
-        if estimate is None:
-            return learned
-        e = self.estimates
-        if e.weight >= _MIN_SAMPLES:
-            hinted = (math.log(estimate) + e.mean, e.sigma(_PRIOR_SIGMA))
-            if learned is None or hinted[1] < _BETTER * self.estimated.sigma(_PRIOR_SIGMA):
-                return hinted
-            return learned
-        return learned or (math.log(estimate), _PRIOR_SIGMA)
 
 
 class WatchState:
@@ -180,6 +126,7 @@ class WatchState:
         "c_t",
         "estimate",  # latest estimated_time (seconds from submission)
         "last_t",  # time of the latest non-terminal observation
+        "live",  # still waited on (see Learned.enrol)
         "miss_t",  # when the task first outlived a prediction
         "polls",  # polls sent so far
         "t0",  # submission time
@@ -189,6 +136,7 @@ class WatchState:
 
     def __init__(self, t0: float) -> None:
         self.t0 = t0
+        self.live = False
         self.polls = 0
         self.estimate: float | None = None
         self.last_t: float | None = None
@@ -296,7 +244,7 @@ def next_poll(
             if now < b_hi:
                 return _floor(w, policy, rng, now, through(b_lo, b_hi, now, tau), jitter=False)
             return _floor(w, policy, rng, now, now + tau, jitter=False)  # late: backs off via miss_t
-        step = belief_step(now - w.t0, mu, sigma, 2.0 * tau, policy.min_interval)
+        step = belief_step(now - w.t0, mu, sigma, tau, policy.min_interval)
         return _floor(w, policy, rng, now, min(now + step, hi), jitter=False)
     if w.c_t is not None:
         # One report only, nothing learned yet: look again once the elapsed time since the

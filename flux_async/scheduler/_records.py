@@ -1,0 +1,72 @@
+"""The driver's records: one per waiting task (:class:`Watch`) and one per provider
+(:class:`ProviderQueue`, its heap of due polls and its 429 pause).
+
+Plain slotted data with no behaviour: the driver (``_driver``) fills and reads them. No clock, no
+event loop; nothing from the session, transport or codecs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from ..models import TaskRef, TaskState
+from ._learned import Learned
+from ._timing import WatchState
+
+__all__ = ["DoneCallback", "HeapEntry", "PollOrder", "ProviderQueue", "Watch"]
+
+#: What ``on_done`` receives: the terminal state, or the exception that ended the watch.
+DoneCallback = Callable[[TaskState | BaseException], None]
+
+
+class Watch(WatchState):
+    """One waiting task: the timing model's state plus what the driver needs (a few hundred
+    bytes, one object per task)."""
+
+    __slots__ = (
+        "deadline",
+        "due",  # the due time of its live heap entry; None while in flight or ended
+        "errors",  # consecutive failed polls
+        "km",  # what is learned for the task's provider and model
+        "on_done",  # None once the watch has ended: its heap entry, if any, is stale
+        "queue",
+        "ref",
+        "seq",
+    )
+
+    def __init__(
+        self,
+        ref: TaskRef,
+        on_done: DoneCallback,
+        seq: int,
+        queue: ProviderQueue,
+        km: Learned,
+        t0: float,
+        deadline: float | None,
+    ) -> None:
+        WatchState.__init__(self, t0)
+        self.ref = ref
+        self.on_done: DoneCallback | None = on_done
+        self.seq = seq
+        self.queue = queue
+        self.km = km
+        self.deadline = deadline
+        self.errors = 0
+        self.due: float | None = None
+
+
+HeapEntry = tuple[float, int, Watch]
+PollOrder = tuple[Watch, float]  # a task to poll now, and when it was due
+
+
+class ProviderQueue:
+    """The waiting tasks of one provider, and that provider's 429 pause."""
+
+    __slots__ = ("heap", "paused_until", "rate_limit_streak", "stale")
+
+    def __init__(self) -> None:
+        self.heap: list[HeapEntry] = []
+        self.paused_until = -math.inf
+        self.rate_limit_streak = 0
+        self.stale = 0
