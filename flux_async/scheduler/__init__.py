@@ -1,6 +1,6 @@
 """The shared poll scheduler: one driver task watches every outstanding task of a session.
 
-Three parts, each importable on its own:
+Its parts, each importable on its own:
 
 - ``_policy``: :class:`PollPolicy` (the trade-off between requests and detection delay) and
   :class:`SchedulerStatistics`, frozen values;

@@ -339,8 +339,10 @@ class PollScheduler:
         if state.terminal:
             self._finish(rec, state)
             if state.status is TaskStatus.SUCCEEDED:
-                learn(rec, rec.km, observed)
-                self._refresh(rec.km, now)
+                km = rec.km
+                learn(rec, km, observed)
+                if km.fitted is None:  # the model's first belief may be due: it re-plans
+                    self._refresh(km, now)
             return
         observe(rec, state, observed)
         self._plan(rec, now)
@@ -376,8 +378,10 @@ class PollScheduler:
     def _plan(self, rec: Watch, now: float) -> None:
         """Ask the timing model when to poll ``rec`` next, refitting what is learned for its
         model first when there is news."""
-        self._refresh(rec.km, now)
-        self._push(rec, next_poll(rec, rec.km, self.policy, now, self._rng))
+        policy = self.policy
+        if rec.polls or policy.first_poll is None:  # else the first poll is fixed: no belief read
+            self._refresh(rec.km, now)
+        self._push(rec, next_poll(rec, rec.km, policy, now, self._rng))
 
     def _refresh(self, km: Learned, now: float) -> None:
         """Refit what is learned for a model when there is news (cheap to ask)."""
