@@ -111,10 +111,10 @@ class BatchRunner:
         self.fatal: BaseException | None = None
         #: Why result lines could not be written (a full disk): submitting was stopped.
         self.results_error: OSError | None = None
-        #: Requests whose POST may have created a task nobody recorded, not sent again
-        #: (index, line, error); ``counts.unresolved`` counts them too.
-        self.in_doubt: list[tuple[int, int, SubmissionUncertainError]] = []
-        self.in_doubt_count = 0
+        #: The first requests whose POST may have created a task nobody recorded, not sent
+        #: again: (index, line, when an earlier run sent it, or None, the error);
+        #: ``counts.in_doubt`` counts them all.
+        self.in_doubt: list[tuple[int, int, float | None, SubmissionUncertainError]] = []
         #: The first jobs of this run that failed without being settled (index, line, task_id,
         #: error); ``counts.unresolved`` counts them all.
         self.unresolved: list[tuple[int, int, str | None, BaseException]] = []
@@ -254,7 +254,7 @@ class BatchRunner:
                         assert outcome.error is not None
                         with_task = outcome.task_id is not None
                         self._record_failure(index, line, outcome.task_id, outcome.error, with_task=with_task)
-                        if not with_task and not is_final(outcome.error, with_task=False):
+                        if not with_task and not is_final(outcome.error, with_task=False) and not self._known_doubt(index):
                             self._failure_streak += 1
                             if self._failure_streak >= self._failure_streak_limit:
                                 self.fatal = outcome.error
@@ -262,6 +262,11 @@ class BatchRunner:
         except _FATAL as exc:
             self.fatal = exc
             self.request_stop()
+
+    def _known_doubt(self, index: int) -> bool:
+        """True for a request an earlier run left in doubt: reported again, nothing was sent
+        (so it says nothing about the service, and must not count toward a failure streak)."""
+        return self.state is not None and index in self.state.in_doubt
 
     # -- finishing jobs ------------------------------------------------------------------------
 
@@ -343,10 +348,13 @@ class BatchRunner:
             self._in_flight.pop(index, None)
             self._handled.discard(index)
             if isinstance(error, SubmissionUncertainError):
-                self.in_doubt_count += 1
                 if len(self.in_doubt) < _KEPT_UNRESOLVED:
-                    self.in_doubt.append((index, line, error))
-            elif len(self.unresolved) < _KEPT_UNRESOLVED:
+                    sent = None if self.state is None else self.state.in_doubt.get(index)
+                    self.in_doubt.append((index, line, sent, error))
+                self.counts.in_doubt += 1
+                self.on_change(self.counts)
+                return  # not a failure: nobody knows yet
+            if len(self.unresolved) < _KEPT_UNRESOLVED:
                 self.unresolved.append((index, line, task_id, error))
             if task_id is not None:
                 self._unresolved_tasks += 1

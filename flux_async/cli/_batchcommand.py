@@ -155,10 +155,7 @@ def batch(
                     flags = await execute([runner], out)
                 runs = [Run(counts, runner, session.statistics())]
         summary = summarize(output, runs, time.monotonic() - started, flags)
-        extra = {
-            "in_doubt": runner.in_doubt_count,
-            "unrecorded_tasks": [ref.to_dict() for ref in runs[0].stats.unrecorded_tasks],
-        }
+        extra = {"unrecorded_tasks": [ref.to_dict() for ref in runs[0].stats.unrecorded_tasks]}
         report(out, summary, runs, title=f"batch {file.name}", extra=extra)
         return summary.exit_code
 

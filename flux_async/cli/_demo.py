@@ -203,7 +203,7 @@ async def run_demo(output: Path | None, *, jobs: int, out: Output) -> int:
         summary.failed == len(expected)
         and not unexpected
         and not (summary.unresolved or summary.left_accepted or summary.not_submitted)
-        and not any(r.runner.fatal or r.runner.results_error or r.runner.in_doubt_count for r in runs)
+        and not any(r.runner.fatal or r.runner.results_error or r.counts.in_doubt for r in runs)
     )
     if summary.exit_code == EXIT_FAILED and only_expected:
         summary = attrs.evolve(summary, exit_code=EXIT_OK)

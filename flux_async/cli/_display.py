@@ -37,8 +37,9 @@ class Counts:
 
     ``previous_done`` / ``previous_failed`` are requests settled by an earlier run of a resumed
     batch; everything else counts this run. ``failed`` jobs are settled (a result line);
-    ``unresolved`` ones failed in a way ``--resume`` retries (no result line). ``running`` is
-    accepted and not yet finished.
+    ``unresolved`` ones failed in a way ``--resume`` retries (no result line); ``in_doubt`` ones
+    may have created a task nobody recorded, and are sent again only with
+    ``--resubmit-in-doubt``. ``running`` is accepted and not yet finished.
     """
 
     label: str
@@ -50,6 +51,7 @@ class Counts:
     succeeded: int = 0
     failed: int = 0
     unresolved: int = 0
+    in_doubt: int = 0
     finished_with_task: int = 0
     failures: Counter[str] = attrs.field(factory=Counter)
     stopping: bool = False
@@ -57,7 +59,7 @@ class Counts:
     @property
     def finished(self) -> int:
         """Requests finished in this run, settled or not."""
-        return self.succeeded + self.failed + self.unresolved
+        return self.succeeded + self.failed + self.unresolved + self.in_doubt
 
     @property
     def running(self) -> int:
@@ -82,6 +84,8 @@ class Counts:
             f"done {self.succeeded}",
             f"failed {self.failed + self.unresolved}",
         ]
+        if self.in_doubt:
+            parts.append(f"in doubt {self.in_doubt}")
         if self.reattached:
             parts.insert(1, f"re-attached {self.reattached}")
         if self.previous_done:
@@ -216,6 +220,7 @@ class RunSummary:
     failed: int
     failures: dict[str, int]
     unresolved: int
+    in_doubt: int = 0
     previous_done: int
     previous_failed: int
     submitted: int
@@ -236,7 +241,7 @@ class RunSummary:
         None when it would mislead: no job finished, or accepted tasks were left unfinished (an
         interrupted batch): their requests are counted but not their jobs.
         """
-        finished = self.succeeded + self.failed + self.unresolved
+        finished = self.succeeded + self.failed + self.unresolved + self.in_doubt
         if not finished or self.left_accepted:
             return None
         return self.requests / finished
@@ -266,6 +271,12 @@ def summary_table(summary: RunSummary, *, title: str = "batch summary") -> Table
     table.add_row("failed", failed)
     if summary.unresolved:
         table.add_row("not settled", f"{summary.unresolved} (no result line: --resume tries them again)")
+    if summary.in_doubt:
+        table.add_row(
+            "in doubt",
+            f"{summary.in_doubt} (a task may exist unrecorded: only --resume --resubmit-in-doubt sends them, "
+            "at the risk of paying twice)",
+        )
     if summary.previous_done:
         table.add_row("finished earlier", f"{summary.previous_done} ({summary.previous_failed} failed)")
     table.add_row("submitted", str(summary.submitted))

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -279,10 +280,11 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
             failures[kind] = failures.get(kind, 0) + count
     failed = sum(r.counts.failed for r in runs)
     unresolved = sum(r.counts.unresolved for r in runs)
+    in_doubt = sum(r.counts.in_doubt for r in runs)
     previous_failed = sum(r.counts.previous_failed for r in runs)
     left_accepted = sum(r.runner.left_accepted for r in runs)
     not_submitted = sum(
-        max(0, r.counts.total - r.counts.settled - r.runner.left_accepted) for r in runs
+        max(0, r.counts.total - r.counts.settled - r.runner.left_accepted - r.counts.in_doubt) for r in runs
     )
     trouble = any(
         r.runner.fatal is not None or r.runner.results_error is not None or r.stats.unrecorded_tasks
@@ -290,7 +292,7 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
     )
     if flags.any:
         code = EXIT_INTERRUPTED
-    elif trouble or failed or unresolved or previous_failed or left_accepted or not_submitted:
+    elif trouble or failed or unresolved or in_doubt or previous_failed or left_accepted or not_submitted:
         code = EXIT_FAILED
     else:
         code = EXIT_OK
@@ -301,6 +303,7 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
         failed=failed,
         failures=failures,
         unresolved=unresolved,
+        in_doubt=in_doubt,
         previous_done=sum(r.counts.previous_done for r in runs),
         previous_failed=previous_failed,
         submitted=sum(r.counts.submitted for r in runs),
@@ -337,22 +340,30 @@ def report(out: Output, summary: RunSummary, runs: Sequence[Run], *, title: str,
                 f"task {ref.task_id} was paid for but the ledger could not record it; resume it by hand "
                 f"(flux-async status, or Session.resume) with: {json.dumps(ref.to_dict(), sort_keys=True)}"
             )
-    doubtful = [item for run in runs for item in run.runner.in_doubt]
-    for index, line, doubt in doubtful[:_LISTED_UNRESOLVED]:
+    doubtful = [(run, item) for run in runs for item in run.runner.in_doubt]
+    for run, (index, line, sent, doubt) in doubtful[:_LISTED_UNRESOLVED]:
+        if sent is None:  # this run's submit failed ambiguously
+            why = f"{doubt}"
+        else:  # an earlier run's submit, on the wire when that process ended
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sent))
+            why = (
+                f"its submit was sent at {when} and its answer never recorded, and "
+                f"{run.stats.provider} has no way to look it up, so it was not sent again"
+            )
+        out.error(f"request {index} (line {line}) is in doubt: {why}")
+    if summary.in_doubt > _LISTED_UNRESOLVED:
+        out.error(f"... and {summary.in_doubt - _LISTED_UNRESOLVED} more in doubt")
+    if summary.in_doubt:
         out.error(
-            f"request {index} (line {line}) is in doubt: {doubt} -- rerun with --resume "
-            "--resubmit-in-doubt to send it again at the risk of paying twice"
+            "check your account for those tasks; to send them again anyway (at the risk of paying "
+            "twice), rerun with --resume --resubmit-in-doubt"
         )
-    in_doubt = sum(run.runner.in_doubt_count for run in runs)
-    if in_doubt > _LISTED_UNRESOLVED:
-        out.error(f"... and {in_doubt - _LISTED_UNRESOLVED} more in doubt")
     unresolved = [item for run in runs for item in run.runner.unresolved]
     for index, line, task_id, error in unresolved[:_LISTED_UNRESOLVED]:
         task = f" (task {task_id})" if task_id else ""
         out.error(f"request {index} (line {line}){task}: {type(error).__name__}: {error}")
-    others = summary.unresolved - in_doubt
-    if others > _LISTED_UNRESOLVED:
-        out.error(f"... and {others - _LISTED_UNRESOLVED} more")
+    if summary.unresolved > _LISTED_UNRESOLVED:
+        out.error(f"... and {summary.unresolved - _LISTED_UNRESOLVED} more")
     if summary.left_accepted or summary.not_submitted:
         out.error(
             f"{summary.left_accepted} accepted job(s) not collected and {summary.not_submitted} request(s) "
