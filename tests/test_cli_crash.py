@@ -11,17 +11,15 @@ wait on the emulator's counters and the process, never on a fixed sleep.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _processes import start_cli, wait_for
 
 from flux_async.emulator import DEFAULT_API_KEY, Duration, EmulatorProcess, Scenario
 
@@ -51,26 +49,10 @@ def emu(emulator_process: EmulatorProcess) -> EmulatorProcess:
 
 
 def run_batch(emu: EmulatorProcess, prompts: Path, out: Path, provider: str, *more: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    args = [
+    return start_cli([
         "batch", str(prompts), "-o", str(out), "--json", "--concurrency", "3",
         "--provider", provider, "--base-url", emu.base_url(provider), "--api-key", DEFAULT_API_KEY, *more,
-    ]  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, "-m", "flux_async.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+    ])  # fmt: skip
 
 
 def submits(emu: EmulatorProcess) -> int:

@@ -10,16 +10,14 @@ sleep.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _processes import start_cli as start
+from _processes import wait_for
 from click.testing import CliRunner
 
 from flux_async.cli._app import cli
@@ -60,25 +58,6 @@ def batch_args(
         "--concurrency", "4", "--max-outstanding", str(window),
         "--provider", provider, "--base-url", emu.base_url(provider), "--api-key", DEFAULT_API_KEY,
     ]  # fmt: skip
-
-
-def start(args: list[str]) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "flux_async.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def ledger(out: Path) -> list[dict[str, Any]]:
