@@ -1,6 +1,7 @@
 """``flux-async report DIR``: what a batch directory holds, gathered for its HTML report.
-Part of the command line, never imported by the library. Reads files only: no network, no event
-loop, no API keys (none is in a batch directory); the page itself is drawn by ``_reportpage``.
+Part of the command line, never imported by the library. Reads files only: it must not import
+the session, the transport or anything that touches the network or an event loop, and it sees
+no API key (none is in a batch directory); the page itself is drawn by ``_reportpage``.
 
 :func:`write_report` writes ``DIR/report.html`` and returns its path. What it reads, each file
 optional but ``results.jsonl``:
