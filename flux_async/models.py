@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any, Required, TypeAlias, TypedDict
 
 import attrs
 
 __all__ = [
     "GeneratedImage",
+    "GenerationFields",
     "GenerationRequest",
     "GenerationResult",
     "ImageInput",
@@ -32,12 +33,12 @@ __all__ = [
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
 
 
-def _to_images(value: object) -> tuple[ImageInput, ...]:
+def _to_images(value: ImageInput | Iterable[ImageInput] | None) -> tuple[ImageInput, ...]:
     if value is None or value == ():
         return ()
     if isinstance(value, (str, bytes, os.PathLike)):
         return (value,)
-    return tuple(value)  # type: ignore[arg-type]
+    return tuple(value)
 
 
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
@@ -47,6 +48,23 @@ def _to_extra(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if not value:
         return _NO_EXTRA  # read-only, so one shared empty mapping will do
     return MappingProxyType(dict(value))
+
+
+class GenerationFields(TypedDict, total=False):
+    """:class:`GenerationRequest`'s fields as keywords (``session.generate(model=..., prompt=...)``),
+    so that a type checker checks them there too."""
+
+    model: Required[str]
+    prompt: Required[str]
+    size: str | None
+    n: int | None
+    images: ImageInput | Iterable[ImageInput] | None
+    response_format: str | None
+    safety_tolerance: int | None
+    prompt_upsampling: bool | None
+    seed: int | None
+    extra: Mapping[str, Any] | None
+    idempotency_key: str | None
 
 
 @attrs.frozen(kw_only=True)

@@ -25,7 +25,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, overload
+from typing import Any, Self, Unpack, overload
 
 import aiohttp
 import anyio
@@ -48,6 +48,7 @@ from .errors import (
 from .ledger import Ledger, MemoryLedger
 from .models import (
     GeneratedImage,
+    GenerationFields,
     GenerationRequest,
     GenerationResult,
     Outcome,
@@ -200,7 +201,7 @@ class Session:
     @overload
     async def generate(self, request: GenerationRequest, /) -> GenerationResult: ...
     @overload
-    async def generate(self, /, **fields: Any) -> GenerationResult: ...
+    async def generate(self, /, **fields: Unpack[GenerationFields]) -> GenerationResult: ...
 
     async def generate(self, request: GenerationRequest | None = None, /, **fields: Any) -> GenerationResult:
         """Submit one job, wait for it on the shared scheduler and return its result.

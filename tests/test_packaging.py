@@ -24,6 +24,35 @@ async def main() -> None:
 """
 
 
+MISTAKES = """\
+import flux_async
+
+
+async def main(session: flux_async.Session) -> None:
+    await session.generate(model="flux-kontext-pro", prompt="a fox", sise="1:1")
+    await session.generate(model="flux-kontext-pro", prompt="a fox", n="2")
+    await session.generate(prompt="a fox")
+    flux_async.GenerationRequest(model="flux-kontext-pro", prompt="a fox", images=5)
+"""
+
+
+def test_a_type_checker_checks_generate_keywords_and_image_inputs(tmp_path: Path) -> None:
+    pytest.importorskip("mypy")
+    (tmp_path / "mistakes.py").write_text(MISTAKES)
+    env = {k: v for k, v in os.environ.items() if k not in ("MYPYPATH", "PYTHONPATH")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), "mistakes.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    # One error per line of the script after its header: each mistake is caught where it is made.
+    flagged = {int(line.split(":")[1]) for line in proc.stdout.splitlines() if ": error:" in line}
+    assert flagged == {5, 6, 7, 8}, proc.stdout
+
+
 def test_mypy_finds_the_installed_package_from_a_users_directory(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
     (tmp_path / "script.py").write_text(SCRIPT)
