@@ -527,3 +527,20 @@ def test_only_settled_failures_get_a_result_line(
     error: Exception, with_task: bool, final: bool
 ) -> None:
     assert is_final(error, with_task=with_task) is final
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-report"]])
+def test_a_batch_writes_its_report_unless_told_not_to(emu: EmulatorProcess, tmp_path: Path, flag: list[str]) -> None:
+    emu.set_scenario(Scenario(seed=2, duration=Duration.fixed(0.02)))
+    source = tmp_path / "jobs.txt"
+    source.write_text("a <b>bold</b> fox\na calm lake\n")
+    out = tmp_path / "out"
+    result = invoke(["batch", str(source), "-o", str(out), "--json", *flag, *connect(emu)])
+    assert result.exit_code == 0, result.output
+    report = out / "report.html"
+    if flag:
+        assert not report.exists()
+    else:
+        page = report.read_text()
+        assert page.count("<figure") == 2
+        assert "a &lt;b&gt;bold&lt;/b&gt; fox" in page  # the prompt, escaped

@@ -29,6 +29,7 @@ from ._options import (
     output_options,
     request_options,
 )
+from ._report import write_report
 from ._runtime import (
     EXIT_USAGE,
     Output,
@@ -72,6 +73,10 @@ _MAX_LISTED_ERRORS = 50
         "never recorded (apimart, BFL; the process died mid-POST). This risks paying twice."
     ),
 )  # fmt: skip
+@click.option(
+    "--no-report", is_flag=True,
+    help="Do not write OUTPUT/report.html at the end (flux-async report OUTPUT writes it any time).",
+)  # fmt: skip
 @connection_options
 @output_options
 def batch(
@@ -86,6 +91,7 @@ def batch(
     max_outstanding: int,
     resume: bool,
     resubmit_in_doubt: bool,
+    no_report: bool,
     provider: str,
     api_key: str | None,
     base_url: str | None,
@@ -157,9 +163,22 @@ def batch(
         summary = summarize(output, runs, time.monotonic() - started, flags)
         extra = {"unrecorded_tasks": [ref.to_dict() for ref in runs[0].stats.unrecorded_tasks]}
         report(out, summary, runs, title=f"batch {file.name}", extra=extra)
+        if not no_report:
+            _write_report(out, output)
         return summary.exit_code
 
     run_command(out, body, verbose=verbose)
+
+
+def _write_report(out: Output, output: Path) -> None:
+    """The batch's ``report.html``; a report that cannot be written is said, and changes no
+    exit status (the batch itself is recorded)."""
+    try:
+        path = write_report(output)
+    except OSError as exc:
+        out.error(f"could not write the report in {output}: {exc}")
+        return
+    out.info(f"report: {path}")
 
 
 def _check_input(out: Output, file: Path, defaults: Defaults, provider: str) -> CheckReport:
