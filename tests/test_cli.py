@@ -544,3 +544,41 @@ def test_a_batch_writes_its_report_unless_told_not_to(emu: EmulatorProcess, tmp_
         page = report.read_text()
         assert page.count("<figure") == 2
         assert "a &lt;b&gt;bold&lt;/b&gt; fox" in page  # the prompt, escaped
+
+
+def test_retry_failed_sends_again_only_the_chosen_kinds_under_new_keys(emu: EmulatorProcess, tmp_path: Path) -> None:
+    emu.set_scenario(Scenario(seed=11, failure_rate=0.3, moderation_rate=0.3, duration=Duration.fixed(0.02)))
+    source = tmp_path / "jobs.txt"
+    source.write_text("".join(f"retry prompt {i}\n" for i in range(20)))
+    out = tmp_path / "out"
+    args = ["batch", str(source), "-o", str(out), "--json", "--no-report", *connect(emu)]
+    first = invoke(args)
+    assert first.exit_code == 1
+    kinds = {r["index"]: (r["error"] or {}).get("kind") for r in results(out)}
+    moderated = {i for i, kind in kinds.items() if kind == "ModerationError"}
+    failed = {i for i, kind in kinds.items() if kind == "TaskFailedError"}
+    assert moderated
+    assert failed
+    submits = emu.stats()["requests"]["submit"]
+
+    emu.set_scenario(Scenario(seed=12, duration=Duration.fixed(0.02)))  # the service recovered
+    assert invoke([*args, "--resume", "--retry-failed", "bogus"]).exit_code == 2
+    assert invoke([*args, "--retry-failed", "moderation"]).exit_code == 2  # only with --resume
+    second = invoke([*args, "--resume", "--retry-failed", "moderation"])
+    assert second.exit_code == 1  # the failed ones are still failed
+    summary = json.loads(second.stdout)
+    assert (summary["submitted"], summary["succeeded"]) == (len(moderated), len(moderated))
+    assert emu.stats()["requests"]["submit"] == submits + len(moderated)
+    latest = {r["index"]: r for r in results(out)}  # a later line supersedes
+    assert {i for i, r in latest.items() if r["status"] == "succeeded"} == set(range(20)) - failed
+    assert all(latest[i].get("attempt") == 1 for i in moderated)
+
+    third = invoke([*args, "--resume", "--retry-failed", "all"])
+    assert third.exit_code == 0, third.output
+    assert emu.stats()["requests"]["submit"] == submits + len(moderated) + len(failed)
+    assert emu.stats()["duplicate_submits"] == 0
+    assert {r["index"] for r in results(out) if r["status"] == "succeeded"} == set(range(20))
+    # Nothing left to retry: a further run sends nothing.
+    fourth = invoke([*args, "--resume", "--retry-failed", "all"])
+    assert fourth.exit_code == 0
+    assert emu.stats()["requests"]["submit"] == submits + len(moderated) + len(failed)

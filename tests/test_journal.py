@@ -220,3 +220,46 @@ def test_image_names() -> None:
     assert image_name(4, "task_01", "png") == "4-task_01.png"
     assert image_name(4, "a/b:c", ".jpg") == "4-a_b_c.jpg"
     assert image_name(0, "t", "webp", k=2, count=4) == "0-t-2.webp"
+
+
+@pytest.mark.anyio
+async def test_retrying_failures_opens_them_again_under_new_keys(tmp_path: Path) -> None:
+    out = OutputDir.create(tmp_path, HEADER)
+    for i, kind in ((0, None), (1, "ModerationError"), (2, "TaskFailedError")):
+        await intend(out, i)
+        await out.ledger.accept(HEADER.key(i), ref(i))
+        if kind is None:
+            out.record_result(i, i + 1, task_id=f"t{i}", status="succeeded")
+        else:
+            out.record_result(i, i + 1, task_id=f"t{i}", status="failed", error={"kind": kind, "message": "no"})
+    out.close()
+    state = load_state(tmp_path)
+    assert (state.failed, state.previous_done) == (2, 3)
+    again = state.retrying({"ModerationError"})
+    assert (again.failed, again.previous_done) == (1, 2)
+    assert [i for i in range(3) if again.needs_submit(i)] == [1]
+    assert again.attempt(1) == 1
+    assert HEADER.key(1, again.attempt(1)) != HEADER.key(1)  # a new key: a new task
+    assert HEADER.parse_key(HEADER.key(1, 1)) == (1, 1)
+    assert state.retrying({"BadRequestError"}) is state  # nothing of that kind
+
+    # The retry is accepted, then the process dies: the next resume re-attaches the retry's
+    # task, not the failed original, and does not submit it again.
+    reopened, _ = OutputDir.reopen(tmp_path)
+    key = HEADER.key(1, 1)
+    await reopened.ledger.intend(key, provider="bfl", model="flux-kontext-pro", digest="", at=5.0)
+    await reopened.ledger.accept(key, ref(11))
+    reopened.close()
+    after_crash = load_state(tmp_path)
+    assert dict(after_crash.accepted) == {1: ref(11)}
+    assert not after_crash.done(1)
+    assert after_crash.attempt(1) == 1
+    assert [i for i in range(3) if after_crash.needs_submit(i)] == []
+
+    # Its result lands: done again, a success now.
+    reopened, _ = OutputDir.reopen(tmp_path)
+    reopened.record_result(1, 2, task_id="t11", status="succeeded", attempt=1)
+    reopened.close()
+    final = load_state(tmp_path)
+    assert final.done(1)
+    assert (final.failed, dict(final.failures)) == (1, {2: "TaskFailedError"})

@@ -221,7 +221,8 @@ class BatchRunner:
                 continue
             self._window[position] = (item.index, item.line)
             position += 1
-            yield attrs.evolve(item.request, idempotency_key=key(item.index))
+            attempt = 0 if state is None else state.attempt(item.index)
+            yield attrs.evolve(item.request, idempotency_key=key(item.index, attempt))
 
     def _on_submit(self, position: int, ref: TaskRef) -> None:
         """The provider accepted a task (the session has recorded it in the ledger)."""
@@ -367,8 +368,9 @@ class BatchRunner:
     def _record(self, index: int, line: int, **fields: Any) -> bool:
         """Append a result line; on failure (a full disk) stop submitting and leave the job to
         ``--resume`` (its task is in the ledger). False when it could not be written."""
+        attempt = 0 if self.state is None else self.state.attempt(index)
         try:
-            self.out.record_result(index, line, **fields)
+            self.out.record_result(index, line, attempt=attempt, **fields)
         except OSError as exc:
             if self.results_error is None:
                 self.results_error = exc

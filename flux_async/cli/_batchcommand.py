@@ -46,6 +46,14 @@ __all__ = ["batch"]
 
 _MAX_LISTED_ERRORS = 50
 
+#: ``--retry-failed`` kinds, and the error each one means in ``results.jsonl``.
+RETRY_KINDS = {
+    "failed": "TaskFailedError",
+    "moderation": "ModerationError",
+    "not-found": "TaskNotFoundError",
+    "rejected": "BadRequestError",
+}
+
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
@@ -74,6 +82,14 @@ _MAX_LISTED_ERRORS = 50
     ),
 )  # fmt: skip
 @click.option(
+    "--retry-failed", "retry_failed", metavar="KINDS", default=None,
+    help=(
+        "With --resume: submit again the requests that failed for good, of these kinds "
+        f"(comma-separated: {', '.join(RETRY_KINDS)}, or all). Each is a new, paid task. "
+        "Requests in doubt are not among them (see --resubmit-in-doubt)."
+    ),
+)  # fmt: skip
+@click.option(
     "--no-report", is_flag=True,
     help="Do not write OUTPUT/report.html at the end (flux-async report OUTPUT writes it any time).",
 )  # fmt: skip
@@ -91,6 +107,7 @@ def batch(
     max_outstanding: int,
     resume: bool,
     resubmit_in_doubt: bool,
+    retry_failed: str | None,
     no_report: bool,
     provider: str,
     api_key: str | None,
@@ -116,11 +133,11 @@ def batch(
     limits = Limits(max_concurrent_submits=concurrency, max_outstanding=max_outstanding)
     input_path = os.path.abspath(file)
     with exit_on_error(out):
+        if resubmit_in_doubt and not resume:
+            fail("--resubmit-in-doubt only applies to --resume", EXIT_USAGE)
+        retry_kinds = _retry_kinds(retry_failed, resume=resume)
         # The first pass, before any connection: every line is checked.
         checked = _check_input(out, file, defaults, provider)
-
-    if resubmit_in_doubt and not resume:
-        fail("--resubmit-in-doubt only applies to --resume", EXIT_USAGE)
 
     async def body() -> int:
         # A missing key stops here, before anything is written.
@@ -133,13 +150,15 @@ def batch(
             defaults=defaults.to_dict(),
         )
         journal, state = _open_output(output, header, resume=resume)
+        if state is not None and retry_kinds:
+            state = state.retrying(retry_kinds)
         session = open_session(
             provider, api_key, base_url, limits, ledger=journal.ledger, resubmit_in_doubt=resubmit_in_doubt
         )
         counts = Counts(
             label=file.name,
             total=checked.requests,
-            previous_done=0 if state is None else len(state.finished),
+            previous_done=0 if state is None else state.previous_done,
             previous_failed=0 if state is None else state.failed,
         )
         view = ProgressView(out.err, enabled=out.interactive)
@@ -168,6 +187,25 @@ def batch(
         return summary.exit_code
 
     run_command(out, body, verbose=verbose)
+
+
+def _retry_kinds(option: str | None, *, resume: bool) -> frozenset[str]:
+    """The error kinds ``--retry-failed`` names (exit 2 on a kind it does not know)."""
+    if option is None:
+        return frozenset()
+    if not resume:
+        fail("--retry-failed only applies to --resume", EXIT_USAGE)
+    names = {name.strip().lower() for name in option.split(",") if name.strip()}
+    if names == {"all"}:
+        return frozenset(RETRY_KINDS.values())
+    unknown = sorted(names - RETRY_KINDS.keys())
+    if unknown or not names:
+        fail(
+            f"--retry-failed: unknown kind(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(RETRY_KINDS)} or all",
+            EXIT_USAGE,
+        )
+    return frozenset(RETRY_KINDS[name] for name in names)
 
 
 def _write_report(out: Output, output: Path) -> None:

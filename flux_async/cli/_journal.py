@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -103,16 +103,23 @@ class JournalHeader:
     defaults: Mapping[str, Any] = attrs.field(factory=dict)
     run: str = attrs.field(factory=lambda: secrets.token_hex(8))
 
-    def key(self, index: int) -> str:
-        """The idempotency key of request ``index``."""
-        return f"{self.run}-{index}"
+    def key(self, index: int, attempt: int = 0) -> str:
+        """The idempotency key of request ``index``: ``<run>-<index>``, and ``.<attempt>`` after
+        it for a request sent again by ``--retry-failed`` (a new key: a new task)."""
+        return f"{self.run}-{index}" if attempt == 0 else f"{self.run}-{index}.{attempt}"
+
+    def parse_key(self, key: str) -> tuple[int, int] | None:
+        """(index, attempt) of a key of this batch (None for any other key)."""
+        prefix, _, rest = key.rpartition("-")
+        number, _, attempt = rest.partition(".")
+        if prefix != self.run or not number.isdigit() or not (attempt.isdigit() or attempt == ""):
+            return None
+        return int(number), int(attempt or 0)
 
     def index_of(self, key: str) -> int | None:
         """The request index a key of this batch names (None for any other key)."""
-        prefix, _, number = key.rpartition("-")
-        if prefix != self.run or not number.isdigit():
-            return None
-        return int(number)
+        parsed = self.parse_key(key)
+        return None if parsed is None else parsed[0]
 
     def to_json(self) -> dict[str, Any]:
         """The header's JSON object (the ledger's ``meta``)."""
@@ -164,10 +171,13 @@ class JournalHeader:
 class BatchState:
     """What an output directory says about a batch so far.
 
-    ``finished`` holds the indices with a result line (``failed`` of them without an image).
-    ``accepted`` maps each unfinished index whose task the provider accepted to its ref;
-    ``in_doubt`` each unfinished index whose POST was sent and never answered on record to the
-    time it was sent (Unix seconds).
+    ``finished`` holds the indices with a result line; ``reopened`` those of them sent again
+    (``--retry-failed``) whose new attempt has no result yet: they are not done. ``failures``
+    maps each index whose latest result is a failure to its error kind (``failed`` counts those
+    not reopened). ``attempts`` gives the current attempt of each index sent more than once.
+    ``accepted`` maps each index not done whose current attempt the provider accepted to its
+    ref; ``in_doubt`` each index not done whose current attempt was sent and never answered on
+    record to the time it was sent (Unix seconds).
     """
 
     header: JournalHeader
@@ -175,11 +185,44 @@ class BatchState:
     failed: int
     accepted: Mapping[int, TaskRef]
     in_doubt: Mapping[int, float]
+    failures: Mapping[int, str] = attrs.field(factory=dict)
+    attempts: Mapping[int, int] = attrs.field(factory=dict)
+    reopened: frozenset[int] = frozenset()
+
+    @property
+    def previous_done(self) -> int:
+        """Requests done in earlier runs."""
+        return len(self.finished) - len(self.reopened)
+
+    def done(self, index: int) -> bool:
+        """True when request ``index``'s current attempt has a result line."""
+        return index in self.finished and index not in self.reopened
+
+    def attempt(self, index: int) -> int:
+        """The current attempt of request ``index`` (0: its first)."""
+        return self.attempts.get(index, 0)
 
     def needs_submit(self, index: int) -> bool:
-        """True when request ``index`` has no result and no accepted task: it goes through
+        """True when request ``index`` is not done and has no accepted task: it goes through
         the session (which looks up or refuses an intent in doubt, and sends the rest)."""
-        return index not in self.finished and index not in self.accepted
+        return not self.done(index) and index not in self.accepted
+
+    def retrying(self, kinds: Collection[str]) -> BatchState:
+        """This state with every settled failure of one of ``kinds`` (error class names) opened
+        again as a new attempt, under a new key: it will be submitted (and paid for) again."""
+        chosen = {
+            index
+            for index, kind in self.failures.items()
+            if kind in kinds and index not in self.reopened
+        }
+        if not chosen:
+            return self
+        attempts = dict(self.attempts)
+        for index in chosen:
+            attempts[index] = attempts.get(index, 0) + 1
+        return attrs.evolve(
+            self, attempts=attempts, reopened=self.reopened | chosen, failed=self.failed - len(chosen)
+        )
 
 
 def image_name(index: int, task_id: str, ext: str, *, k: int = 0, count: int = 1) -> str:
@@ -245,6 +288,7 @@ class OutputDir:
         status: str,
         files: Sequence[Path] = (),
         error: Mapping[str, str] | None = None,
+        attempt: int = 0,
     ) -> None:
         """Append the outcome of request ``index`` (flushed, not fsynced: the ledger is the
         record of what was paid for; a lost result line only means one more status check).
@@ -257,6 +301,8 @@ class OutputDir:
             "files": [os.fspath(self._relative(f)) for f in files],
             "error": None if error is None else dict(error),
         }
+        if attempt:
+            record["attempt"] = attempt
         write_line(self._results, record, sync=False)
 
     def _relative(self, file: Path) -> Path:
@@ -294,27 +340,56 @@ def _open_ledger(root: Path) -> FileLedger:
 
 
 def _state(root: Path, header: JournalHeader, ledger: FileLedger) -> BatchState:
+    # Results, in the order they were written: a later line for an index supersedes.
     finished = IndexSet()
-    failed = 0
+    failures: dict[int, str] = {}  # index -> error kind, while its latest result is a failure
+    result_attempts: dict[int, int] = {}  # index -> attempt of its latest result, when not 0
     results_path = root / RESULTS_NAME
     if results_path.exists():
         for number, record in _records(results_path):
             index = _index(record, results_path, number)
-            if index not in finished and record.get("status") != "succeeded":
-                failed += 1
             finished.add(index)
+            attempt = record.get("attempt") or 0
+            if isinstance(attempt, int) and attempt > 0:
+                result_attempts[index] = attempt
+            else:
+                result_attempts.pop(index, None)
+            if record.get("status") == "succeeded":
+                failures.pop(index, None)
+            else:
+                error = record.get("error")
+                kind = error.get("kind") if isinstance(error, dict) else None
+                failures[index] = str(kind or "failed")
+    # The ledger: only each index's latest attempt counts (a retried request has several).
+    attempts: dict[int, int] = {}
+    parsed = [(header.parse_key(entry.key), entry) for entry in ledger.entries()]
+    for key, _ in parsed:
+        if key is not None and key[1] > attempts.get(key[0], 0):
+            attempts[key[0]] = key[1]
+    reopened = {index for index, attempt in attempts.items() if attempt > result_attempts.get(index, 0)}
     accepted: dict[int, TaskRef] = {}
     in_doubt: dict[int, float] = {}
-    for entry in ledger.entries():
-        request = header.index_of(entry.key)
-        if request is None or request in finished:
+    for key, entry in parsed:
+        if key is None:
+            continue
+        index, attempt = key
+        if attempt != attempts.get(index, 0) or (index in finished and index not in reopened):
             continue
         if entry.ref is not None:
             # Accepted (and perhaps settled at the provider, its images never fetched).
-            accepted[request] = entry.ref
+            accepted[index] = entry.ref
         elif entry.in_doubt:
-            in_doubt[request] = entry.intended_at
-    return BatchState(header=header, finished=finished, failed=failed, accepted=accepted, in_doubt=in_doubt)
+            in_doubt[index] = entry.intended_at
+    return BatchState(
+        header=header,
+        finished=finished,
+        failed=len(failures.keys() - reopened),
+        accepted=accepted,
+        in_doubt=in_doubt,
+        failures=failures,
+        attempts=attempts,
+        reopened=frozenset(reopened),
+    )
 
 
 def _index(record: Mapping[str, Any], path: Path, number: int) -> int:
