@@ -11,6 +11,7 @@ through the money path and the uploads) nor the session (which owns it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 
@@ -33,6 +34,8 @@ from .models import GenerationRequest, TaskRef
 from .scheduler import PollScheduler
 
 __all__ = ["Jobs", "coerce_ref"]
+
+_log = logging.getLogger("flux_async")
 
 #: Errors that end a task for good at the provider: its ledger entry is settled.
 _ENDED_AT_THE_PROVIDER = (TaskFailedError, ModerationError, TaskNotFoundError)
@@ -144,6 +147,8 @@ class Jobs:
             if on_accept is not None:
                 on_accept(job)
             self.watch(job)
+            if _log.isEnabledFor(logging.INFO):
+                _log.info("task %s accepted (%s, key %s)", ref.task_id, model, key)
             return job
         finally:
             slots.release()
@@ -203,6 +208,9 @@ class Jobs:
             self.limiter.release(job.ref.model or "")
         error = job._error
         self._counts["succeeded" if error is None else "failed"] += 1
+        if _log.isEnabledFor(logging.INFO):
+            how = "succeeded" if error is None else f"ended: {type(error).__name__}: {error}"
+            _log.info("task %s %s", job.ref.task_id, how)
         if job.key is not None:
             if error is None:
                 self._ledger.settle(job.key, "succeeded")

@@ -343,6 +343,10 @@ class Submitter:
                         policy, attempts=attempt + 1, elapsed=ctx.now() - started, delay=delay
                     ) and ctx.budget.try_spend_retry():
                         counts["submit_retries"] += 1
+                        logger.debug(
+                            "submit %s attempt %d refused before any task existed (%s): attempt %d in %.2f s",
+                            key, attempt + 1, type(error).__name__, attempt + 2, delay,
+                        )
                         await ctx.sleep(delay)
                         attempt += 1
                         continue
@@ -356,6 +360,10 @@ class Submitter:
                             model=request.model,
                             idempotency_key=key,
                         ) from error
+                    logger.debug(
+                        "submit %s attempt %d ended ambiguously (%s): looking the task up by its key",
+                        key, attempt + 1, type(error).__name__,
+                    )
                     # Shielded like the POST: a task may exist under cbid, and a cancelled caller
                     # must not forget it (the lookup is bounded by the retry policy).
                     with anyio.CancelScope(shield=True):

@@ -64,7 +64,7 @@ async def test_debug_logs_every_request_and_info_every_download(
     assert all(f"?id={job.task_id} -> 200" in m for m in polls)
     [download] = [m for m in debug if "/files/bfl/" in m]
     assert "se=<redacted>&sig=<redacted> -> 200" in download
-    [saved] = messages(caplog, logging.INFO)
+    [saved] = [m for m in messages(caplog, logging.INFO) if m.startswith("downloaded")]
     assert "fox.jpg" in saved or "fox.png" in saved
     signature = result.images[0].url.rpartition("sig=")[2]
     for record in caplog.records:
@@ -188,3 +188,28 @@ async def test_without_debug_the_scheduling_log_costs_nothing(caplog: pytest.Log
         raise AssertionError("no timer is set")
 
     await log_scheduling([session], sleep=sleep)  # type: ignore[list-item]
+
+
+@pytest.mark.anyio
+async def test_info_follows_each_job_and_debug_each_submit_decision(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="flux_async")
+    async with (
+        Emulator() as emu,
+        Session(
+            "toapis", api_key=SENTINEL, base_url=emu.base_url("toapis"),
+            retry_policy=RetryPolicy(base_delay=0.01, max_delay=0.02),
+        ) as session,
+    ):
+        emu.set_scenario(Scenario(api_keys=(SENTINEL,)))
+        emu.fail_next("submit", "status", status=429, retry_after=0.01)
+        emu.fail_next("submit", "drop_after_create")
+        result = await session.generate(model="flux-kontext-pro", prompt="a fox", idempotency_key="fox-1")
+    (task,) = emu.stats()["tasks"]
+    info = messages(caplog, logging.INFO)
+    assert f"task {task['id']} accepted (flux-kontext-pro, key fox-1)" in info
+    assert f"task {task['id']} succeeded" in info
+    debug = messages(caplog, logging.DEBUG)
+    assert any("submit fox-1 attempt 1 refused before any task existed (RateLimitError): attempt 2" in m for m in debug)
+    assert any("submit fox-1 attempt 2 ended ambiguously" in m for m in debug)
+    assert result.images
+    assert not any(SENTINEL in r.getMessage() for r in caplog.records)
