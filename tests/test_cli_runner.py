@@ -23,8 +23,9 @@ from flux_async import (
 )
 from flux_async.cli._batch import BatchRunner
 from flux_async.cli._batchentry import Entry
+from flux_async.cli._batchstate import JournalHeader
 from flux_async.cli._display import Counts
-from flux_async.cli._journal import JournalHeader, OutputDir, load_state
+from flux_async.cli._journal import OutputDir, load_state
 from flux_async.session import Limits
 
 pytestmark = pytest.mark.anyio

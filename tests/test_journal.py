@@ -11,16 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_async import TaskRef
-from flux_async.cli._journal import (
-    JOURNAL_NAME,
-    RESULTS_NAME,
-    IndexSet,
-    JournalError,
-    JournalHeader,
-    OutputDir,
-    image_name,
-    load_state,
-)
+from flux_async.cli._batchstate import IndexSet, JournalError, JournalHeader
+from flux_async.cli._journal import JOURNAL_NAME, RESULTS_NAME, OutputDir, image_name, load_state
 
 HEADER = JournalHeader(
     provider="bfl",

@@ -52,8 +52,9 @@ from ._api import (
     ValidationError,
 )
 from ._batchentry import Entry, LineError
+from ._batchstate import BatchState
 from ._display import Counts
-from ._journal import BatchState, OutputDir, image_name
+from ._journal import OutputDir, image_name
 
 __all__ = ["BatchRunner", "error_record"]
 

@@ -20,8 +20,9 @@ from ._api import Limits
 from ._batch import BatchRunner
 from ._batchentry import Defaults
 from ._batchfile import BatchFileError, CheckReport, check_file, read_entries
+from ._batchstate import BatchState, JournalError, JournalHeader
 from ._display import Counts, ProgressView
-from ._journal import JOURNAL_NAME, BatchState, JournalError, JournalHeader, OutputDir
+from ._journal import JOURNAL_NAME, OutputDir
 from ._options import (
     connection_options,
     local_images,

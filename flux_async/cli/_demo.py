@@ -26,8 +26,9 @@ from ..emulator import DEFAULT_API_KEY, Duration, Emulator, Scenario
 from ._api import GenerationRequest, Limits, ModerationError, Session
 from ._batch import BatchRunner
 from ._batchentry import Entry
+from ._batchstate import JournalError, JournalHeader
 from ._display import Counts, ProgressView
-from ._journal import JournalError, JournalHeader, OutputDir
+from ._journal import OutputDir
 from ._runtime import (
     EXIT_FAILED,
     EXIT_OK,
