@@ -12,11 +12,13 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Required, TypeAlias, TypedDict
+from typing import Any, ClassVar, Literal, Required, TypeAlias, TypedDict
 
 import attrs
 
 __all__ = [
+    "Cost",
+    "CostSource",
     "GeneratedImage",
     "GenerationFields",
     "GenerationRequest",
@@ -110,6 +112,39 @@ class GenerationRequest:
         return f"GenerationRequest({', '.join(shown)})"
 
 
+#: Where a :class:`Cost` comes from: the provider's own figure, the price table, or nowhere.
+CostSource: TypeAlias = Literal["reported", "price_table", "unknown"]
+
+
+@attrs.frozen
+class Cost:
+    """What a job costs, in US dollars, and where that figure comes from.
+
+    ``source`` is ``"reported"`` (the provider said so: BFL's submit answer, apimart's task
+    status, or a BFL task refused by moderation, which is not charged), ``"price_table"``
+    (the price per image times the images charged) or ``"unknown"`` (no price is known:
+    ``usd`` is None, never a silent zero). :attr:`Cost.UNKNOWN` is the one unknown cost.
+    """
+
+    usd: float | None
+    source: CostSource
+
+    #: The cost of a job whose price is not known.
+    UNKNOWN: ClassVar[Cost]
+
+    def __attrs_post_init__(self) -> None:
+        if (self.usd is None) != (self.source == "unknown"):
+            raise ValueError("a Cost has an amount exactly when its source is not 'unknown'")
+
+    @property
+    def known(self) -> bool:
+        """True when the amount is known."""
+        return self.usd is not None
+
+
+Cost.UNKNOWN = Cost(None, "unknown")
+
+
 @attrs.frozen
 class GeneratedImage:
     """One result image: where to fetch it and until when (an aware datetime, or None if unknown)."""
@@ -120,12 +155,14 @@ class GeneratedImage:
 
 @attrs.frozen(kw_only=True)
 class GenerationResult:
-    """The images of a finished task."""
+    """The images of a finished task, and what the task cost (:attr:`Cost.UNKNOWN` when no
+    price is known, as for a state read with ``Session.get_task``)."""
 
     task_id: str
     images: tuple[GeneratedImage, ...]
     model: str | None = None
     seed: int | None = None
+    cost: Cost = Cost.UNKNOWN
 
 
 class TaskStatus(enum.Enum):
@@ -160,7 +197,9 @@ class TaskState:
     ``raw_status`` is the provider's own spelling. ``progress`` is 0-100 when the provider
     reports it; ``estimated_time`` is the provider's estimate of the total run time in seconds;
     ``created_at`` / ``completed_at`` are the provider's timestamps. A terminal state carries
-    ``result`` (success) or ``failure`` (anything else).
+    ``result`` (success) or ``failure`` (anything else). ``cost_usd`` is what the provider
+    reports the task costs, in US dollars, when the status says (apimart on every status; BFL
+    0 for a task refused by moderation, which it does not charge); None otherwise.
     """
 
     task_id: str
@@ -172,6 +211,7 @@ class TaskState:
     completed_at: datetime | None = None
     result: GenerationResult | None = None
     failure: TaskFailure | None = None
+    cost_usd: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -217,7 +257,9 @@ class Outcome:
     """The end of one job of a batch: a result, or the error that ended it.
 
     ``index`` is the job's position in the input; ``task_id`` is None when no task was created.
-    ``files`` lists the downloaded files when the batch was asked to download.
+    ``files`` lists the downloaded files when the batch was asked to download. ``cost`` is what
+    the job cost (settled when its task ended, failed or not; the reservation for a submit in
+    doubt, which counts as spent); None when no task was created (nothing was charged).
     """
 
     index: int
@@ -226,6 +268,7 @@ class Outcome:
     result: GenerationResult | None = None
     error: BaseException | None = None
     files: tuple[Path, ...] = ()
+    cost: Cost | None = None
 
     @property
     def ok(self) -> bool:

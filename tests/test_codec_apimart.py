@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,6 +236,22 @@ POLLS = {
             ),
             model="flux-kontext-pro",
         ),
+        cost_usd=0.04,  # ``cost`` wins over a ``credits_cost`` that disagrees with it
+    ),
+    "poll_completed_credits_cost_only.json": TaskState(
+        task_id=TASK_ID,
+        status=TaskStatus.SUCCEEDED,
+        raw_status="completed",
+        progress=100.0,
+        estimated_time=60.0,
+        created_at=ts(1763088289),
+        completed_at=ts(1763088308),
+        result=GenerationResult(
+            task_id=TASK_ID,
+            images=(GeneratedImage("https://upload.apimart.ai/f/image/a.png", ts(1763174708)),),
+            model="flux-kontext-pro",
+        ),
+        cost_usd=0.032,  # credits_cost / 10
     ),
     "poll_submitted.json": running(TaskStatus.QUEUED, "submitted", 0.0),
     "poll_pending.json": running(TaskStatus.QUEUED, "pending", 0.0),
@@ -277,6 +294,36 @@ POLLS = {
 @pytest.mark.parametrize("name", sorted(POLLS))
 def test_parse_poll(codec: ApimartCodec, name: str) -> None:
     assert codec.parse_poll(response(name), ref=REF) == POLLS[name]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"cost": 0.064}, 0.064),
+        ({"cost": 0}, 0.0),
+        ({"credits_cost": 0.64}, 0.064),
+        ({"cost": 0.05, "credits_cost": 5}, 0.05),
+        ({"cost": "0.05", "credits_cost": 0.5}, 0.05),  # an unusable cost: credits_cost / 10
+        ({"cost": None, "credits_cost": None}, None),
+        ({"cost": -1}, None),
+        ({"cost": True}, None),
+        ({"cost": "free"}, None),
+        ({"cost": {"usd": 1}}, None),
+        ({"credits_cost": [4]}, None),
+        ({"cost": 1e400}, None),
+        ({}, None),
+    ],
+)
+def test_a_task_status_reports_its_cost_and_an_odd_one_is_no_cost(
+    codec: ApimartCodec, fields: dict[str, Any], expected: float | None
+) -> None:
+    for sample in ("poll_processing.json", "poll_completed.json", "poll_failed.json"):
+        body = json.loads((SAMPLES / sample).read_bytes())
+        body["data"].update(fields)
+        text = json.dumps(body).replace("Infinity", "1e400")
+        state = codec.parse_poll(HttpResponse(status=200, body=text.encode()), ref=REF)
+        assert state.cost_usd == (None if expected is None else pytest.approx(expected)), sample
+        assert state.cost_usd is None or isinstance(state.cost_usd, float)
 
 
 def test_poll_data_as_a_list_is_accepted(codec: ApimartCodec) -> None:
@@ -477,6 +524,7 @@ task = st.fixed_dictionaries(
             )
         ),
         "cost": scalars,
+        "credits_cost": scalars,
         "usage": json_values,
     },
 )
@@ -512,6 +560,7 @@ def test_fuzz_parse_poll(response: HttpResponse) -> None:
         assert isinstance(state, TaskState)
         assert state.progress is None or 0 <= state.progress <= 100
         assert state.estimated_time is None or state.estimated_time >= 0
+        assert state.cost_usd is None or (math.isfinite(state.cost_usd) and state.cost_usd >= 0)
         if state.status is TaskStatus.SUCCEEDED:
             assert state.result is not None
             assert all(isinstance(i.url, str) and i.url for i in state.result.images)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -167,6 +168,30 @@ def test_parse_submit_keeps_the_polling_url_verbatim(codec: BflCodec, name: str)
     assert codec.parse_submit(response(name), model="flux-kontext-pro") == REF
 
 
+def test_the_submit_answer_reports_its_cost_in_credits(codec: BflCodec) -> None:
+    assert codec.submit_cost(response("submit_cost_fields.json")) == 0.04  # 4 credits
+    assert codec.submit_cost(response("submit.json")) is None
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected"),
+    [(8, 0.08), (8.0, 0.08), (0, 0.0), (3.2, 0.032), (None, None), (-4, None), ("4", None),
+     (True, None), ([4], None), ({"credits": 4}, None)],
+)
+def test_an_odd_submit_cost_is_no_cost_and_never_fails_the_submit(
+    codec: BflCodec, cost: Any, expected: float | None
+) -> None:
+    body = json.dumps({"id": "abc-1", "polling_url": POLLING_URL, "cost": cost}).encode()
+    answer = HttpResponse(status=200, body=body)
+    assert codec.submit_cost(answer) == expected
+    assert codec.parse_submit(answer, model="flux-kontext-pro").task_id == "abc-1"
+
+
+@pytest.mark.parametrize("body", [b"", b"<html/>", b"[4]", b'"cost"', b"{", b"[" * 100_000])
+def test_a_submit_cost_from_an_unreadable_body_is_none(codec: BflCodec, body: bytes) -> None:
+    assert codec.submit_cost(HttpResponse(status=200, body=body)) is None
+
+
 @pytest.mark.parametrize(
     "polling_url", [None, "", "ftp://api.bfl.ai/x", "/relative", 7, {"url": "x"}]
 )
@@ -265,6 +290,7 @@ POLLS = {
         failure=TaskFailure(
             "Request Moderated", 'Request Moderated: {"Moderation Reasons": ["Derivative Works"]}'
         ),
+        cost_usd=0.0,  # a moderated task is not charged
     ),
     "poll_content_moderated.json": TaskState(
         task_id="b9b1...",
@@ -273,6 +299,7 @@ POLLS = {
         failure=TaskFailure(
             "Content Moderated", 'Content Moderated: {"Moderation Reasons": ["NSFW"]}'
         ),
+        cost_usd=0.0,  # a moderated task is not charged
     ),
     "poll_task_not_found.json": TaskState(
         task_id="b9b1...",
@@ -489,6 +516,8 @@ def _only_documented_errors(call: Callable[[], T]) -> T | None:
 def test_fuzz_parse_functions(response: HttpResponse) -> None:
     codec = BflCodec(api_key=KEY)
     ref = _only_documented_errors(lambda: codec.parse_submit(response, model="m"))
+    cost = codec.submit_cost(response)
+    assert cost is None or (math.isfinite(cost) and cost >= 0)
     if ref is not None:
         assert isinstance(ref, TaskRef)
         assert ref.task_id

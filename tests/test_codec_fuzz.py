@@ -37,7 +37,7 @@ CODECS: dict[str, Callable[[], Codec]] = {
     "apimart": lambda: ApimartCodec(api_key=KEY),
     "bfl": lambda: BflCodec(api_key=KEY),
 }
-PARSERS = ("parse_submit", "parse_poll", "parse_lookup", "parse_upload", "parse_error")
+PARSERS = ("parse_submit", "submit_cost", "parse_poll", "parse_lookup", "parse_upload", "parse_error")
 
 # -- strategies ----------------------------------------------------------------------------------
 
@@ -57,7 +57,8 @@ json_values = st.recursive(
     | st.dictionaries(
         st.sampled_from(["id", "status", "data", "result", "images", "url", "sample", "error",
                          "code", "message", "progress", "task_id", "polling_url", "success",
-                         "detail", "expires_at", "estimated_time", "details", "seed"])
+                         "detail", "expires_at", "estimated_time", "details", "seed",
+                         "cost", "credits_cost"])
         | st.text(max_size=8),
         inner,
         max_size=5,
@@ -160,6 +161,8 @@ FUZZ = settings(
 def _call(codec: Codec, name: str, response: HttpResponse, ref: TaskRef) -> Any:
     if name == "parse_submit":
         return codec.parse_submit(response, model="flux-kontext-pro")
+    if name == "submit_cost":
+        return codec.submit_cost(response)
     if name == "parse_poll":
         return codec.parse_poll(response, ref=ref)
     if name == "parse_lookup":
@@ -175,9 +178,12 @@ def _check_value(name: str, value: Any, provider: str) -> None:
         assert value.provider == provider
         assert value.task_id
         assert value.task_id.isprintable()
+    elif name == "submit_cost":  # never raises: a cost is a hint
+        assert value is None or (isinstance(value, float) and math.isfinite(value) and value >= 0)
     elif name == "parse_poll":
         assert isinstance(value, TaskState)
         assert isinstance(value.status, TaskStatus)
+        assert value.cost_usd is None or (math.isfinite(value.cost_usd) and value.cost_usd >= 0)
         assert value.progress is None or (math.isfinite(value.progress) and 0 <= value.progress <= 100)
         if value.status is TaskStatus.SUCCEEDED:
             assert value.result is not None
@@ -223,6 +229,7 @@ def test_parse_functions_raise_only_protocol_or_api_errors(
             value = _call(codec, name, response, ref)
         except (ProtocolError, APIError) as exc:
             assert name != "parse_error", "parse_error returns the error, it never raises"
+            assert name != "submit_cost", "a cost is a hint: reading one never raises"
             _check_error(exc, provider)
             continue
         _check_value(name, value, provider)

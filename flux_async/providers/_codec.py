@@ -114,6 +114,11 @@ class BaseCodec:
             message = f"unexpected {what} response ({describe_structure_error(exc)})"
             raise self._protocol_error(response, message) from exc
 
+    def submit_cost(self, response: HttpResponse) -> float | None:
+        """What a 2xx submit answer says the task costs, in US dollars: None here (only BFL's
+        answer carries a cost). Never raises."""
+        return None
+
     def _protocol_error(self, response: HttpResponse, message: str) -> ProtocolError:
         """A ProtocolError carrying the response's (clipped) body; the key is redacted from
         both the message and the body."""

@@ -1,5 +1,5 @@
 """The codecs' cattrs converters and lenient readers: :func:`make_converter`, the hint types
-(``Timestamp``, ``Percent``, ``Seconds``, ``Failure``, ``Urls``) with their hooks, and the
+(``Timestamp``, ``Percent``, ``Seconds``, ``Amount``, ``Failure``, ``Urls``) with their hooks, and the
 ``read_*`` functions the hand-written poll readers call. Pure: no I/O, no clock, no
 aiohttp/anyio, nothing from transport, scheduler or session; of the provider modules it
 imports only :mod:`._errors` (for clipping a provider's text).
@@ -31,6 +31,7 @@ from ..models import TaskFailure
 from ._errors import clip, error_code
 
 __all__ = [
+    "Amount",
     "Failure",
     "Percent",
     "Seconds",
@@ -38,6 +39,7 @@ __all__ = [
     "Urls",
     "describe_structure_error",
     "make_converter",
+    "read_amount",
     "read_failure",
     "read_object",
     "read_optional_str",
@@ -63,6 +65,8 @@ Timestamp = NewType("Timestamp", datetime)
 Percent = NewType("Percent", float)
 #: A non-negative number of seconds.
 Seconds = NewType("Seconds", float)
+#: A non-negative amount (a cost, in whatever unit the field is in).
+Amount = NewType("Amount", float)
 #: A provider's error object (or bare string) -> TaskFailure.
 Failure = NewType("Failure", TaskFailure)
 #: Result URLs from any of the spellings providers use: a string, a list of strings, an object
@@ -150,6 +154,14 @@ def read_seconds(value: object) -> Seconds | None:
     return _seconds(value, None)  # type: ignore[return-value]
 
 
+def read_amount(value: object) -> Amount | None:
+    """A non-negative finite number, or None for anything else (a cost is a hint: it never
+    fails a response)."""
+    if value is None:
+        return None
+    return _seconds(value, None)  # type: ignore[return-value]
+
+
 def read_object(value: object) -> dict[str, Any]:
     """A JSON object, as the converter requires for a nested class (TypeError otherwise)."""
     if not isinstance(value, dict):
@@ -227,6 +239,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(Timestamp, _timestamp)
     converter.register_structure_hook(Percent, _percent)
     converter.register_structure_hook(Seconds, _seconds)
+    converter.register_structure_hook(Amount, _seconds)
     converter.register_structure_hook(Failure, _failure)
     converter.register_structure_hook(Urls, _urls)
 

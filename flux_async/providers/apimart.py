@@ -7,7 +7,12 @@ converter only.
 
 Tolerated (the providers' documentation): ``data`` as a list (documented for submit) or a single object (seen
 on other model pages; accepted on submit and on poll alike), ``result.images[].url`` as a list
-of strings or one string, and extra fields (``cost``, ``credits_cost``, ``usage``...) ignored.
+of strings or one string, and extra fields (``usage``...) ignored.
+
+Cost: a task status carries ``cost`` (USD) and ``credits_cost`` (documented as cost x 10; the
+documentation's own examples disagree, so ``cost`` is read first and ``credits_cost`` / 10 only
+when ``cost`` is missing or unusable). Either is a hint: a missing, negative or non-numeric
+value is no cost (``TaskState.cost_usd`` None), never a failed response.
 
 Choices:
 - Options (``response_format``, ``safety_tolerance``, ``prompt_upsampling``) sit at the top
@@ -42,12 +47,14 @@ from ..models import (
 from ._build import aggregator_fields, merge_extra, path_segment
 from ._codec import BaseCodec
 from ._convert import (
+    Amount,
     Failure,
     Percent,
     Seconds,
     Timestamp,
     Urls,
     make_converter,
+    read_amount,
     read_failure,
     read_object,
     read_percent,
@@ -108,7 +115,12 @@ class _Task:
     completed: Timestamp | None = None
     result: _Result | None = None
     error: Failure | None = None
+    cost: Amount | None = None
+    credits_cost: Amount | None = None
 
+
+#: apimart credits per US dollar (``credits_cost`` = ``cost`` x 10).
+_CREDITS_PER_USD = 10
 
 _Tasks = NewType("_Tasks", list[_Task])
 
@@ -157,6 +169,8 @@ def _read_task(value: object) -> _Task:
         completed=read_timestamp(data.get("completed")),
         result=result,
         error=read_failure(data.get("error")),
+        cost=read_amount(data.get("cost")),
+        credits_cost=read_amount(data.get("credits_cost")),
     )
 
 
@@ -233,6 +247,9 @@ class ApimartCodec(BaseCodec):
             status = self._failed_status(failure)
         elif status is TaskStatus.CANCELLED:
             failure = self._failure(task.error, "task cancelled")
+        cost: float | None = task.cost
+        if cost is None and task.credits_cost is not None:
+            cost = task.credits_cost / _CREDITS_PER_USD
         return TaskState(
             task_id=ref.task_id,
             status=status,
@@ -243,6 +260,7 @@ class ApimartCodec(BaseCodec):
             completed_at=task.completed,
             result=result,
             failure=failure,
+            cost_usd=cost,
         )
 
     def build_lookup(self, client_business_id: str) -> HttpRequest | None:

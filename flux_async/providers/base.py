@@ -51,6 +51,11 @@ class Codec(Protocol):
         ProtocolError for a 2xx body without a task id."""
         ...
 
+    def submit_cost(self, response: HttpResponse) -> float | None:
+        """What a 2xx submit answer says the task costs, in US dollars (BFL: ``cost`` in
+        credits), or None when it says nothing usable. Never raises: a cost is a hint."""
+        ...
+
     def build_poll(self, ref: TaskRef) -> HttpRequest:
         """The GET that reads a task's state (BFL: the ``polling_url`` verbatim)."""
         ...

@@ -5,8 +5,12 @@ Pure: builds :class:`~flux_async._http.HttpRequest` values and reads
 from transport, scheduler or session. Wire names live here and in this module's private
 converter only.
 
-Tolerated (the providers' documentation): ``progress`` null or a number; ``cost``, ``input_mp``, ``output_mp``
+Tolerated (the providers' documentation): ``progress`` null or a number; ``input_mp``, ``output_mp``
 and any other extra field ignored.
+
+Cost: the submit answer may carry ``cost`` in credits (1 credit = $0.01), read by
+:meth:`BflCodec.submit_cost` (a missing or unusable value is no cost, never a failed submit);
+a task refused by moderation is not charged, so its state reports ``cost_usd`` 0.
 
 Choices:
 - Auth is the ``x-key`` header, not Bearer.
@@ -54,6 +58,7 @@ from ._convert import (
     Failure,
     Percent,
     make_converter,
+    read_amount,
     read_failure,
     read_object,
     read_optional_str,
@@ -76,6 +81,9 @@ _STATUSES = {
     "content_moderated": TaskStatus.MODERATED,
     "task_not_found": TaskStatus.NOT_FOUND,
 }
+
+#: BFL credits per US dollar (1 credit = $0.01).
+_CREDITS_PER_USD = 100
 
 _OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
 _SIZES_MEANING_INPUT = frozenset({"match_input_image", "auto"})
@@ -218,6 +226,15 @@ class BflCodec(BaseCodec):
             provider=self.name, task_id=task_id, polling_url=submit.polling_url, model=model
         )
 
+    def submit_cost(self, response: HttpResponse) -> float | None:
+        """The submit answer's ``cost`` (credits) in US dollars; None when absent or unusable."""
+        try:
+            data = json.loads(response.body)
+        except (ValueError, RecursionError):
+            return None
+        amount = read_amount(data.get("cost")) if isinstance(data, dict) else None
+        return None if amount is None else amount / _CREDITS_PER_USD
+
     def build_poll(self, ref: TaskRef) -> HttpRequest:
         """``GET`` the ref's ``polling_url`` exactly as BFL returned it."""
         self._check_ref(ref)
@@ -232,6 +249,7 @@ class BflCodec(BaseCodec):
         task = self._structure(response, _Task, "poll")
         status = map_status(self.name, task.status, _STATUSES)
         result = failure = None
+        cost = None
         if status is TaskStatus.SUCCEEDED:
             if task.result is None or not task.result.sample:
                 raise self._protocol_error(response, "Ready task carries no result.sample URL")
@@ -245,6 +263,7 @@ class BflCodec(BaseCodec):
             failure = self._failure(task.error, "task failed")
         elif status is TaskStatus.MODERATED:
             failure = TaskFailure(code=task.status, message=self._moderation_message(task))
+            cost = 0.0  # "not charged"
         elif status is TaskStatus.NOT_FOUND:
             failure = TaskFailure(code=None, message=task.status)
         return TaskState(
@@ -254,6 +273,7 @@ class BflCodec(BaseCodec):
             progress=_percent_or_fraction(task.progress),
             result=result,
             failure=failure,
+            cost_usd=cost,
         )
 
     def build_lookup(self, client_business_id: str) -> HttpRequest | None:
