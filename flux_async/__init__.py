@@ -6,11 +6,13 @@ results as they finish, with the fewest requests and never a job lost or paid fo
 
 from __future__ import annotations
 
-from .catalog import PROVIDERS, validate
+from ._config import ModelSpend
+from .catalog import PRICES, PROVIDERS, CostEstimate, ModelEstimate, estimate_cost, validate
 from .errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ConfigurationError,
     DownloadError,
     FluxError,
@@ -31,8 +33,9 @@ from .errors import (
     TransportTimeout,
     ValidationError,
 )
-from .ledger import FileLedger, Ledger, LedgerEntry, MemoryLedger
+from .ledger import FileLedger, Ledger, LedgerEntry, MemoryLedger, SettledSpend
 from .models import (
+    Cost,
     GeneratedImage,
     GenerationRequest,
     GenerationResult,
@@ -49,11 +52,15 @@ from .session import Job, Limits, Session, SessionStatistics
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "PRICES",
     "PROVIDERS",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ConfigurationError",
+    "Cost",
+    "CostEstimate",
     "DownloadError",
     "FileLedger",
     "FluxError",
@@ -67,6 +74,8 @@ __all__ = [
     "LedgerError",
     "Limits",
     "MemoryLedger",
+    "ModelEstimate",
+    "ModelSpend",
     "ModerationError",
     "NotFoundError",
     "Outcome",
@@ -79,6 +88,7 @@ __all__ = [
     "ServerError",
     "Session",
     "SessionStatistics",
+    "SettledSpend",
     "SubmissionUncertainError",
     "TaskError",
     "TaskFailedError",
@@ -92,5 +102,6 @@ __all__ = [
     "TransportTimeout",
     "ValidationError",
     "__version__",
+    "estimate_cost",
     "validate",
 ]

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from ._job import Job
 from ._parking import Parking
+from .errors import BudgetExceededError, SubmissionUncertainError
 from .models import GenerationRequest, Outcome, TaskRef
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ class Batch:
         self.pending = 0  # jobs taken from the input and not yet delivered
         self.input_done = False
         self.input_error: BaseException | None = None
+        self.budget_error: BudgetExceededError | None = None  # the budget stopped the input
         self.stopped = False
         self.all_done = anyio.Event()
         self.scope: anyio.CancelScope | None = None
@@ -237,7 +239,12 @@ class Batch:
                 try:
                     await self.session._submit(request, on_accept=self._accepted(index))
                 except Exception as exc:
-                    self._deliver(Outcome(index=index, request=request, error=exc))
+                    if isinstance(exc, BudgetExceededError) and self.budget_error is None:
+                        # Nothing more is read: what was read is delivered, then this is raised.
+                        self.budget_error = exc
+                        self._end_input(None)
+                    cost = exc.cost if isinstance(exc, SubmissionUncertainError) else None
+                    self._deliver(Outcome(index=index, request=request, error=exc, cost=cost))
         finally:
             self.submitters -= 1
 
@@ -279,9 +286,9 @@ class Batch:
                 target = self.download_to / f"{index}-{_safe(job.task_id)}{suffix}.img"
                 files.append(await self.session.download(image, target))
         except Exception as exc:
-            self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, error=exc, files=tuple(files)))
+            self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, error=exc, files=tuple(files), cost=job.cost))
             return
-        self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, files=tuple(files)))
+        self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, files=tuple(files), cost=job.cost))
 
     def _deliver(self, outcome: Outcome) -> None:
         if not self.outbox.put(outcome):
@@ -297,7 +304,7 @@ def _outcome(index: int, job: Job) -> Outcome:
     assert job.request is not None
     error, state = job._error, job._state
     result = state.result if state is not None and error is None else None
-    return Outcome(index=index, request=job.request, task_id=job.ref.task_id, result=result, error=error)
+    return Outcome(index=index, request=job.request, task_id=job.ref.task_id, result=result, error=error, cost=job.cost)
 
 
 def _safe(task_id: str) -> str:

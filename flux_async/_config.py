@@ -1,5 +1,6 @@
 """The session's configuration values and its counters: :class:`Limits`,
-:class:`SessionStatistics`, and where an API key is read from.
+:class:`SessionStatistics` (with :class:`ModelSpend`, what one model cost), and where an API
+key is read from.
 
 Frozen values and one lookup in the environment; no I/O beyond ``os.environ``, no event loop,
 nothing from the session, transport, scheduler or codecs.
@@ -7,8 +8,10 @@ nothing from the session, transport, scheduler or codecs.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import attrs
 
@@ -16,7 +19,7 @@ from .errors import ConfigurationError
 from .ledger import LedgerEntry
 from .models import TaskRef
 
-__all__ = ["API_KEY_ENV", "Limits", "SessionStatistics", "resolve_api_key"]
+__all__ = ["API_KEY_ENV", "Limits", "ModelSpend", "SessionStatistics", "resolve_api_key"]
 
 #: Environment variables read for each provider's key, in order, before ``FLUX_ASYNC_API_KEY``.
 API_KEY_ENV: Mapping[str, str] = {
@@ -37,6 +40,14 @@ class Limits:
     its submission (``TaskTimeoutError`` after it; the remote task may still run).
     ``read_timeout`` bounds each API request from start to full answer (connecting included,
     which ``connect_timeout`` bounds on its own); for a download it bounds each read.
+
+    ``max_spend_usd`` caps what the session may spend, in US dollars: every submit first
+    reserves its cost (price x images charged) and is refused with ``BudgetExceededError``,
+    before anything is sent, when settled costs plus reservations (jobs in flight, and submits
+    in doubt, which count as spent) plus its own would pass the cap. What the session's ledger
+    holds from earlier sessions of the same provider counts too (a ``FileLedger`` read back:
+    settled entries at their settled cost, unsettled ones at their reservation). Every model
+    submitted then needs a known price (``Session(prices=...)``), else ConfigurationError.
     """
 
     max_concurrent_submits: int = 16
@@ -50,11 +61,35 @@ class Limits:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     job_timeout: float | None = 1800.0
+    max_spend_usd: float | None = None
 
     def __attrs_post_init__(self) -> None:
         for name in ("max_concurrent_submits", "max_outstanding", "max_connections", "max_concurrent_downloads"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"Limits.{name} must be at least 1")
+        cap = self.max_spend_usd
+        if cap is not None and (
+            isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 0
+        ):
+            raise ConfigurationError("Limits.max_spend_usd must be a number of US dollars, at least 0")
+
+
+@attrs.frozen(kw_only=True)
+class ModelSpend:
+    """What one model's jobs cost a session, in US dollars.
+
+    ``spent_usd`` sums the settled jobs' costs (``settled_jobs`` of them), ``reserved_usd``
+    the reservations of the jobs not settled (``open_jobs``: in flight, or in doubt).
+    ``unknown_cost_jobs`` counts the jobs, settled or open, whose cost is unknown (no price
+    known, nothing reported): the sums leave them out.
+    """
+
+    model: str
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    settled_jobs: int = 0
+    open_jobs: int = 0
+    unknown_cost_jobs: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -68,6 +103,13 @@ class SessionStatistics:
     ``in_doubt`` lists the ledger's intents whose POST may or may not have created a task
     (never sent again silently; see :meth:`Session.recover`); ``unrecorded_tasks`` the accepted
     tasks the ledger failed to record (after the first, the session sends nothing more).
+
+    Money, in US dollars: ``spent_usd`` is what settled jobs cost (the provider's reported cost,
+    else the price table's), ``reserved_usd`` what jobs in flight or in doubt hold;
+    ``spend_by_model`` breaks both down (:class:`ModelSpend`), and ``unknown_cost_jobs`` counts
+    the jobs left out of the sums because their cost is unknown. They include what the ledger
+    held from earlier sessions when this one started (``carried_over_usd`` of it), as the budget
+    does; ``max_spend_usd`` is the budget (None: none).
     """
 
     provider: str
@@ -92,6 +134,12 @@ class SessionStatistics:
     deduplicated: int = 0
     in_doubt: tuple[LedgerEntry, ...] = ()
     unrecorded_tasks: tuple[TaskRef, ...] = ()
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    spend_by_model: Mapping[str, ModelSpend] = attrs.field(factory=lambda: MappingProxyType({}))
+    unknown_cost_jobs: int = 0
+    carried_over_usd: float = 0.0
+    max_spend_usd: float | None = None
 
 
 def resolve_api_key(provider: str, api_key: str | None) -> str:

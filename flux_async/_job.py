@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .errors import ModerationError, TaskFailedError, TaskNotFoundError
-from .models import GenerationRequest, GenerationResult, TaskRef, TaskState, TaskStatus
+from .models import Cost, GenerationRequest, GenerationResult, TaskRef, TaskState, TaskStatus
 
 if TYPE_CHECKING:
     from ._jobs import Jobs
@@ -26,15 +26,36 @@ class Job:
     """One submitted task. ``await job.result()`` waits on the session's shared scheduler.
 
     A waiting job is a few slots: its wake-up event exists only once somebody waits on it.
+
+    ``cost`` is what the job costs as far as it is known: its reservation (the price table's,
+    or :attr:`Cost.UNKNOWN`), or the provider's figure once it gives one (BFL's submit answer);
+    once the job is done, its settled cost (a reported one wins), which is also on its result.
     """
 
-    __slots__ = ("_done", "_error", "_event", "_listeners", "_owner", "_state", "key", "ref", "request")
+    __slots__ = (
+        "_done",
+        "_error",
+        "_event",
+        "_listeners",
+        "_owner",
+        "_state",
+        "cost",
+        "key",
+        "ref",
+        "request",
+    )
 
     def __init__(
-        self, ref: TaskRef, request: GenerationRequest | None, owner: Jobs, key: str | None = None
+        self,
+        ref: TaskRef,
+        request: GenerationRequest | None,
+        owner: Jobs,
+        key: str | None = None,
+        cost: Cost = Cost.UNKNOWN,
     ) -> None:
         self.ref = ref
         self.request = request
+        self.cost = cost
         self.key = key  # the ledger's idempotency key (None for a task resumed by ref alone)
         self._owner: Jobs | None = owner
         self._done = False

@@ -3,9 +3,11 @@ known task is attached instead of paid for again, and what happens when a job en
 
 :class:`Jobs` holds what the facade delegates: the submit slots and the active-task limiter
 around the money path's POST (``_submit``), the table of watched jobs (one per task), the list
-of abandoned tasks (accepted, nobody waiting: never forgotten), and the settlement of a job in
-the ledger when it ends. It must not import aiohttp, the transport or the codecs (it reaches them
-through the money path and the uploads) nor the session (which owns it).
+of abandoned tasks (accepted, nobody waiting: never forgotten), and the settlement of a job when
+it ends: its cost (the provider's reported figure, else its reservation) on the job and its
+result, and in the ledger and the totals through the session's spend. It must not import
+aiohttp, the transport or the codecs (it reaches them through the money path and the uploads)
+nor the session (which owns it).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import os
 from collections.abc import Callable
 
 import anyio
+import attrs
 
+from ._active import ActiveLimiter
 from ._config import Limits
 from ._context import Context
 from ._job import Job
-from ._submit import ActiveLimiter, Submitter, request_digest
+from ._spend import Spend
+from ._submit import Submitter, request_digest
 from ._uploads import Uploads
 from .errors import (
     ConfigurationError,
@@ -30,7 +35,7 @@ from .errors import (
     TaskNotFoundError,
 )
 from .ledger import Ledger
-from .models import GenerationRequest, TaskRef
+from .models import Cost, GenerationRequest, TaskRef
 from .scheduler import PollScheduler
 
 __all__ = ["Jobs", "coerce_ref"]
@@ -57,8 +62,10 @@ class Jobs:
         submitter: Submitter,
         uploads: Uploads,
         limiter: ActiveLimiter | None,
+        spend: Spend,
     ) -> None:
         self._ctx = ctx
+        self._spend = spend
         self._counts = ctx.counts
         self._scheduler = scheduler
         self._job_timeout = limits.job_timeout
@@ -130,7 +137,7 @@ class Jobs:
             try:
                 if gone is not None and gone():
                     raise CallerGoneError  # nothing sent, nothing written
-                ref, fresh = await self._submitter.submit(checked, key, digest)
+                ref, fresh, cost = await self._submitter.submit(checked, key, digest)
             except BaseException:
                 if limiter is not None:
                     limiter.release(model)
@@ -142,7 +149,7 @@ class Jobs:
                 return self.attach(ref, request, key, on_accept)
             # No checkpoint between acceptance and registration: a cancelled caller cannot
             # lose a task that was paid for.
-            job = Job(ref, request, self, key)
+            job = Job(ref, request, self, key, cost)
             self._counts["submitted"] += 1
             if on_accept is not None:
                 on_accept(job)
@@ -166,7 +173,7 @@ class Jobs:
         against the active-task caps even over them: it is running already). Never submits."""
         job = self.watched.get(ref.task_id)
         if job is None:
-            job = Job(ref, request, self, key)
+            job = Job(ref, request, self, key, self._spend.cost_of(key, ref.model))
             if self.limiter is not None:
                 self.limiter.force(ref.model or "")
             self.watch(job)
@@ -202,7 +209,8 @@ class Jobs:
         self._scheduler.watch(job.ref, job._on_done, deadline=deadline)
 
     def finished(self, job: Job) -> None:
-        """Called once by a job when it ends: free its cap, count it, settle it in the ledger."""
+        """Called once by a job when it ends: free its cap, count it, settle its cost, settle it
+        in the ledger."""
         self.watched.pop(job.ref.task_id, None)
         if self.limiter is not None:
             self.limiter.release(job.ref.model or "")
@@ -211,13 +219,21 @@ class Jobs:
         if _log.isEnabledFor(logging.INFO):
             how = "succeeded" if error is None else f"ended: {type(error).__name__}: {error}"
             _log.info("task %s %s", job.ref.task_id, how)
+        state = job._state
+        if state is not None:
+            reported = state.cost_usd
+            cost = job.cost if reported is None else Cost(reported, "reported")
+            job.cost = cost
+            result = state.result
+            if error is None and result is not None and cost is not result.cost:
+                job._state = attrs.evolve(state, result=attrs.evolve(result, cost=cost))
         if job.key is not None:
             if error is None:
-                self._ledger.settle(job.key, "succeeded")
+                self._spend.settle(job.key, "succeeded", cost=job.cost)
             elif isinstance(error, _ENDED_AT_THE_PROVIDER):
-                self._ledger.settle(job.key, "failed", error=type(error).__name__)
+                self._spend.settle(job.key, "failed", error=type(error).__name__, cost=job.cost)
             # Anything else (a timeout, polls that kept failing) may leave the task running:
-            # it stays accepted, for recovery to re-attach.
+            # it stays accepted (and its reservation held), for recovery to re-attach.
 
     def abandon(self, ref: TaskRef) -> None:
         """Keep an accepted task nobody waits for on the list (``abandoned_tasks``)."""

@@ -9,8 +9,11 @@ budget); an ambiguous failure is resolved on toapis by looking the task up under
 written ahead to the session's :class:`~flux_async.ledger.Ledger` (intent before the POST,
 acceptance before anything waits on the task), under an idempotency key that is also what
 toapis gets as ``client_business_id``; a key already known returns its task instead of paying
-again. It also owns the active-task caps (:class:`ActiveLimiter`), so that the client itself
-never causes a cap 429.
+again. Before the intent, the job's cost is reserved with the session's
+:class:`~flux_async._spend.Spend` (which refuses a submit that could pass the budget, before
+anything is written or sent); the reservation is recorded with the intent, and every settlement
+goes through the spend. (The active-task caps that keep the client from causing a cap 429 are
+``_active``'s.)
 
 It must not import the session, the scheduler, the batch machinery or aiohttp: it sees a
 :class:`~flux_async._context.Context` (codec, transport, clock, policy, counters) and values.
@@ -24,18 +27,17 @@ import json
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import anyio
 
-from ._config import Limits
 from ._context import Context
 from ._http import HttpResponse
+from ._spend import Spend
+from .catalog import images_charged
 from .errors import FluxError, LedgerError, SubmissionUncertainError, ValidationError
 from .ledger import Ledger, LedgerEntry
-from .models import GenerationRequest, TaskRef
+from .models import Cost, GenerationRequest, TaskRef
 from .retry import (
     SubmitDecision,
     classify_submit_failure,
@@ -44,62 +46,9 @@ from .retry import (
     should_retry,
 )
 
-__all__ = ["ActiveLimiter", "Submitter", "active_limiter", "request_digest"]
+__all__ = ["Submitter", "request_digest"]
 
 logger = logging.getLogger("flux_async")
-
-#: Documented active-task caps: provider -> (cap for the account, caps per model).
-_PROVIDER_CAPS: Mapping[str, tuple[int | None, Mapping[str, int]]] = {
-    "bfl": (24, {"flux-kontext-max": 6}),
-}
-
-
-class ActiveLimiter:
-    """Counts tasks active at the provider against its caps; waiters are woken on release."""
-
-    def __init__(self, total: int | None, per_model: Mapping[str, int]) -> None:
-        self._total = total or None
-        self._per_model = {k: v for k, v in per_model.items() if v}
-        self._active = 0
-        self._by_model: Counter[str] = Counter()
-        self._changed = anyio.Event()
-
-    @property
-    def active(self) -> int:
-        return self._active
-
-    def _fits(self, model: str) -> bool:
-        if self._total is not None and self._active >= self._total:
-            return False
-        cap = self._per_model.get(model)
-        return cap is None or self._by_model[model] < cap
-
-    async def acquire(self, model: str) -> None:
-        while not self._fits(model):
-            await self._changed.wait()
-        self.force(model)
-
-    def force(self, model: str) -> None:
-        """Count a task that is already active (a resumed one), even over the cap."""
-        self._active += 1
-        self._by_model[model] += 1
-
-    def release(self, model: str) -> None:
-        self._active -= 1
-        self._by_model[model] -= 1
-        self._changed.set()
-        self._changed = anyio.Event()
-
-
-def active_limiter(provider: str, limits: Limits) -> ActiveLimiter | None:
-    """The limiter for ``provider``'s documented caps as ``limits`` adjust them (None: no cap)."""
-    total_cap, model_caps = _PROVIDER_CAPS.get(provider, (None, {}))
-    if limits.max_active_tasks is not None:
-        total_cap = limits.max_active_tasks
-    if limits.max_active_per_model is not None:
-        model_caps = limits.max_active_per_model
-    return ActiveLimiter(total_cap, model_caps) if (total_cap or model_caps) else None
-
 
 def request_digest(request: GenerationRequest) -> str:
     """SHA-256 of what a request asks for (its idempotency key aside): the same key sent with
@@ -138,14 +87,18 @@ class Submitter:
         "_ledger",
         "_quiet",
         "_sending",
+        "_spend",
         "broken",
         "resubmit_in_doubt",
         "unrecorded",
     )
 
-    def __init__(self, ctx: Context, ledger: Ledger, *, resubmit_in_doubt: bool = False) -> None:
+    def __init__(
+        self, ctx: Context, ledger: Ledger, spend: Spend, *, resubmit_in_doubt: bool = False
+    ) -> None:
         self._ctx = ctx
         self._ledger = ledger
+        self._spend = spend
         self.resubmit_in_doubt = resubmit_in_doubt
         # Keys whose POST is on its way here: a second submit with the key waits for the first.
         self._claims: dict[str, asyncio.Future[TaskRef]] = {}
@@ -182,9 +135,12 @@ class Submitter:
 
     async def submit(
         self, request: GenerationRequest, key: str, digest: str
-    ) -> tuple[TaskRef, bool]:
-        """Write the intent, POST, write the acceptance under ``key``: the accepted task, and
-        whether this call created it (False: the key turned out to be taken: its task)."""
+    ) -> tuple[TaskRef, bool, Cost]:
+        """Reserve the job's cost, write the intent, POST, write the acceptance under ``key``:
+        the accepted task, whether this call created it (False: the key turned out to be
+        taken: its task), and what the job is taken to cost until it settles (the provider's
+        figure when its answer gives one). Raises BudgetExceededError before anything is written
+        or sent when the budget has no room for the job."""
         ctx = self._ctx
         if self.broken is not None:
             raise LedgerError(
@@ -195,7 +151,13 @@ class Submitter:
         while user_key and key in self._claims:  # the same key on its way here: share its task
             ref = await self.existing(request, digest)
             if ref is not None:
-                return ref, False
+                return ref, False, self._spend.cost_of(key, request.model)
+        spend = self._spend
+        images = images_charged(request)
+        mine = not spend.holds(key)
+        # Checked and held with no await in between: no other submit can take the same room.
+        cost = spend.reserve(key, request.model, images)
+        written = False
         claim: asyncio.Future[TaskRef] | None = None
         if user_key:
             # Claimed before the intent is written, so a second submit with the key waits for
@@ -208,7 +170,13 @@ class Submitter:
             while True:
                 try:
                     existing = await self._ledger.intend(
-                        key, provider=ctx.provider, model=request.model, digest=digest, at=time.time()
+                        key,
+                        provider=ctx.provider,
+                        model=request.model,
+                        digest=digest,
+                        at=time.time(),
+                        reserved_usd=cost.usd,
+                        images=images,
                     )
                 except Exception as exc:
                     raise LedgerError(
@@ -216,14 +184,21 @@ class Submitter:
                         key=key,
                     ) from exc
                 if existing is None:
+                    written = True
                     break
                 found = await self._resolve(existing, digest)
                 if found is not None:
+                    if mine:
+                        spend.release(key)  # the key's task exists: nothing more is sent
                     if claim is not None:
                         claim.set_result(found)
-                    return found, False
-            ref = await self._send(request, key)
+                    return found, False, spend.cost_of(key, request.model)
+            ref, reported = await self._send(request, key)
         except BaseException as exc:
+            if mine and not written:
+                spend.release(key)  # no intent of ours was written: nothing was sent
+            if isinstance(exc, SubmissionUncertainError) and exc.cost is None:
+                exc.cost = spend.reservation(key)  # in doubt: it counts as spent
             if claim is not None:
                 claim.set_exception(exc if isinstance(exc, Exception) else _ClaimDroppedError())
                 claim.exception()  # retrieved here: a claim nobody waits on must not warn
@@ -237,7 +212,9 @@ class Submitter:
                 self._quiet = None
         if claim is not None:
             claim.set_result(ref)
-        return ref, True
+        if reported is not None:
+            cost = spend.accepted(key, reported)
+        return ref, True, cost
 
     async def wait_quiet(self) -> None:
         """Return once no submit is on its way (each one answered and recorded)."""
@@ -265,7 +242,14 @@ class Submitter:
         if ctx.codec.supports_client_business_id:
             return await self.recover_intent(entry)
         if self.resubmit_in_doubt:
-            self._ledger.settle(entry.key, "not_submitted", error="resubmitted while in doubt")
+            # The earlier POST may have been charged: its reservation counts as spent.
+            held = self._spend.reservation(entry.key)
+            self._spend.settle(
+                entry.key,
+                "not_submitted",
+                error="resubmitted while in doubt",
+                cost=held if held is not None else _recorded_reservation(entry),
+            )
             return None
         raise SubmissionUncertainError(
             f"an earlier submit with idempotency key {entry.key!r} may have created a task at "
@@ -288,7 +272,7 @@ class Submitter:
             if found is not None:
                 await self._record_acceptance(entry.key, found)
         if found is None:
-            self._ledger.settle(entry.key, "not_submitted", error="no task under the key")
+            self._spend.settle(entry.key, "not_submitted", error="no task under the key")
         return found
 
     async def _record_acceptance(self, key: str, ref: TaskRef) -> None:
@@ -307,8 +291,9 @@ class Submitter:
                 json.dumps(ref.to_dict(), sort_keys=True),
             )
 
-    async def _send(self, request: GenerationRequest, key: str) -> TaskRef:
-        """POST the request, retrying only where no task can exist; resolve ambiguity safely."""
+    async def _send(self, request: GenerationRequest, key: str) -> tuple[TaskRef, float | None]:
+        """POST the request, retrying only where no task can exist; resolve ambiguity safely.
+        The accepted task, and its cost in US dollars when the submit answer reports one."""
         ctx = self._ctx
         codec = ctx.codec
         counts = ctx.counts
@@ -330,7 +315,7 @@ class Submitter:
                         response = await (ctx.transport or ctx.net()).send(http)
                         ref = self._parse_submit(response, request.model)
                         await self._record_acceptance(key, ref)
-                        return ref
+                        return ref, codec.submit_cost(response)
                 except FluxError as exc:
                     error = exc
                 decision = classify_submit_failure(error)
@@ -372,7 +357,7 @@ class Submitter:
                             await self._record_acceptance(key, found)
                     if found is not None:
                         counts["recovered_submits"] += 1
-                        return found
+                        return found, None
                     if should_retry(
                         policy, attempts=attempt + 1, elapsed=ctx.now() - started, delay=0.0
                     ) and ctx.budget.try_spend_retry():
@@ -387,7 +372,7 @@ class Submitter:
         except BaseException as exc:
             # Every other way out leaves no task: refused, never sent, or proven absent (the
             # only awaits outside a shield are the waits between attempts).
-            self._ledger.settle(key, "not_submitted", error=type(exc).__name__)
+            self._spend.settle(key, "not_submitted", error=type(exc).__name__)
             raise
 
     def _parse_submit(self, response: HttpResponse, model: str) -> TaskRef:
@@ -427,6 +412,12 @@ class Submitter:
 
 class _ClaimDroppedError(Exception):
     """The submit holding a key ended without sending (cancelled): its waiters look again."""
+
+
+def _recorded_reservation(entry: LedgerEntry) -> Cost:
+    """What an intent recorded as its reservation."""
+    usd = entry.reserved_usd
+    return Cost.UNKNOWN if usd is None else Cost(usd, "price_table")
 
 
 def _when(at: float) -> str:

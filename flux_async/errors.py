@@ -21,6 +21,7 @@ understood, and chain their cause (``raise X(...) from exc``). No error ever hol
     │   └── ServerError (5xx)
     ├── SubmissionUncertainError      the POST may have created a paid task; carries what is known
     ├── LedgerError                   the ledger could not record a paid action (nothing more is sent)
+    ├── BudgetExceededError           a submit would pass the spending cap (nothing was sent)
     ├── DownloadError                 a result could not be fetched safely
     │   └── ResultExpiredError        the result URL expired before it was fetched
     └── TaskError(task_id)
@@ -36,12 +37,13 @@ import reprlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for the annotation only: at run time this module imports nothing of ours
-    from .models import TaskRef
+    from .models import Cost, TaskRef
 
 __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ConfigurationError",
     "DownloadError",
     "FluxError",
@@ -215,7 +217,8 @@ class SubmissionUncertainError(FluxError):
     """A submit failed in a way that leaves open whether the provider created (and charges) a task.
 
     It is never retried blindly. ``client_business_id`` (toapis) or ``task_id`` is set when
-    known, so the task can be found later; ``cause`` is the underlying failure.
+    known, so the task can be found later; ``cause`` is the underlying failure. ``cost`` is
+    what the submit reserved, when the session knows it: a submit in doubt counts as spent.
     """
 
     def __init__(
@@ -233,6 +236,7 @@ class SubmissionUncertainError(FluxError):
         self.client_business_id = client_business_id
         self.task_id = task_id
         self.idempotency_key = idempotency_key
+        self.cost: Cost | None = None
         super().__init__(message)
 
 
@@ -248,6 +252,33 @@ class LedgerError(FluxError):
     def __init__(self, message: str, *, key: str | None = None, ref: TaskRef | None = None) -> None:
         self.key = key
         self.ref = ref
+        super().__init__(message)
+
+
+class BudgetExceededError(FluxError):
+    """A submit was refused because it could pass the session's spending cap
+    (``Limits(max_spend_usd=...)``); nothing was sent and nothing was recorded for it.
+
+    ``max_spend_usd`` is the cap; ``spent_usd`` what settled jobs cost and ``reserved_usd``
+    what jobs in flight or in doubt hold (both counting what the ledger held from earlier
+    sessions); ``needed_usd`` what this job would reserve (its price times its images).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        max_spend_usd: float,
+        spent_usd: float,
+        reserved_usd: float,
+        needed_usd: float,
+    ) -> None:
+        self.model = model
+        self.max_spend_usd = max_spend_usd
+        self.spent_usd = spent_usd
+        self.reserved_usd = reserved_usd
+        self.needed_usd = needed_usd
         super().__init__(message)
 
 

@@ -4,13 +4,20 @@ cancelled caller pays twice or loses a paid task.
 A job goes through three records, under one idempotency key:
 
 - **intent**, before the submit POST leaves: provider, model, a digest of the request, the
-  key sent with it, the time. It is durable before anything is sent; if it cannot be written,
-  nothing is sent.
+  key sent with it, the time, and the cost it reserves (``reserved_usd``, null when the price
+  is unknown, for ``images`` images). It is durable before anything is sent; if it cannot be
+  written, nothing is sent.
 - **acceptance**, when the provider answers with a task: its :class:`~flux_async.TaskRef`,
   durable before anything waits on the task.
 - **settlement**, when the job ends: how (``succeeded``, ``failed``, or ``not_submitted`` when
-  it is certain that no task exists). Settlements are not forced to disk: losing one costs a
-  status check on recovery, never money.
+  it is certain that no task exists), and what it cost (a :class:`~flux_async.Cost`; none when
+  nothing was charged). Settlements are not forced to disk: losing one costs a status check on
+  recovery, never money (the job's reservation keeps counting meanwhile).
+
+What the entries cost is how a budget spans sessions: a session counts every entry of its
+provider that it finds in its ledger, a settled one at its settled cost
+(:meth:`Ledger.settled_spend`, totals kept even for entries a :class:`MemoryLedger` forgot) and
+an unsettled one (in flight or in doubt) at its reservation.
 
 An intent without an acceptance or a settlement is a POST that may or may not have created a
 task: recovery looks it up where the provider allows (toapis, by the key) and otherwise reports
@@ -25,69 +32,30 @@ must not import the session, the transport, the scheduler or the codecs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Final, Literal, Protocol, Self, runtime_checkable
-
-import attrs
+from typing import IO, Any, Final, Protocol, Self, runtime_checkable
 
 from ._jsonl import complete_last_line, write_line
+from ._ledger_entries import SETTLED, Entries, LedgerEntry, SettledSpend, SettledStatus
 from .errors import ConfigurationError
-from .models import TaskRef
+from .models import Cost, TaskRef
 
 __all__ = [
     "FileLedger",
     "Ledger",
     "LedgerEntry",
     "MemoryLedger",
+    "SettledSpend",
     "SettledStatus",
 ]
 
-#: How a job ended, as the ledger records it. ``not_submitted``: no task exists (the provider
-#: refused the submit, or a lookup proved that the POST created none).
-SettledStatus = Literal["succeeded", "failed", "not_submitted"]
-_SETTLED: Final = frozenset({"succeeded", "failed", "not_submitted"})
-
 _KIND: Final = "flux-async ledger"
+_COST_SOURCES: Final = frozenset({"reported", "price_table", "unknown"})
 _VERSION: Final = 1
-
-
-@attrs.frozen(kw_only=True)
-class LedgerEntry:
-    """What the ledger knows about one idempotency key.
-
-    ``state`` says how far the job got: ``intended`` (the POST may have left: in doubt until
-    resolved), ``accepted`` (a task exists: ``ref``) or ``settled`` (``status`` says how it
-    ended; ``ref`` is set if a task existed). Times are Unix seconds. ``digest`` is the SHA-256
-    of the request without its key (for a key the caller chose), so that a key reused for
-    another request is caught.
-    """
-
-    key: str
-    provider: str
-    model: str
-    digest: str
-    intended_at: float
-    ref: TaskRef | None = None
-    accepted_at: float | None = None
-    status: SettledStatus | None = None
-    error: str | None = None
-    settled_at: float | None = None
-
-    @property
-    def state(self) -> Literal["intended", "accepted", "settled"]:
-        """``intended``, ``accepted`` or ``settled``."""
-        if self.status is not None:
-            return "settled"
-        return "intended" if self.ref is None else "accepted"
-
-    @property
-    def in_doubt(self) -> bool:
-        """True for an intent with neither acceptance nor settlement: a POST of unknown fate."""
-        return self.ref is None and self.status is None
 
 
 @runtime_checkable
@@ -100,20 +68,32 @@ class Ledger(Protocol):
     """
 
     async def intend(
-        self, key: str, *, provider: str, model: str, digest: str, at: float
+        self,
+        key: str,
+        *,
+        provider: str,
+        model: str,
+        digest: str,
+        at: float,
+        reserved_usd: float | None = None,
+        images: int = 1,
     ) -> LedgerEntry | None:
-        """Record an intent, unless the key is already recorded: then record nothing and return
-        what is recorded (a settled ``not_submitted`` entry is replaced: no task exists).
-        Raises (``OSError``, ...) when the intent could not be made durable."""
+        """Record an intent, and the cost it reserves, unless the key is already recorded: then
+        record nothing and return what is recorded (a settled ``not_submitted`` entry is
+        replaced: no task exists). Raises (``OSError``, ...) when the intent could not be made
+        durable."""
         ...
 
     async def accept(self, key: str, ref: TaskRef) -> None:
         """Record that the provider accepted the key's submit as task ``ref``."""
         ...
 
-    def settle(self, key: str, status: SettledStatus, *, error: str | None = None) -> None:
-        """Record how the key's job ended. Must not block; a failure here is the ledger's to
-        report (it costs a status check on recovery, never money)."""
+    def settle(
+        self, key: str, status: SettledStatus, *, error: str | None = None, cost: Cost | None = None
+    ) -> None:
+        """Record how the key's job ended and what it cost (None: nothing was charged). Must not
+        block; a failure here is the ledger's to report (it costs a status check on recovery,
+        never money)."""
         ...
 
     async def get(self, key: str) -> LedgerEntry | None:
@@ -124,6 +104,11 @@ class Ledger(Protocol):
         """Every entry not settled: accepted tasks to re-attach, and intents in doubt."""
         ...
 
+    def settled_spend(self, provider: str) -> Mapping[str, SettledSpend]:
+        """What the settled entries of ``provider`` cost, per model, over every settlement the
+        ledger has held (those it has since forgotten included)."""
+        ...
+
     async def aclose(self) -> None:
         """Flush and release what the ledger holds."""
         ...
@@ -131,116 +116,6 @@ class Ledger(Protocol):
 
 def _now() -> float:
     return time.time()
-
-
-class _Record:
-    """One key's entry while a ledger holds it: mutable, so a record costs no copy per step."""
-
-    __slots__ = (
-        "accepted_at",
-        "digest",
-        "error",
-        "intended_at",
-        "key",
-        "model",
-        "provider",
-        "ref",
-        "settled_at",
-        "status",
-    )
-
-    def __init__(
-        self, key: str, provider: str, model: str, digest: str, at: float
-    ) -> None:
-        self.key = key
-        self.provider = provider
-        self.model = model
-        self.digest = digest
-        self.intended_at = at
-        self.ref: TaskRef | None = None
-        self.accepted_at: float | None = None
-        self.status: SettledStatus | None = None
-        self.error: str | None = None
-        self.settled_at: float | None = None
-
-    def entry(self) -> LedgerEntry:
-        return LedgerEntry(
-            key=self.key,
-            provider=self.provider,
-            model=self.model,
-            digest=self.digest,
-            intended_at=self.intended_at,
-            ref=self.ref,
-            accepted_at=self.accepted_at,
-            status=self.status,
-            error=self.error,
-            settled_at=self.settled_at,
-        )
-
-
-class _Entries:
-    """The entries of a ledger in memory: unsettled ones always, settled ones up to a bound
-    (least recently settled dropped first)."""
-
-    __slots__ = ("_open", "_settled", "_settled_limit")
-
-    def __init__(self, settled_limit: int | None) -> None:
-        self._open: dict[str, _Record] = {}
-        self._settled: OrderedDict[str, _Record] = OrderedDict()
-        self._settled_limit = settled_limit
-
-    def get(self, key: str) -> _Record | None:
-        record = self._open.get(key)
-        return record if record is not None else self._settled.get(key)
-
-    def claim(
-        self, key: str, provider: str, model: str, digest: str, at: float
-    ) -> _Record | None:
-        """Record an intent for ``key``; or the record already holding it (unless it is a
-        settlement without a task, which a new intent replaces)."""
-        existing = self._open.get(key)
-        if existing is None:
-            existing = self._settled.get(key)
-            if existing is not None and existing.status == "not_submitted":
-                del self._settled[key]
-                existing = None
-        if existing is not None:
-            return existing
-        self._open[key] = _Record(key, provider, model, digest, at)
-        return None
-
-    def accept(self, key: str, ref: TaskRef, at: float) -> None:
-        record = self.get(key)
-        if record is None:
-            raise KeyError(f"no intent recorded for {key!r}")
-        record.ref = ref
-        record.accepted_at = at
-
-    def settle(self, key: str, status: SettledStatus, error: str | None, at: float) -> bool:
-        record = self._open.pop(key, None)
-        if record is None:
-            record = self._settled.get(key)
-            if record is None:
-                return False
-        record.status = status
-        record.error = error
-        record.settled_at = at
-        settled = self._settled
-        settled[key] = record
-        settled.move_to_end(key)
-        limit = self._settled_limit
-        if limit is not None and len(settled) > limit:
-            settled.popitem(last=False)
-        return True
-
-    def unsettled(self) -> list[LedgerEntry]:
-        return [record.entry() for record in self._open.values()]
-
-    def settled(self) -> Iterator[LedgerEntry]:
-        return (record.entry() for record in self._settled.values())
-
-    def __len__(self) -> int:
-        return len(self._open) + len(self._settled)
 
 
 class MemoryLedger:
@@ -255,22 +130,32 @@ class MemoryLedger:
     def __init__(self, *, max_settled: int | None = 10_000) -> None:
         if max_settled is not None and max_settled < 0:
             raise ConfigurationError("MemoryLedger(max_settled=...) must be >= 0 or None")
-        self._entries = _Entries(max_settled)
+        self._entries = Entries(max_settled)
 
     def __repr__(self) -> str:
         return f"MemoryLedger(entries={len(self._entries)})"
 
     async def intend(
-        self, key: str, *, provider: str, model: str, digest: str, at: float
+        self,
+        key: str,
+        *,
+        provider: str,
+        model: str,
+        digest: str,
+        at: float,
+        reserved_usd: float | None = None,
+        images: int = 1,
     ) -> LedgerEntry | None:
-        existing = self._entries.claim(key, provider, model, digest, at)
+        existing = self._entries.claim(key, provider, model, digest, at, reserved_usd, images)
         return None if existing is None else existing.entry()
 
     async def accept(self, key: str, ref: TaskRef) -> None:
         self._entries.accept(key, ref, _now())
 
-    def settle(self, key: str, status: SettledStatus, *, error: str | None = None) -> None:
-        self._entries.settle(key, status, error, _now())
+    def settle(
+        self, key: str, status: SettledStatus, *, error: str | None = None, cost: Cost | None = None
+    ) -> None:
+        self._entries.settle(key, status, error, _now(), cost)
 
     async def get(self, key: str) -> LedgerEntry | None:
         record = self._entries.get(key)
@@ -278,6 +163,9 @@ class MemoryLedger:
 
     def unsettled(self) -> list[LedgerEntry]:
         return self._entries.unsettled()
+
+    def settled_spend(self, provider: str) -> Mapping[str, SettledSpend]:
+        return self._entries.settled_spend(provider)
 
     async def aclose(self) -> None:
         return None
@@ -296,7 +184,7 @@ class FileLedger:
 
     def __init__(self, path: str | os.PathLike[str], *, meta: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self._entries = _Entries(None)
+        self._entries = Entries(None)
         self.meta: Mapping[str, Any] = dict(meta or {})
         self.settle_errors = 0  # settlements that could not be written (logged by the session)
         self._handle: IO[str] | None = None
@@ -329,7 +217,15 @@ class FileLedger:
     # -- the protocol ----------------------------------------------------------------------------
 
     async def intend(
-        self, key: str, *, provider: str, model: str, digest: str, at: float
+        self,
+        key: str,
+        *,
+        provider: str,
+        model: str,
+        digest: str,
+        at: float,
+        reserved_usd: float | None = None,
+        images: int = 1,
     ) -> LedgerEntry | None:
         held = self._entries.get(key)
         if held is not None and held.status != "not_submitted":
@@ -341,9 +237,11 @@ class FileLedger:
             "model": model,
             "digest": digest,
             "at": at,
+            "reserved_usd": reserved_usd,
+            "images": images,
         }
         self._write(line, sync=True)  # raises: then nothing is sent, nothing is held
-        self._entries.claim(key, provider, model, digest, at)
+        self._entries.claim(key, provider, model, digest, at, reserved_usd, images)
         return None
 
     async def accept(self, key: str, ref: TaskRef) -> None:
@@ -351,13 +249,17 @@ class FileLedger:
         self._write({"op": "accept", "key": key, "ref": ref.to_dict(), "at": at}, sync=True)
         self._entries.accept(key, ref, at)
 
-    def settle(self, key: str, status: SettledStatus, *, error: str | None = None) -> None:
+    def settle(
+        self, key: str, status: SettledStatus, *, error: str | None = None, cost: Cost | None = None
+    ) -> None:
         at = _now()
-        if not self._entries.settle(key, status, error, at):
+        if not self._entries.settle(key, status, error, at, cost):
             return
         record: dict[str, Any] = {"op": "settle", "key": key, "status": status, "at": at}
         if error is not None:
             record["error"] = error
+        if cost is not None:
+            record["cost"] = {"usd": cost.usd, "source": cost.source}
         try:
             self._write(record, sync=False)
         except OSError:
@@ -369,6 +271,9 @@ class FileLedger:
 
     def unsettled(self) -> list[LedgerEntry]:
         return self._entries.unsettled()
+
+    def settled_spend(self, provider: str) -> Mapping[str, SettledSpend]:
+        return self._entries.settled_spend(provider)
 
     async def aclose(self) -> None:
         self.close()
@@ -423,23 +328,42 @@ class FileLedger:
         key = str(record["key"])
         at = float(record["at"])
         if op == "intent":
+            images = record.get("images", 1)
+            if not isinstance(images, int) or isinstance(images, bool) or images < 1:
+                raise ValueError(f"bad images {images!r}")
             self._entries.claim(
                 key,
                 str(record["provider"]),
                 str(record["model"]),
                 str(record["digest"]),
                 at,
+                _amount(record.get("reserved_usd")),
+                images,
             )
         elif op == "accept":
             self._entries.accept(key, TaskRef.from_dict(record["ref"]), at)
         elif op == "settle":
             status = record["status"]
-            if status not in _SETTLED:
+            if status not in SETTLED:
                 raise ValueError(f"unknown status {status!r}")
             error = record.get("error")
-            self._entries.settle(key, status, None if error is None else str(error), at)
+            cost = record.get("cost")
+            if cost is not None:
+                if cost["source"] not in _COST_SOURCES:
+                    raise ValueError(f"unknown cost source {cost['source']!r}")
+                cost = Cost(_amount(cost["usd"]), cost["source"])
+            self._entries.settle(key, status, None if error is None else str(error), at, cost)
         else:
             raise ValueError(f"unknown op {op!r}")
+
+
+def _amount(value: object) -> float | None:
+    """A recorded amount of US dollars: a finite number of at least 0, or null."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"bad amount {value!r}")
+    return float(value)
 
 
 def _fsync_dir(path: Path) -> None:

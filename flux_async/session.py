@@ -32,13 +32,16 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import catalog
+from ._active import active_limiter
 from ._as_completed import Batch, Outbox
 from ._config import API_KEY_ENV, Limits, SessionStatistics, resolve_api_key
 from ._context import NOT_OPEN, Context
 from ._job import Job
 from ._jobs import Jobs, coerce_ref
-from ._submit import Submitter, active_limiter
+from ._spend import Spend
+from ._submit import Submitter
 from ._uploads import Uploads
+from .catalog import from_micros
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -72,6 +75,9 @@ class Session:
 
     Cheap to keep for the life of an application and safe to share between concurrent tasks:
     they all ride the same scheduler and connection pool. Configuration is keyword-only.
+
+    ``prices`` (model -> US dollars per image) overrides the catalog's price table
+    (``catalog.PRICES``) for the jobs' costs and the budget (``Limits.max_spend_usd``).
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class Session:
         seed: int | None = None,
         ledger: Ledger | None = None,
         resubmit_in_doubt: bool = False,
+        prices: Mapping[str, float] | None = None,
     ) -> None:
         if provider not in catalog.PROVIDERS:
             raise ConfigurationError(
@@ -114,7 +121,9 @@ class Session:
         )
         #: Where every paid action is written ahead (intent, acceptance, settlement).
         self.ledger: Ledger = MemoryLedger() if ledger is None else ledger
-        self._submitter = Submitter(ctx, self.ledger, resubmit_in_doubt=resubmit_in_doubt)
+        # What jobs cost and the budget; reads what the ledger holds from earlier sessions.
+        self._spend = Spend(provider, self.ledger, prices=prices, max_spend_usd=self.limits.max_spend_usd)
+        self._submitter = Submitter(ctx, self.ledger, self._spend, resubmit_in_doubt=resubmit_in_doubt)
         self._uploads = Uploads(ctx)
         self._jobs = Jobs(
             ctx,
@@ -124,6 +133,7 @@ class Session:
             self._submitter,
             self._uploads,
             active_limiter(provider, self.limits),
+            self._spend,
         )
         self._download_slots = anyio.Semaphore(self.limits.max_concurrent_downloads)
         self._download_limits = DownloadLimits(
@@ -134,6 +144,12 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session(provider={self.provider!r}, base_url={self._base_url!r})"
+
+    @property
+    def prices(self) -> Mapping[str, float | None]:
+        """USD per image of each of the provider's models, as this session prices its jobs:
+        the catalog's defaults with ``prices=`` over them (None: unknown)."""
+        return self._spend.prices
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -319,7 +335,10 @@ class Session:
         The input is read lazily and at most ``limits.max_outstanding`` jobs are in flight ahead
         of the consumer. A failed job is an ``Outcome`` with ``.error``; only session-fatal
         errors (bad key, no credits) end the iteration; if reading ``requests`` raises, no more
-        jobs start, the jobs already read are delivered, and then that error is raised. With ``download_to`` each result's
+        jobs start, the jobs already read are delivered, and then that error is raised. So with
+        the budget: once it refuses a submit (that job's outcome carries
+        ``BudgetExceededError``), no more input is read, the jobs already read are delivered
+        (those not yet sent are refused too), and then ``BudgetExceededError`` is raised. With ``download_to`` each result's
         images are written there as ``<index>-<task_id>.<ext>`` before the outcome is yielded.
         Leaving the loop early stops submitting; tasks already accepted stay listed in
         :meth:`statistics` (``abandoned_tasks``) and are named in a WARNING.
@@ -355,11 +374,14 @@ class Session:
         if batch.input_error is not None:
             # Every job taken from the input before it broke has been delivered above.
             raise batch.input_error
+        if batch.budget_error is not None:
+            raise batch.budget_error
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of the session's counters."""
         sched = self._scheduler.statistics()
         outstanding = tuple(self._scheduler.outstanding())
+        spend = self._spend
         return SessionStatistics(
             provider=self.provider,
             submitted=self._counts["submitted"],
@@ -387,6 +409,12 @@ class Session:
                 if entry.in_doubt and entry.provider == self.provider and not self._submitter.in_flight(entry.key)
             ),
             unrecorded_tasks=tuple(self._submitter.unrecorded),
+            spent_usd=from_micros(spend.spent),
+            reserved_usd=from_micros(spend.reserved),
+            spend_by_model=spend.by_model(),
+            unknown_cost_jobs=spend.unknown_cost_jobs(),
+            carried_over_usd=from_micros(spend.carried_over),
+            max_spend_usd=spend.budget_usd,
         )
 
 

@@ -1,0 +1,268 @@
+"""The session's money: what each job reserves before its submit, what it settles at when it
+ends, the budget that refuses a submit which could pass it, and the totals ``statistics()``
+reports.
+
+:class:`Spend` owns the session's price table, its budget (``Limits.max_spend_usd``) and one
+reservation per open idempotency key (a job in flight or in doubt), and it writes every
+settlement the session makes to the ledger, so that the ledger and the totals never disagree.
+A check and its reservation happen with no await between them: concurrent submits of one
+session can never both pass a cap that has room for one. Amounts are whole micro-dollars.
+
+Synchronous, no I/O of its own (the ledger's ``settle`` must not block); it must not import
+the transport, the scheduler, the codecs or the session. It sees the ledger through its
+protocol and the prices through the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from . import catalog
+from ._config import ModelSpend
+from .catalog import from_micros, to_micros
+from .errors import BudgetExceededError, ConfigurationError
+from .ledger import Ledger, SettledStatus
+from .models import Cost
+
+__all__ = ["Spend"]
+
+
+class _Account:
+    """One model's totals, in micro-dollars and jobs."""
+
+    __slots__ = ("open_jobs", "reserved", "settled_jobs", "spent", "unknown_open", "unknown_settled")
+
+    def __init__(self) -> None:
+        self.spent = 0
+        self.reserved = 0
+        self.settled_jobs = 0
+        self.open_jobs = 0
+        self.unknown_open = 0
+        self.unknown_settled = 0
+
+
+class Spend:
+    """Reservations, settlements and the budget of one session (see the module docstring).
+
+    ``spent`` and ``reserved`` start with what the ledger holds for the provider: its settled
+    entries at their settled cost, its unsettled ones (in flight or in doubt) at their
+    reservation; an entry recorded without a cost is priced from the table, and under a budget
+    an entry that cannot be priced is a ConfigurationError.
+    """
+
+    __slots__ = (
+        "_accounts",
+        "_budget",
+        "_ledger",
+        "_open",
+        "_prices",
+        "_unit",
+        "budget_usd",
+        "carried_over",
+        "provider",
+        "reserved",
+        "spent",
+    )
+
+    def __init__(
+        self,
+        provider: str,
+        ledger: Ledger,
+        *,
+        prices: Mapping[str, float] | None = None,
+        max_spend_usd: float | None = None,
+    ) -> None:
+        self.provider = provider
+        self._ledger = ledger
+        self._prices = catalog.price_table(provider, prices)
+        # The reservation of a one-image job, one shared value per model.
+        self._unit = {model: catalog.reserved_cost(price, 1) for model, price in self._prices.items()}
+        self.budget_usd = max_spend_usd
+        self._budget = None if max_spend_usd is None else to_micros(max_spend_usd)
+        self._open: dict[str, tuple[str, int | None]] = {}  # key -> (model, reserved micros)
+        self._accounts: dict[str, _Account] = {}
+        self.spent = 0
+        self.reserved = 0
+        self._load()
+        self.carried_over = self.spent + self.reserved
+
+    @property
+    def prices(self) -> Mapping[str, float | None]:
+        """The price per image of every model of the provider, as this session uses them."""
+        return self._prices
+
+    def _account(self, model: str) -> _Account:
+        account = self._accounts.get(model)
+        if account is None:
+            account = self._accounts[model] = _Account()
+        return account
+
+    def _price_micros(self, model: str, images: int, what: str) -> int | None:
+        price = self._prices.get(model)
+        if price is None:
+            if self._budget is not None:
+                raise ConfigurationError(
+                    f"no price is known for {model} on {self.provider}, and a budget "
+                    f"(Limits.max_spend_usd) needs one for {what}: give it in US dollars per "
+                    f"image with Session(prices={{{model!r}: ...}})"
+                )
+            return None
+        return to_micros(price) * images
+
+    def _load(self) -> None:
+        provider = self.provider
+        for entry in self._ledger.unsettled():
+            if entry.provider != provider:
+                continue
+            micros = (
+                to_micros(entry.reserved_usd)
+                if entry.reserved_usd is not None
+                else self._price_micros(entry.model, entry.images, "the jobs its ledger holds")
+            )
+            self._hold(entry.key, entry.model, micros)
+        for model, settled in self._ledger.settled_spend(provider).items():
+            account = self._account(model)
+            micros = to_micros(settled.usd)
+            account.settled_jobs += settled.jobs
+            if settled.unpriced_images:
+                extra = self._price_micros(model, settled.unpriced_images, "the jobs its ledger holds")
+                if extra is None:
+                    account.unknown_settled += settled.unpriced_jobs
+                else:
+                    micros += extra
+            account.spent += micros
+            self.spent += micros
+
+    def _hold(self, key: str, model: str, micros: int | None) -> None:
+        self._open[key] = (model, micros)
+        account = self._account(model)
+        account.open_jobs += 1
+        if micros is None:
+            account.unknown_open += 1
+        else:
+            account.reserved += micros
+            self.reserved += micros
+
+    def _drop(self, key: str) -> tuple[str, int | None] | None:
+        held = self._open.pop(key, None)
+        if held is not None:
+            model, micros = held
+            account = self._accounts[model]
+            account.open_jobs -= 1
+            if micros is None:
+                account.unknown_open -= 1
+            else:
+                account.reserved -= micros
+                self.reserved -= micros
+        return held
+
+    # -- a submit --------------------------------------------------------------------------------
+
+    def holds(self, key: str) -> bool:
+        """True when ``key`` holds a reservation (a job in flight or in doubt)."""
+        return key in self._open
+
+    def reserve(self, key: str, model: str, images: int) -> Cost:
+        """Reserve what a job of ``images`` images of ``model`` costs, before its submit, and
+        return it; a key that already holds a reservation keeps it. Raises
+        BudgetExceededError when the budget has no room for it, ConfigurationError under a
+        budget when the price is unknown: then nothing is held."""
+        if key in self._open:
+            return self.cost_of(key, model)
+        micros = self._price_micros(model, images, "every job it submits")
+        budget = self._budget
+        if budget is not None and micros is not None and self.spent + self.reserved + micros > budget:
+            raise BudgetExceededError(
+                f"submitting this {model} job (${from_micros(micros):.4f}) would pass the budget "
+                f"of ${from_micros(budget):.2f}: ${from_micros(self.spent):.4f} spent and "
+                f"${from_micros(self.reserved):.4f} reserved by jobs in flight or in doubt; "
+                "nothing was sent",
+                model=model,
+                max_spend_usd=from_micros(budget),
+                spent_usd=from_micros(self.spent),
+                reserved_usd=from_micros(self.reserved),
+                needed_usd=from_micros(micros),
+            )
+        self._hold(key, model, micros)
+        if images == 1:
+            unit = self._unit.get(model)
+            if unit is not None:
+                return unit
+        return catalog.reserved_cost(self._prices.get(model), images)
+
+    def release(self, key: str) -> None:
+        """Drop ``key``'s reservation: nothing was sent for it, or it was already held."""
+        self._drop(key)
+
+    def accepted(self, key: str, reported_usd: float) -> Cost:
+        """The provider said at acceptance what the task costs (BFL): the reservation becomes
+        that amount."""
+        held = self._drop(key)
+        if held is not None:
+            self._hold(key, held[0], to_micros(reported_usd))
+        return Cost(reported_usd, "reported")
+
+    def cost_of(self, key: str | None, model: str | None) -> Cost:
+        """What a job attached to ``key`` (or to a bare task of ``model``) is taken to cost
+        until it settles: the key's reservation, else one image at the table's price, else
+        unknown."""
+        held = self._open.get(key) if key is not None else None
+        if held is not None:
+            micros = held[1]
+            return Cost.UNKNOWN if micros is None else Cost(from_micros(micros), "price_table")
+        unit = self._unit.get(model) if model is not None else None
+        return Cost.UNKNOWN if unit is None else unit
+
+    # -- the end of a job --------------------------------------------------------------------------
+
+    def settle(
+        self,
+        key: str,
+        status: SettledStatus,
+        *,
+        error: str | None = None,
+        cost: Cost | None = None,
+    ) -> None:
+        """Record in the ledger how ``key``'s job ended and what it cost (None: nothing was
+        charged), and move its reservation into the spent total (once: a key settled again
+        changes nothing here)."""
+        self._ledger.settle(key, status, error=error, cost=cost)
+        held = self._drop(key)
+        if held is None or cost is None:
+            return
+        account = self._accounts[held[0]]
+        account.settled_jobs += 1
+        usd = cost.usd
+        if usd is None:
+            account.unknown_settled += 1
+        else:
+            micros = to_micros(usd)
+            account.spent += micros
+            self.spent += micros
+
+    def reservation(self, key: str) -> Cost | None:
+        """What ``key`` holds, as a cost (None when it holds nothing)."""
+        return self.cost_of(key, None) if key in self._open else None
+
+    # -- totals ------------------------------------------------------------------------------------
+
+    def by_model(self) -> Mapping[str, ModelSpend]:
+        """Each model's totals."""
+        return MappingProxyType(
+            {
+                model: ModelSpend(
+                    model=model,
+                    spent_usd=from_micros(account.spent),
+                    reserved_usd=from_micros(account.reserved),
+                    settled_jobs=account.settled_jobs,
+                    open_jobs=account.open_jobs,
+                    unknown_cost_jobs=account.unknown_open + account.unknown_settled,
+                )
+                for model, account in self._accounts.items()
+            }
+        )
+
+    def unknown_cost_jobs(self) -> int:
+        """Jobs, settled or open, whose cost is unknown."""
+        return sum(a.unknown_open + a.unknown_settled for a in self._accounts.values())
