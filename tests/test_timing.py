@@ -334,7 +334,13 @@ def test_running_tasks_are_sampled_evenly_and_swept() -> None:
 
 def test_a_refit_waits_for_news() -> None:
     model = learned_exactly(10.0, count=2)
-    assert not model.stale(1000.0)  # two completions teach nothing yet
+    assert not model.stale(1000.0)  # two completions alone teach nothing yet
+    for _ in range(3):
+        model.enrol(_Task(990.0))
+    # ... but with others still running (each "longer than 10 s") they do.
+    assert model.stale(1000.0)
+    refit(model, 1000.0)
+    assert model.belief(None) is not None
     model = learned_exactly(10.0, count=4)
     now = 2000.0
     assert model.stale(now)

@@ -21,7 +21,9 @@ from typing import Protocol
 
 __all__ = ["Learned", "LogStats", "refit"]
 
-# The learned distribution is used from this many completions on, with this prior on its spread.
+# The learned distribution is used from this many completions on (from the first one when at
+# least as many other tasks are still running: they tell how long the rest take), with this prior
+# on its spread.
 MIN_SAMPLES = 3
 _PRIOR_WEIGHT = 2.0
 PRIOR_SIGMA = 0.5
@@ -156,7 +158,7 @@ class Learned:
     def stale(self, now: float) -> bool:
         """Whether :func:`refit` has something new to say (cheap: a few comparisons)."""
         n = self.durations.n
-        if n < MIN_SAMPLES or now - self.fit_t < _REFIT_MIN:
+        if not n or (n < MIN_SAMPLES and self.alive < MIN_SAMPLES) or now - self.fit_t < _REFIT_MIN:
             return False
         fitted = self.fitted
         if fitted is None or n >= self.fit_n * (1.0 + _REFIT_GROWTH):
@@ -171,9 +173,9 @@ class Learned:
         learned distribution, because a constant estimate would then be counted twice.
         """
         d = self.durations
-        learned = None
-        if d.n >= MIN_SAMPLES:
-            learned = self.fitted or (d.mean, d.sigma(PRIOR_SIGMA))
+        learned = self.fitted
+        if learned is None and d.n >= MIN_SAMPLES:
+            learned = (d.mean, d.sigma(PRIOR_SIGMA))
         if estimate is None:
             return learned
         e = self.estimates
@@ -242,7 +244,7 @@ def refit(learned: Learned, now: float) -> bool:
     ``now``; True when this is the key's first belief (tasks planned without one may now be
     due sooner)."""
     d = learned.durations
-    if d.n < MIN_SAMPLES:
+    if not d.n:
         return False
     first = learned.fitted is None
     count = d.weight * math.exp(min(0.0, d.t - now) / _MEMORY)
