@@ -238,7 +238,9 @@ async def test_apimart_submit_and_timeline(
     poll = base + "/v1/tasks/" + item["task_id"]
     _, queued = await call(http, "GET", poll, headers=BEARER)
     assert queued["code"] == 200
-    assert set(queued["data"]) == {"id", "status", "progress", "created", "estimated_time"}
+    assert set(queued["data"]) == {"id", "status", "progress", "created", "estimated_time",
+                                   "cost", "credits_cost"}
+    assert (queued["data"]["cost"], queued["data"]["credits_cost"]) == (0.064, 0.64)
     assert queued["data"]["status"] == "pending"
     assert queued["data"]["estimated_time"] == 10
 
@@ -251,7 +253,7 @@ async def test_apimart_submit_and_timeline(
     _, done = await call(http, "GET", poll, headers=BEARER)
     data = done["data"]
     assert set(data) == {"id", "status", "progress", "result", "created", "completed",
-                         "estimated_time", "actual_time"}
+                         "estimated_time", "actual_time", "cost", "credits_cost"}
     assert data["status"] == "completed"
     assert data["progress"] == 100
     assert data["completed"] == int(T0 + 10)
@@ -318,7 +320,8 @@ async def test_bfl_submit_polling_url_and_timeline(
                              headers=XKEY, json={"prompt": "a fox", "aspect_ratio": "21:9",
                                                  "output_format": "png", "seed": 7})
     assert status == 200
-    assert set(sub) == {"id", "polling_url"}
+    assert set(sub) == {"id", "polling_url", "cost"}
+    assert sub["cost"] == 4.0  # credits of $0.01
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-a[0-9a-f]{3}-[0-9a-f]{12}", sub["id"])
     # The polling URL names a region: it is not base_url + id. The global host answers a
     # rebuilt URL too, as BFL's does, but the emulator counts it apart, so a test can tell.

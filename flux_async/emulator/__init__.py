@@ -95,6 +95,15 @@ Timeline and outcomes
 Latency
     ``latency`` (0 s) + ``latency_jitter`` (0 s, uniform extra) before every provider request;
     ``slow_delay`` (30 s) for ``slow`` faults. These are real waits.
+Money
+    ``prices`` (``{"bfl/flux-kontext-pro": 0.04, "bfl/flux-kontext-max": 0.08,
+    "apimart/flux-kontext-pro": 0.032, "apimart/flux-kontext-max": 0.064}``: the published
+    prices, US dollars per image; keys are ``provider/model`` or a model for every provider).
+    A task's cost (price x ``n``) is fixed when it is created and reported as the providers
+    do: BFL's submit answer carries ``cost`` in credits ($0.01 each); every apimart task status
+    carries ``cost`` (USD) and ``credits_cost`` (cost x 10); toapis reports none (a toapis
+    price only shows in the stats). A model without a price reports no cost. BFL does not
+    charge a moderated task; every other task is charged its cost.
 Result URLs
     ``url_ttl`` (``{"toapis": 86400, "apimart": 86400, "bfl": 600}`` seconds after completion);
     ``url_expired_status`` (410; or 403 with a signed-URL XML error, or 404).
@@ -136,9 +145,8 @@ Spelling variants (the "tolerate" items of the providers' documentation)
     ``toapis_legacy_object`` (``"image.generation"``); ``toapis_result_layout``
     (``"result.data"``, ``"images"`` (top-level ``images[].url``) or ``"url"`` (top-level
     ``url``)); ``apimart_data_object`` (submit ``data`` as an object, not a list);
-    ``apimart_url_string`` (``url`` a string, not a list); ``apimart_extra_fields`` (``cost``,
-    ``credits_cost``, ``usage``); ``bfl_extra_fields`` (``cost``, ``input_mp``,
-    ``output_mp`` on submit).
+    ``apimart_url_string`` (``url`` a string, not a list); ``apimart_extra_fields``
+    (``usage``); ``bfl_extra_fields`` (``input_mp``, ``output_mp`` on submit).
 Per provider
     ``per_provider``: ``{"bfl": {"failure_rate": 0.5}, "toapis": {"submit_faults": {...}}}``
     overrides any field but ``seed`` and ``per_provider`` for one provider.
@@ -167,6 +175,7 @@ return this document (typed as the ``EmulatorStats`` / ``TaskStats`` TypedDicts)
       "active_now": {"bfl": 2, "bfl/flux-kontext-pro": 2},
       "active_high_water": {"bfl": 24, "bfl/flux-kontext-max": 6, "toapis": 3, ...},
       "pending_scripted_faults": 0,
+      "charged_usd": 0.08,                        # what every task was charged (see prices)
       "tasks": [{
         "id": "task_img_…", "provider": "toapis", "model": "flux-kontext-pro",
         "status": "succeeded",        # queued | running | succeeded | failed |
@@ -179,7 +188,10 @@ return this document (typed as the ``EmulatorStats`` / ``TaskStats`` TypedDicts)
         "created_at": 1767225600.0, "duration": 10.0,
         "completed_at": 1767225610.0, # emulator clock (wall time by default); null until done
         "first_terminal_poll_at": 1767225610.5,   # first poll that saw the terminal status
-        "client_business_id": "…", "duplicate_of": null
+        "client_business_id": "…", "duplicate_of": null,
+        "n": 1,                       # images asked for (and charged)
+        "cost_usd": 0.04,             # the cost the provider reports (null: no price)
+        "charged_usd": 0.04           # what it is charged (BFL: 0 once moderated)
       }, ...]
     }
 

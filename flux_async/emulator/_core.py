@@ -59,6 +59,9 @@ class TaskStats(TypedDict):
     first_terminal_poll_at: float | None
     client_business_id: str | None
     duplicate_of: str | None
+    n: int
+    cost_usd: float | None
+    charged_usd: float | None
 
 
 class EmulatorStats(TypedDict):
@@ -77,6 +80,7 @@ class EmulatorStats(TypedDict):
     active_now: dict[str, int]
     active_high_water: dict[str, int]
     pending_scripted_faults: int
+    charged_usd: float
     tasks: NotRequired[list[TaskStats]]
 
 
@@ -231,7 +235,9 @@ class Core:
             if ident not in self.tasks:
                 break
             salt += 1
-        task = Task(ident, provider, spec, now, duration, outcome, seed)
+        price = sc.price_for(provider, spec.model)
+        cost = None if price is None else round(price * spec.n, 6)
+        task = Task(ident, provider, spec, now, duration, outcome, seed, cost)
         self.tasks[ident] = task
         self.tasks_created += 1
         # Duplicate detection: the same client_business_id, or a byte-identical body.
@@ -280,6 +286,9 @@ class Core:
             "first_terminal_poll_at": task.terminal_polled,
             "client_business_id": task.cbid,
             "duplicate_of": task.duplicate_of,
+            "n": task.n,
+            "cost_usd": task.cost,
+            "charged_usd": task.charged,
         }
 
     def stats(self, *, tasks: bool = True) -> EmulatorStats:
@@ -300,6 +309,7 @@ class Core:
             "active_now": active_now,
             "active_high_water": dict(self.high_water),
             "pending_scripted_faults": self.faults.pending(),
+            "charged_usd": round(sum(t.charged or 0.0 for t in self.tasks.values()), 6),
         }
         if tasks:
             out["tasks"] = [self.task_stats(t, now) for t in self.tasks.values()]

@@ -205,6 +205,23 @@ def _default_caps() -> dict[str, int]:
     return {"bfl": 24, "bfl/flux-kontext-max": 6}
 
 
+def _default_prices() -> dict[str, float]:
+    # PROVIDERS.md: BFL publishes $0.04 / $0.08 per image; apimart lists about $0.032 / $0.064
+    # at 1K (second-hand); toapis publishes no price and reports no cost.
+    return {
+        "bfl/flux-kontext-pro": 0.04,
+        "bfl/flux-kontext-max": 0.08,
+        "apimart/flux-kontext-pro": 0.032,
+        "apimart/flux-kontext-max": 0.064,
+    }
+
+
+def _prices(_inst: object, attribute: attrs.Attribute[dict[str, float]], value: dict[str, float]) -> None:
+    for key, price in value.items():
+        if not 0 <= price < float("inf"):
+            raise ValueError(f"{attribute.name}[{key!r}] must be a finite price >= 0, got {price!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Scenario:
     """How the emulated providers behave. Every default describes a healthy, fast provider.
@@ -244,6 +261,11 @@ class Scenario:
     # -- result URLs -----------------------------------------------------------------------------
     url_ttl: dict[str, float] = attrs.field(factory=_default_url_ttl, converter=_to_float_map)
     url_expired_status: int = 410
+
+    # -- money -----------------------------------------------------------------------------------
+    prices: dict[str, float] = attrs.field(
+        factory=_default_prices, converter=_to_float_map, validator=_prices
+    )
 
     # -- limits ----------------------------------------------------------------------------------
     active_task_cap: dict[str, int] = attrs.field(factory=_default_caps, converter=_to_int_map)
@@ -319,6 +341,12 @@ class Scenario:
         """This scenario with ``per_provider[provider]`` applied (and no overrides left)."""
         overrides = self.per_provider.get(provider, {})
         return attrs.evolve(self, per_provider={}, **overrides)  # type: ignore[arg-type]
+
+    def price_for(self, provider: str, model: str) -> float | None:
+        """USD per image of ``model`` on ``provider`` (``prices`` keyed ``provider/model`` or
+        ``model``); None when the scenario has no price for it."""
+        found = self.prices.get(f"{provider}/{model}")
+        return self.prices.get(model) if found is None else found
 
     def duration_for(self, provider: str, model: str) -> Duration:
         """The duration distribution of ``model`` on ``provider``, before ``time_scale``."""

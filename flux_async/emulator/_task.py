@@ -48,10 +48,15 @@ DONE: Final = 2
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 class Task:
-    """One task. Slotted: about 200 bytes plus its strings."""
+    """One task. Slotted: about 200 bytes plus its strings.
+
+    ``cost`` is what the provider says the task costs (price x images, in US dollars; None
+    without a price), fixed at creation; :attr:`charged` what it is actually charged.
+    """
 
     __slots__ = (
         "cbid",
+        "cost",
         "created",
         "downloads",
         "duplicate_of",
@@ -80,8 +85,10 @@ class Task:
         duration: float,
         outcome: int,
         seed: int,
+        cost: float | None = None,
     ) -> None:
         self.id = task_id
+        self.cost = cost
         self.provider = provider
         self.model = spec.model
         self.prompt = spec.prompt
@@ -99,6 +106,14 @@ class Task:
         self.downloads = 0
         self.terminal_polled: float | None = None
         self.duplicate_of: str | None = None
+
+    @property
+    def charged(self) -> float | None:
+        """What the task is charged, in US dollars: its cost, but nothing for a BFL task refused
+        by moderation ("not charged")."""
+        if self.provider == "bfl" and self.outcome in (REQUEST_MODERATED, CONTENT_MODERATED):
+            return 0.0
+        return self.cost
 
     @property
     def end(self) -> float:

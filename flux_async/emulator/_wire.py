@@ -269,10 +269,11 @@ def apimart_task(task: Task, now: float, sc: Scenario, origin: str) -> bytes:
         data["completed"] = int(task.end)
         data["actual_time"] = max(1, round(task.duration))
     data["estimated_time"] = max(1, math.ceil(estimate))
+    if task.cost is not None:  # every status carries the task's cost, in USD and in credits
+        data["cost"] = task.cost
+        data["credits_cost"] = round(task.cost * 10, 6)
     if sc.apimart_extra_fields:
-        data["cost"] = 0.05
-        data["credits_cost"] = 5
-        data["usage"] = {"images": 1}
+        data["usage"] = {"images": task.n}
     return dumps({"code": 200, "data": data})
 
 
@@ -285,8 +286,9 @@ def bfl_submit(task: Task, sc: Scenario, origin: str) -> bytes:
         "id": task.id,
         "polling_url": f"{origin}/bfl-us1/v1/get_result?id={task.id}",
     }
+    if task.cost is not None:  # in credits of $0.01
+        body["cost"] = round(task.cost * 100, 6)
     if sc.bfl_extra_fields:
-        body["cost"] = 4.0 if task.model == "flux-kontext-pro" else 8.0
         body["input_mp"] = 0.0
         body["output_mp"] = 1.05
     return dumps(body)
