@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from flux_async import (
+    Cost,
     FileLedger,
     GenerationRequest,
     Ledger,
@@ -153,6 +154,94 @@ async def test_a_memory_ledger_forgets_settled_entries_past_its_bound_but_never_
     assert await ledger.get("b") is not None
     assert await ledger.get("c") is not None
     assert {e.key for e in ledger.unsettled()} == {"d", "e"}
+
+
+@pytest.mark.anyio
+async def test_a_file_ledger_records_reservations_and_settled_costs_and_reads_them_back(tmp_path: Path) -> None:
+    path = tmp_path / "run.ledger"
+    ledger = FileLedger(path)
+    await intend(ledger, "a", provider="bfl", reserved_usd=0.04)
+    await intend(ledger, "b", provider="toapis", model="grok-4-1-image", images=4)  # price unknown
+    await intend(ledger, "c", provider="bfl", reserved_usd=0.04)
+    await intend(ledger, "d", provider="bfl", model="flux-kontext-max", reserved_usd=0.08)
+    ledger.settle("a", "succeeded", cost=Cost(0.04, "reported"))
+    ledger.settle("b", "failed", error="TaskFailedError", cost=Cost.UNKNOWN)
+    ledger.settle("c", "not_submitted", error="BadRequestError")
+    ledger.close()
+    written = {(r.get("op"), r.get("key")): r for r in lines(path)[1:]}
+    assert (written["intent", "a"]["reserved_usd"], written["intent", "a"]["images"]) == (0.04, 1)
+    assert (written["intent", "b"]["reserved_usd"], written["intent", "b"]["images"]) == (None, 4)
+    assert written["settle", "a"]["cost"] == {"usd": 0.04, "source": "reported"}
+    assert written["settle", "b"]["cost"] == {"usd": None, "source": "unknown"}
+    assert "cost" not in written["settle", "c"]  # nothing was charged
+
+    with FileLedger(path) as again:
+        a, b, c, d = [await again.get(key) for key in "abcd"]
+        assert a is not None
+        assert b is not None
+        assert c is not None
+        assert d is not None
+        assert (a.reserved_usd, a.images, a.cost) == (0.04, 1, Cost(0.04, "reported"))
+        assert (b.reserved_usd, b.images, b.cost) == (None, 4, Cost.UNKNOWN)
+        assert (c.status, c.cost) == ("not_submitted", None)
+        assert (d.state, d.reserved_usd, d.cost) == ("intended", 0.08, None)
+        bfl = again.settled_spend("bfl")
+        assert set(bfl) == {"flux-kontext-pro"}  # c charged nothing; d is not settled
+        assert (bfl["flux-kontext-pro"].jobs, bfl["flux-kontext-pro"].usd) == (1, 0.04)
+        grok = again.settled_spend("toapis")["grok-4-1-image"]
+        assert (grok.jobs, grok.usd, grok.unpriced_jobs, grok.unpriced_images) == (1, 0.0, 1, 4)
+
+
+@pytest.mark.anyio
+async def test_entries_written_before_costs_read_back_as_unpriced(tmp_path: Path) -> None:
+    path = tmp_path / "old.ledger"
+    path.write_text(
+        '{"ledger":"flux-async ledger","version":1,"meta":{}}\n'
+        '{"op":"intent","key":"a","provider":"bfl","model":"flux-kontext-pro","digest":"d","at":1}\n'
+        '{"op":"accept","key":"a","ref":{"provider":"bfl","task_id":"t"},"at":2}\n'
+        '{"op":"settle","key":"a","status":"succeeded","at":3}\n'
+        '{"op":"intent","key":"b","provider":"bfl","model":"flux-kontext-pro","digest":"d","at":4}\n'
+    )
+    with FileLedger(path) as ledger:
+        a = await ledger.get("a")
+        assert a is not None
+        assert (a.reserved_usd, a.images, a.cost) == (None, 1, None)
+        spent = ledger.settled_spend("bfl")["flux-kontext-pro"]
+        assert (spent.jobs, spent.unpriced_jobs, spent.unpriced_images) == (1, 1, 1)
+        assert [e.key for e in ledger.unsettled()] == ["b"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"op":"intent","key":"a","provider":"bfl","model":"m","digest":"d","at":1,"reserved_usd":-1}',
+        '{"op":"intent","key":"a","provider":"bfl","model":"m","digest":"d","at":1,"reserved_usd":"1"}',
+        '{"op":"intent","key":"a","provider":"bfl","model":"m","digest":"d","at":1,"images":0}',
+        '{"op":"settle","key":"a","status":"succeeded","at":1,"cost":{"usd":1,"source":"guess"}}',
+        '{"op":"settle","key":"a","status":"succeeded","at":1,"cost":{"usd":null,"source":"reported"}}',
+        '{"op":"settle","key":"a","status":"succeeded","at":1,"cost":7}',
+    ],
+)
+def test_a_bad_cost_in_a_ledger_file_is_refused(tmp_path: Path, record: str) -> None:
+    path = tmp_path / "bad.ledger"
+    path.write_text('{"ledger":"flux-async ledger","version":1,"meta":{}}\n'
+                    '{"op":"intent","key":"a","provider":"bfl","model":"m","digest":"d","at":1}\n'
+                    + record + "\n")
+    with pytest.raises(ConfigurationError, match=r"bad\.ledger:3"):
+        FileLedger(path)
+
+
+@pytest.mark.anyio
+async def test_spend_totals_outlive_forgotten_entries_and_a_second_settlement_replaces_the_first() -> None:
+    ledger = MemoryLedger(max_settled=1)
+    for key in "abc":
+        await intend(ledger, key, provider="apimart", reserved_usd=0.032)
+        ledger.settle(key, "succeeded", cost=Cost(0.03, "reported"))
+    ledger.settle("c", "failed", cost=Cost(0.0, "reported"))  # settled again: replaces
+    assert await ledger.get("a") is None  # forgotten...
+    spent = ledger.settled_spend("apimart")["flux-kontext-pro"]
+    assert (spent.jobs, spent.usd) == (3, pytest.approx(0.06))  # ...but still counted
+    assert ledger.settled_spend("bfl") == {}
 
 
 # -- the session writes ahead ------------------------------------------------------------------------

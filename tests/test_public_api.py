@@ -39,6 +39,7 @@ def test_error_tree_matches_the_design() -> None:
         errors.RateLimitError: errors.APIError,
         errors.ServerError: errors.APIError,
         errors.SubmissionUncertainError: errors.FluxError,
+        errors.BudgetExceededError: errors.FluxError,
         errors.TaskError: errors.FluxError,
         errors.TaskFailedError: errors.TaskError,
         errors.ModerationError: errors.TaskError,
