@@ -239,6 +239,20 @@ class Jobs:
         """Keep an accepted task nobody waits for on the list (``abandoned_tasks``)."""
         self.abandoned[ref.task_id] = ref
 
+    def abandon_running(self, left: list[TaskRef]) -> None:
+        """The session closed with these tasks still running: list them, and say so."""
+        if not left:
+            return
+        for ref in left:
+            self.abandon(ref)
+        shown = ", ".join(ref.task_id for ref in left[:20])
+        more = f" and {len(left) - 20} more" if len(left) > 20 else ""
+        _log.warning(
+            "session closed with %d task(s) still running at %s: %s%s "
+            "(resume them with Session.resume; they are listed in statistics().abandoned_tasks)",
+            len(left), self._ctx.provider, shown, more,
+        )
+
 
 def coerce_ref(provider: str, ref: TaskRef | str) -> TaskRef:
     """The ref a caller means: a ``TaskRef`` of ``provider``, a task id (aggregators), or a BFL

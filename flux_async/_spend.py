@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from . import catalog
 from ._config import ModelSpend
@@ -266,3 +267,14 @@ class Spend:
     def unknown_cost_jobs(self) -> int:
         """Jobs, settled or open, whose cost is unknown."""
         return sum(a.unknown_open + a.unknown_settled for a in self._accounts.values())
+
+    def statistics(self) -> dict[str, Any]:
+        """The money fields of ``SessionStatistics``."""
+        return {
+            "spent_usd": from_micros(self.spent),
+            "reserved_usd": from_micros(self.reserved),
+            "spend_by_model": self.by_model(),
+            "unknown_cost_jobs": self.unknown_cost_jobs(),
+            "carried_over_usd": from_micros(self.carried_over),
+            "max_spend_usd": self.budget_usd,
+        }

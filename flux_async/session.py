@@ -12,7 +12,6 @@ CLI (the batch machinery and jobs see it only for typing).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import random
 from collections.abc import (
@@ -41,7 +40,6 @@ from ._jobs import Jobs, coerce_ref
 from ._spend import Spend
 from ._submit import Submitter
 from ._uploads import Uploads
-from .catalog import from_micros
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -64,8 +62,6 @@ from .scheduler import PollPolicy, PollScheduler
 from .transport import AiohttpTransport, DownloadLimits, Transport
 
 __all__ = ["API_KEY_ENV", "Job", "Limits", "Session", "SessionStatistics"]
-
-logger = logging.getLogger("flux_async")
 
 _FATAL = (AuthenticationError, InsufficientCreditsError, LedgerError)
 
@@ -187,17 +183,7 @@ class Session:
             # batch whose iterator was never closed still holds undelivered results.
             for batch in list(self._batches):
                 batch.stop()
-            left = self._scheduler.outstanding()
-            if left:
-                for ref in left:
-                    self._jobs.abandon(ref)
-                shown = ", ".join(ref.task_id for ref in left[:20])
-                more = f" and {len(left) - 20} more" if len(left) > 20 else ""
-                logger.warning(
-                    "session closed with %d task(s) still running at %s: %s%s "
-                    "(resume them with Session.resume; they are listed in statistics().abandoned_tasks)",
-                    len(left), self.provider, shown, more,
-                )
+            self._jobs.abandon_running(self._scheduler.outstanding())
             transport = self._ctx.transport
             if transport is not None:
                 await transport.aclose()
@@ -335,10 +321,9 @@ class Session:
         The input is read lazily and at most ``limits.max_outstanding`` jobs are in flight ahead
         of the consumer. A failed job is an ``Outcome`` with ``.error``; only session-fatal
         errors (bad key, no credits) end the iteration; if reading ``requests`` raises, no more
-        jobs start, the jobs already read are delivered, and then that error is raised. So with
-        the budget: once it refuses a submit (that job's outcome carries
-        ``BudgetExceededError``), no more input is read, the jobs already read are delivered
-        (those not yet sent are refused too), and then ``BudgetExceededError`` is raised. With ``download_to`` each result's
+        jobs start, the jobs already read are delivered, and then that error is raised; so once
+        the budget refuses a submit (its outcome carries ``BudgetExceededError``, as do those of
+        jobs read but not yet sent), then ``BudgetExceededError`` is raised. With ``download_to`` each result's
         images are written there as ``<index>-<task_id>.<ext>`` before the outcome is yielded.
         Leaving the loop early stops submitting; tasks already accepted stay listed in
         :meth:`statistics` (``abandoned_tasks``) and are named in a WARNING.
@@ -381,7 +366,6 @@ class Session:
         """A frozen snapshot of the session's counters."""
         sched = self._scheduler.statistics()
         outstanding = tuple(self._scheduler.outstanding())
-        spend = self._spend
         return SessionStatistics(
             provider=self.provider,
             submitted=self._counts["submitted"],
@@ -409,12 +393,7 @@ class Session:
                 if entry.in_doubt and entry.provider == self.provider and not self._submitter.in_flight(entry.key)
             ),
             unrecorded_tasks=tuple(self._submitter.unrecorded),
-            spent_usd=from_micros(spend.spent),
-            reserved_usd=from_micros(spend.reserved),
-            spend_by_model=spend.by_model(),
-            unknown_cost_jobs=spend.unknown_cost_jobs(),
-            carried_over_usd=from_micros(spend.carried_over),
-            max_spend_usd=spend.budget_usd,
+            **self._spend.statistics(),
         )
 
 
