@@ -181,7 +181,7 @@ class Entries:
         self._open: dict[str, Record] = {}
         self._settled: OrderedDict[str, Record] = OrderedDict()
         self._settled_limit = settled_limit
-        self._spent: dict[tuple[str, str], _Spent] = {}
+        self._spent: dict[str, dict[str, _Spent]] = {}  # provider -> model -> totals
 
     def get(self, key: str) -> Record | None:
         record = self._open.get(key)
@@ -225,9 +225,12 @@ class Entries:
             record = self._settled.get(key)
             if record is None:
                 return False
-        spent = self._spent.get((record.provider, record.model))
+        models = self._spent.get(record.provider)
+        if models is None:
+            models = self._spent[record.provider] = {}
+        spent = models.get(record.model)
         if spent is None:
-            spent = self._spent[(record.provider, record.model)] = _Spent()
+            spent = models[record.model] = _Spent()
         if record.status is not None:
             spent.add(record, -1)  # settled again: the new settlement replaces the old one
         record.status = status
@@ -259,8 +262,7 @@ class Entries:
                     unpriced_jobs=spent.unpriced_jobs,
                     unpriced_images=spent.unpriced_images,
                 )
-                for (owner, model), spent in self._spent.items()
-                if owner == provider
+                for model, spent in self._spent.get(provider, {}).items()
             }
         )
 

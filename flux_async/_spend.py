@@ -30,11 +30,24 @@ __all__ = ["Spend"]
 
 
 class _Account:
-    """One model's totals, in micro-dollars and jobs."""
+    """One model's price and totals, in micro-dollars and jobs."""
 
-    __slots__ = ("open_jobs", "reserved", "settled_jobs", "spent", "unknown_open", "unknown_settled")
+    __slots__ = (
+        "model",
+        "open_jobs",
+        "reserved",
+        "settled_jobs",
+        "spent",
+        "unit",
+        "unit_cost",
+        "unknown_open",
+        "unknown_settled",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, model: str, price: float | None) -> None:
+        self.model = model
+        self.unit = None if price is None else to_micros(price)  # one image, in micro-dollars
+        self.unit_cost = catalog.reserved_cost(price, 1)  # the same, as a Cost (one shared value)
         self.spent = 0
         self.reserved = 0
         self.settled_jobs = 0
@@ -55,10 +68,10 @@ class Spend:
     __slots__ = (
         "_accounts",
         "_budget",
+        "_held",
         "_ledger",
         "_open",
         "_prices",
-        "_unit",
         "budget_usd",
         "carried_over",
         "provider",
@@ -77,12 +90,13 @@ class Spend:
         self.provider = provider
         self._ledger = ledger
         self._prices = catalog.price_table(provider, prices)
-        # The reservation of a one-image job, one shared value per model.
-        self._unit = {model: catalog.reserved_cost(price, 1) for model, price in self._prices.items()}
         self.budget_usd = max_spend_usd
         self._budget = None if max_spend_usd is None else to_micros(max_spend_usd)
-        self._open: dict[str, tuple[str, int | None]] = {}  # key -> (model, reserved micros)
-        self._accounts: dict[str, _Account] = {}
+        self._accounts = {model: _Account(model, price) for model, price in self._prices.items()}
+        # An open key's model account, and (only when it is known) what it reserved: no
+        # object per job beyond the dictionaries' own slots.
+        self._open: dict[str, _Account] = {}
+        self._held: dict[str, int] = {}
         self.spent = 0
         self.reserved = 0
         self._load()
@@ -95,39 +109,40 @@ class Spend:
 
     def _account(self, model: str) -> _Account:
         account = self._accounts.get(model)
-        if account is None:
-            account = self._accounts[model] = _Account()
+        if account is None:  # a model the catalog does not price (an old ledger's)
+            account = self._accounts[model] = _Account(model, None)
         return account
 
-    def _price_micros(self, model: str, images: int, what: str) -> int | None:
-        price = self._prices.get(model)
-        if price is None:
+    def _price(self, account: _Account, images: int, what: str) -> int | None:
+        unit = account.unit
+        if unit is None:
             if self._budget is not None:
                 raise ConfigurationError(
-                    f"no price is known for {model} on {self.provider}, and a budget "
+                    f"no price is known for {account.model} on {self.provider}, and a budget "
                     f"(Limits.max_spend_usd) needs one for {what}: give it in US dollars per "
-                    f"image with Session(prices={{{model!r}: ...}})"
+                    f"image with Session(prices={{{account.model!r}: ...}})"
                 )
             return None
-        return to_micros(price) * images
+        return unit if images == 1 else unit * images
 
     def _load(self) -> None:
         provider = self.provider
         for entry in self._ledger.unsettled():
             if entry.provider != provider:
                 continue
+            account = self._account(entry.model)
             micros = (
                 to_micros(entry.reserved_usd)
                 if entry.reserved_usd is not None
-                else self._price_micros(entry.model, entry.images, "the jobs its ledger holds")
+                else self._price(account, entry.images, "the jobs its ledger holds")
             )
-            self._hold(entry.key, entry.model, micros)
+            self._hold(entry.key, account, micros)
         for model, settled in self._ledger.settled_spend(provider).items():
             account = self._account(model)
             micros = to_micros(settled.usd)
             account.settled_jobs += settled.jobs
             if settled.unpriced_images:
-                extra = self._price_micros(model, settled.unpriced_images, "the jobs its ledger holds")
+                extra = self._price(account, settled.unpriced_images, "the jobs its ledger holds")
                 if extra is None:
                     account.unknown_settled += settled.unpriced_jobs
                 else:
@@ -135,28 +150,27 @@ class Spend:
             account.spent += micros
             self.spent += micros
 
-    def _hold(self, key: str, model: str, micros: int | None) -> None:
-        self._open[key] = (model, micros)
-        account = self._account(model)
+    def _hold(self, key: str, account: _Account, micros: int | None) -> None:
+        self._open[key] = account
         account.open_jobs += 1
         if micros is None:
             account.unknown_open += 1
         else:
+            self._held[key] = micros
             account.reserved += micros
             self.reserved += micros
 
-    def _drop(self, key: str) -> tuple[str, int | None] | None:
-        held = self._open.pop(key, None)
-        if held is not None:
-            model, micros = held
-            account = self._accounts[model]
+    def _drop(self, key: str) -> _Account | None:
+        account = self._open.pop(key, None)
+        if account is not None:
             account.open_jobs -= 1
+            micros = self._held.pop(key, None)
             if micros is None:
                 account.unknown_open -= 1
             else:
                 account.reserved -= micros
                 self.reserved -= micros
-        return held
+        return account
 
     # -- a submit --------------------------------------------------------------------------------
 
@@ -164,14 +178,15 @@ class Spend:
         """True when ``key`` holds a reservation (a job in flight or in doubt)."""
         return key in self._open
 
-    def reserve(self, key: str, model: str, images: int) -> Cost:
+    def reserve(self, key: str, model: str, images: int) -> Cost | None:
         """Reserve what a job of ``images`` images of ``model`` costs, before its submit, and
-        return it; a key that already holds a reservation keeps it. Raises
+        return it; None when ``key`` already holds a reservation (it keeps that one). Raises
         BudgetExceededError when the budget has no room for it, ConfigurationError under a
         budget when the price is unknown: then nothing is held."""
         if key in self._open:
-            return self.cost_of(key, model)
-        micros = self._price_micros(model, images, "every job it submits")
+            return None
+        account = self._account(model)
+        micros = self._price(account, images, "every job it submits")
         budget = self._budget
         if budget is not None and micros is not None and self.spent + self.reserved + micros > budget:
             raise BudgetExceededError(
@@ -185,35 +200,32 @@ class Spend:
                 reserved_usd=from_micros(self.reserved),
                 needed_usd=from_micros(micros),
             )
-        self._hold(key, model, micros)
-        if images == 1:
-            unit = self._unit.get(model)
-            if unit is not None:
-                return unit
-        return catalog.reserved_cost(self._prices.get(model), images)
+        self._hold(key, account, micros)
+        if images == 1 or micros is None:
+            return account.unit_cost
+        return Cost(from_micros(micros), "price_table")
 
     def release(self, key: str) -> None:
-        """Drop ``key``'s reservation: nothing was sent for it, or it was already held."""
+        """Drop ``key``'s reservation: nothing was sent for it."""
         self._drop(key)
 
     def accepted(self, key: str, reported_usd: float) -> Cost:
         """The provider said at acceptance what the task costs (BFL): the reservation becomes
         that amount."""
-        held = self._drop(key)
-        if held is not None:
-            self._hold(key, held[0], to_micros(reported_usd))
+        account = self._drop(key)
+        if account is not None:
+            self._hold(key, account, to_micros(reported_usd))
         return Cost(reported_usd, "reported")
 
     def cost_of(self, key: str | None, model: str | None) -> Cost:
         """What a job attached to ``key`` (or to a bare task of ``model``) is taken to cost
         until it settles: the key's reservation, else one image at the table's price, else
         unknown."""
-        held = self._open.get(key) if key is not None else None
-        if held is not None:
-            micros = held[1]
+        if key is not None and key in self._open:
+            micros = self._held.get(key)
             return Cost.UNKNOWN if micros is None else Cost(from_micros(micros), "price_table")
-        unit = self._unit.get(model) if model is not None else None
-        return Cost.UNKNOWN if unit is None else unit
+        account = self._accounts.get(model) if model is not None else None
+        return Cost.UNKNOWN if account is None else account.unit_cost
 
     # -- the end of a job --------------------------------------------------------------------------
 
@@ -229,10 +241,9 @@ class Spend:
         charged), and move its reservation into the spent total (once: a key settled again
         changes nothing here)."""
         self._ledger.settle(key, status, error=error, cost=cost)
-        held = self._drop(key)
-        if held is None or cost is None:
+        account = self._drop(key)
+        if account is None or cost is None:
             return
-        account = self._accounts[held[0]]
         account.settled_jobs += 1
         usd = cost.usd
         if usd is None:

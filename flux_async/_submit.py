@@ -34,7 +34,6 @@ import anyio
 from ._context import Context
 from ._http import HttpResponse
 from ._spend import Spend
-from .catalog import images_charged
 from .errors import FluxError, LedgerError, SubmissionUncertainError, ValidationError
 from .ledger import Ledger, LedgerEntry
 from .models import Cost, GenerationRequest, TaskRef
@@ -153,10 +152,11 @@ class Submitter:
             if ref is not None:
                 return ref, False, self._spend.cost_of(key, request.model)
         spend = self._spend
-        images = images_charged(request)
-        mine = not spend.holds(key)
+        images = request.n or 1  # catalog.images_charged, inline on the hot path
         # Checked and held with no await in between: no other submit can take the same room.
-        cost = spend.reserve(key, request.model, images)
+        reserved = spend.reserve(key, request.model, images)
+        mine = reserved is not None  # else the key held one already (an earlier session's)
+        cost = reserved if reserved is not None else spend.cost_of(key, request.model)
         written = False
         claim: asyncio.Future[TaskRef] | None = None
         if user_key:

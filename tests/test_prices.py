@@ -188,6 +188,8 @@ def test_a_reservation_passing_the_budget_is_refused_and_holds_nothing() -> None
     assert "nothing was sent" in str(error)
     assert not spend.holds("c")
     assert spend.reserved == 80_000
+    assert spend.reserve("a", "flux-kontext-pro", 1) is None  # held already: kept, not doubled
+    assert spend.reserved == 80_000
     spend.release("b")  # nothing was sent for b
     spend.reserve("c", "flux-kontext-pro", 1)
     with pytest.raises(BudgetExceededError):
