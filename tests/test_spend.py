@@ -177,6 +177,49 @@ async def test_a_submit_in_doubt_counts_as_spent() -> None:
 
 
 @pytest.mark.anyio
+async def test_what_earlier_sessions_left_open_counts_until_it_settles(tmp_path: Path) -> None:
+    clock = ManualClock()
+    path = tmp_path / "run.ledger"
+    with anyio.fail_after(20):
+        async with Emulator(Scenario(duration=Duration.fixed(10)), clock=clock) as emu:
+            with FileLedger(path) as ledger:
+                async with session_for(emu, "bfl", ledger=ledger) as session:
+                    for prompt in ("a", "b"):  # left running when the session closes
+                        await session.submit(GenerationRequest(model=PRO, prompt=prompt))
+                    emu.fail_next("submit", "drop_after_create", provider="bfl")
+                    with pytest.raises(SubmissionUncertainError):
+                        await session.submit(GenerationRequest(model=PRO, prompt="c", idempotency_key="c"))
+            with FileLedger(path) as ledger:
+                async with session_for(emu, "bfl", ledger=ledger, resubmit_in_doubt=True,
+                                       limits=Limits(max_spend_usd=0.18)) as session:
+                    start = session.statistics()
+                    assert (start.spent_usd, start.reserved_usd, start.carried_over_usd) == (0.0, 0.12, 0.12)
+                    assert len(start.in_doubt) == 1
+                    with pytest.raises(BudgetExceededError):
+                        await session.submit(GenerationRequest(model=MAX, prompt="d"))
+                    # Sending the request in doubt again: the first POST may have been charged,
+                    # so its reservation becomes spent and the new one is reserved on top.
+                    again = await session.submit(GenerationRequest(model=PRO, prompt="c", idempotency_key="c"))
+                    assert session.statistics().spent_usd == 0.04
+                    with pytest.raises(BudgetExceededError):
+                        await session.submit(GenerationRequest(model=PRO, prompt="e"))
+                    recovered = await session.recover()  # a, b, and the job of c
+                    assert again in recovered
+                    assert len(recovered) == 3
+                    clock.advance(10)
+                    for job in recovered:
+                        # BFL's figure came with the submit answer: a job recovered from an
+                        # earlier session settles at its reservation instead.
+                        source = "reported" if job is again else "price_table"
+                        assert (await job.result()).cost == Cost(0.04, source)
+                    end = session.statistics()
+                    assert (end.spent_usd, end.reserved_usd) == (0.16, 0.0)
+            assert emu.stats()["tasks_created"] == 4  # a, b, c's first POST, c again
+            with FileLedger(path) as ledger:
+                assert Session("bfl", api_key=DEFAULT_API_KEY, ledger=ledger).statistics().spent_usd == 0.16
+
+
+@pytest.mark.anyio
 async def test_a_budget_needs_every_price_and_says_which_to_give() -> None:
     async with Emulator(Scenario()) as emu:
         async with session_for(emu, "toapis", limits=Limits(max_spend_usd=5)) as session:
