@@ -138,9 +138,9 @@ class Batch:
         iterator = aiter(requests)
         try:
             while True:
-                while not self.free and not self.stopped:
+                while not self.free and not self.stopped and not self.input_done:
                     await self.feeder.wait()
-                if self.stopped:
+                if self.stopped or self.input_done:  # input_done: the budget stopped it
                     break
                 try:
                     request = await anext(iterator)
@@ -236,13 +236,18 @@ class Batch:
                     # grows (up to its bound) while the input keeps every submitter busy.
                     self._start_submitter()
                 index, request = item
+                if self.budget_error is not None:  # the batch stopped submitting
+                    self._deliver(Outcome(index=index, request=request, error=self.budget_error))
+                    continue
                 try:
                     await self.session._submit(request, on_accept=self._accepted(index))
                 except Exception as exc:
                     if isinstance(exc, BudgetExceededError) and self.budget_error is None:
-                        # Nothing more is read: what was read is delivered, then this is raised.
+                        # Nothing more is read or sent: what was read is delivered, then this
+                        # is raised.
                         self.budget_error = exc
                         self._end_input(None)
+                        self.feeder.wake_all()
                     cost = exc.cost if isinstance(exc, SubmissionUncertainError) else None
                     self._deliver(Outcome(index=index, request=request, error=exc, cost=cost))
         finally:

@@ -9,6 +9,7 @@ prices, ``n``, faults and concurrency. The estimate is checked against what a re
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def requests(count: int, model: str = PRO, *, keyed: bool = False, **fields: Any
     ]
 
 
-async def run(session: Session, jobs: list[GenerationRequest]) -> tuple[list[Outcome], BaseException | None]:
+async def run(
+    session: Session, jobs: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest]
+) -> tuple[list[Outcome], BaseException | None]:
     """Every outcome of ``jobs``, and the error the batch ended with (if any)."""
     outcomes: list[Outcome] = []
     try:
@@ -125,6 +128,30 @@ async def test_a_budget_holds_across_sessions_sharing_a_ledger_and_nothing_is_pa
             assert data["requests"]["submit"] == 100
             assert data["duplicate_submits"] == 0
             assert data["charged_usd"] == pytest.approx(4.0)
+
+
+@pytest.mark.anyio
+async def test_once_the_budget_refuses_a_job_a_batch_reads_and_sends_nothing_more() -> None:
+    read: list[int] = []
+
+    async def feed() -> AsyncIterator[GenerationRequest]:
+        for i, job in enumerate(requests(100)):
+            read.append(i)
+            yield job
+
+    with anyio.fail_after(30):
+        async with (
+            Emulator(Scenario(seed=6, duration=Duration.fixed(0.02))) as emu,
+            session_for(emu, "bfl", limits=Limits(max_spend_usd=0.20, max_outstanding=8,
+                                                  max_concurrent_submits=4)) as session,
+        ):
+            outcomes, stopped = await run(session, feed())
+    assert isinstance(stopped, BudgetExceededError)
+    assert emu.stats()["tasks_created"] == 5
+    assert sum(o.ok for o in outcomes) == 5
+    assert sorted(o.index for o in outcomes) == read  # everything read is delivered...
+    assert len(read) <= 5 + 8 + 1  # ...and reading stopped
+    assert all(isinstance(o.error, BudgetExceededError) for o in outcomes if not o.ok)
 
 
 @pytest.mark.anyio
