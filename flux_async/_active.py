@@ -1,9 +1,9 @@
 """The active-task caps: how many tasks a provider lets one account run at once
-(:class:`ActiveLimiter`), so that the client itself never causes a cap 429.
+(:class:`ActiveLimiter`), so that the client itself never causes a cap 429. Counting and waking
+only: it must not import the session, the transport, the scheduler or the codecs.
 
 BFL documents 24 active tasks per account and 6 for flux-kontext-max; ``Limits`` may adjust
-them. A task counts from before its submit until its terminal state. Counting and waking only:
-it must not import the session, the transport, the scheduler or the codecs.
+them. A task counts from before its submit until its terminal state.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """What a ledger holds in memory: the entry values it answers with (:class:`LedgerEntry`,
 :class:`SettledSpend`) and the mutable records behind them, with the running totals of what the
-settled ones cost.
+settled ones cost. Plain values and dictionaries (no I/O, no clock, no event loop); it must not
+import the session, the transport, the scheduler, the codecs or the catalog.
 
-Plain values and dictionaries: no I/O, no clock, no event loop; it must not import the
-session, the transport, the scheduler, the codecs or the catalog (``flux_async.ledger`` builds
-the ledgers on it and re-exports its public values).
+``flux_async.ledger`` builds the ledgers on it and re-exports its public values.
 """
 
 from __future__ import annotations

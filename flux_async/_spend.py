@@ -1,16 +1,14 @@
 """The session's money: what each job reserves before its submit, what it settles at when it
 ends, the budget that refuses a submit which could pass it, and the totals ``statistics()``
-reports.
+reports. Synchronous and loop-free; it must not import the transport, the scheduler, the codecs
+or the session (it sees the ledger through its protocol, the prices through the catalog).
 
 :class:`Spend` owns the session's price table, its budget (``Limits.max_spend_usd``) and one
 reservation per open idempotency key (a job in flight or in doubt), and it writes every
 settlement the session makes to the ledger, so that the ledger and the totals never disagree.
 A check and its reservation happen with no await between them: concurrent submits of one
 session can never both pass a cap that has room for one. Amounts are whole micro-dollars.
-
-Synchronous, no I/O of its own (the ledger's ``settle`` must not block); it must not import
-the transport, the scheduler, the codecs or the session. It sees the ledger through its
-protocol and the prices through the catalog.
+It does no I/O of its own (the ledger's ``settle`` must not block).
 """
 
 from __future__ import annotations

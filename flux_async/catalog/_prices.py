@@ -1,11 +1,9 @@
 """Prices as data, and the rules that turn them into costs: what a model costs per image on each
 provider (:data:`PRICES`), the prices a session uses (:func:`price_table`), what a job reserves
 and settles at (:func:`reserved_cost`, :func:`settled_cost`), and what a set of requests would
-cost (:func:`estimate_cost`, the library's dry run).
-
-Plain data and arithmetic: no I/O, no clock, no aiohttp/anyio, nothing from the session,
-transport, scheduler or codecs; imports only ``flux_async.models``, ``flux_async.errors`` and
-the catalog's model tables.
+cost (:func:`estimate_cost`, the library's dry run). Plain data and arithmetic (no I/O, no
+clock, no aiohttp/anyio): it must not import the session, transport, scheduler or codecs, and
+imports only ``flux_async.models``, ``flux_async.errors`` and the catalog's model tables.
 
 Prices are US dollars per image, from the providers' own pages where they publish one:
 
