@@ -1,6 +1,6 @@
-"""``python -m benchmarks overhead|polling|scale|instructions|all [--quick] [--reps N] [--no-pin]``.
+"""``python -m benchmarks overhead|polling|scale|completion|instructions|all [--quick] [--reps N] [--no-pin]``.
 
-Runs the chosen scenarios (``all``: overhead, polling, scale, in that order; ``instructions``,
+Runs the chosen scenarios (``all``: overhead, polling, scale, completion, in that order; ``instructions``,
 which needs valgrind, only when named), prints each one's
 table on stdout (progress goes to stderr) and writes every raw figure, with the machine it ran
 on, to ``benchmarks/results/<scenario>-<date>.json``.
@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _harness as h
 
-SCENARIOS = ("overhead", "polling", "scale")
+SCENARIOS = ("overhead", "polling", "scale", "completion")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         help=(
             "measured repetitions after one warm-up (default: overhead 5; polling 3 for the "
             "library and the 0.5 s poller, 1 for the others; scale 3 measurement windows; "
+            "completion 3; "
             "--quick: 1)"
         ),
     )

@@ -42,6 +42,10 @@ JOB_DEADLINE = 150.0
 #: every policy N.
 DEFAULT_REPS = 3
 HEADLINE = ("library", "fixed-0.5s")
+#: The no-progress variant: the same durations, the emulator reporting no percent (as BFL often
+#: does, and as most other providers' APIs never do); the pair the goal compares only.
+NO_PROGRESS = "no-progress "
+NO_PROGRESS_POLICIES: tuple[float | None, ...] = (None, 0.5)
 
 GOAL_POLL_RATIO = 3.0
 
@@ -50,8 +54,8 @@ def _prompt(i: int) -> str:
     return f"polling benchmark job {i}"
 
 
-def _policy_name(interval: float | None) -> str:
-    return "library" if interval is None else f"fixed-{interval:g}s"
+def _policy_name(interval: float | None, variant: str = "") -> str:
+    return variant + ("library" if interval is None else f"fixed-{interval:g}s")
 
 
 # -- the clients (each runs in its own process) ---------------------------------------------------
@@ -171,7 +175,12 @@ async def _fixed(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one(
-    emu: Any, interval: float | None, jobs: int, headers: dict[str, str], placement: h.Placement
+    emu: Any,
+    interval: float | None,
+    jobs: int,
+    headers: dict[str, str],
+    placement: h.Placement,
+    variant: str = "",
 ) -> dict[str, Any]:
     emu.reset()
     params: dict[str, Any] = {"jobs": jobs, "base_url": emu.base_url(PROVIDER)}
@@ -206,7 +215,7 @@ def _one(
         last = max(last, at)
     req = stats["requests"]
     result.update(
-        policy=_policy_name(interval),
+        policy=_policy_name(interval, variant),
         loadavg_before=load0,
         emulator_cpu_s=None if emu_cpu0 is None or emu_cpu1 is None else emu_cpu1 - emu_cpu0,
         emulator={
@@ -234,6 +243,8 @@ def _one(
 def run(
     *, quick: bool, reps: int, placement: h.Placement, reps_given: bool = False
 ) -> dict[str, Any]:
+    import attrs
+
     from flux_async.emulator import Duration, Scenario
 
     from .overhead import _library_wire
@@ -241,12 +252,14 @@ def run(
     jobs = QUICK_JOBS if quick else JOBS
     headers, _ = _library_wire()
     scenario = Scenario(seed=SEED, duration=Duration.lognormal(MEDIAN, SIGMA))
+    silent = attrs.evolve(scenario, report_progress=False)
     policies: list[float | None] = [None, *FIXED]
     plan = {
         _policy_name(i): reps if (reps_given or quick or _policy_name(i) in HEADLINE) else 1
         for i in policies
     }
-    runs: dict[str, list[dict[str, Any]]] = {_policy_name(i): [] for i in policies}
+    plan.update({_policy_name(i, NO_PROGRESS): reps for i in NO_PROGRESS_POLICIES})
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
     warmup: list[dict[str, Any]] = []
     emu = h.start_emulator(scenario, placement)
     try:
@@ -257,14 +270,18 @@ def run(
         for interval in (None, 0.5):
             h.log(f"polling: {_policy_name(interval)} warm-up (200 short jobs)")
             warmup.append(_one(emu, interval, 200, headers, placement))
-        emu.set_scenario(scenario)
-        for rep in range(max(plan.values())):
-            for interval in policies:
-                name = _policy_name(interval)
-                if rep >= plan[name]:
-                    continue
-                h.log(f"polling: {name} rep {rep + 1}/{plan[name]} ({jobs} jobs)")
-                runs[name].append(_one(emu, interval, jobs, headers, placement))
+        for variant, sc, chosen in (
+            ("", scenario, policies),
+            (NO_PROGRESS, silent, NO_PROGRESS_POLICIES),
+        ):
+            emu.set_scenario(sc)
+            for rep in range(max(plan.values())):
+                for interval in chosen:
+                    name = _policy_name(interval, variant)
+                    if rep >= plan[name]:
+                        continue
+                    h.log(f"polling: {name} rep {rep + 1}/{plan[name]} ({jobs} jobs)")
+                    runs[name].append(_one(emu, interval, jobs, headers, placement, variant))
     finally:
         emu.stop()
 
@@ -290,6 +307,7 @@ def run(
         name
         for name in runs
         if name != "library"
+        and not name.startswith(NO_PROGRESS)
         and figures[name]["status_polls_per_job"]["median"] < lib["status_polls_per_job"]["median"]
         and figures[name]["delay_p50_s"]["median"] < lib["delay_p50_s"]["median"]
     ]
@@ -298,6 +316,17 @@ def run(
         "fewer_polls_than_fixed-0.5s>=3x": poll_ratio >= GOAL_POLL_RATIO,
         "no_fixed_policy_better_on_both": not dominated_by,
     }
+    quiet, quiet_half = figures[NO_PROGRESS + "library"], figures[NO_PROGRESS + "fixed-0.5s"]
+    goals.update(
+        {
+            "no_progress:fewer_polls_than_fixed-0.5s": quiet["status_polls_per_job"]["median"]
+            < quiet_half["status_polls_per_job"]["median"],
+            "no_progress:p50_delay<=fixed-0.5s": quiet["delay_p50_s"]["median"]
+            <= quiet_half["delay_p50_s"]["median"],
+            "no_progress:p99_delay<=2x_fixed-0.5s": quiet["delay_p99_s"]["median"]
+            <= 2.0 * quiet_half["delay_p99_s"]["median"],
+        }
+    )
     return {
         "scenario": "polling",
         "setup": {
@@ -306,6 +335,7 @@ def run(
             "provider": PROVIDER,
             "model": MODEL,
             "emulator_scenario": scenario.to_dict(),
+            "no_progress": "the same scenario with report_progress=False (no percent in any answer)",
             "library": {
                 "poll_policy": "PollPolicy() (defaults)",
                 "limits": {
@@ -340,18 +370,25 @@ def plot(result: dict[str, Any], path: Path) -> str:
     for name, f in result["figures"].items():
         x, y = f["delay_p50_s"], f["status_polls_per_job"]
         p99 = f["delay_p99_s"]["median"]
-        lib = name == "library"
+        lib = name.endswith("library")
+        quiet = name.startswith(NO_PROGRESS)
         ax.errorbar(
             x["median"], y["median"],
             xerr=[[x["median"] - x["min"]], [x["max"] - x["median"]]],
             yerr=[[y["median"] - y["min"]], [y["max"] - y["median"]]],
             fmt="*" if lib else "o", markersize=14 if lib else 8,
             color="tab:red" if lib else "tab:blue", capsize=3,
+            markerfacecolor="none" if quiet else None,
         )  # fmt: skip
         ax.plot([x["median"], p99], [y["median"], y["median"]], ":", color="grey", linewidth=1)
         ax.plot([p99], [y["median"]], "|", color="grey", markersize=10)
-        label = "flux_async default" if lib else name.replace("fixed-", "every ")
-        ax.annotate(label, (x["median"], y["median"]), textcoords="offset points", xytext=(8, 6))
+        label = _label(name)
+        ax.annotate(
+            label,
+            (x["median"], y["median"]),
+            textcoords="offset points",
+            xytext=(8, -14) if quiet else (8, 6),
+        )
     from matplotlib.ticker import FuncFormatter
 
     ax.set_xscale("log")
@@ -365,7 +402,8 @@ def plot(result: dict[str, Any], path: Path) -> str:
     ax.set_ylabel("status requests per job")
     s = result["setup"]
     ax.set_title(
-        f"{s['jobs']} jobs, log-normal durations (median {MEDIAN:g} s, sigma {SIGMA:g}); lower-left is better",
+        f"{s['jobs']} jobs, log-normal durations (median {MEDIAN:g} s, sigma {SIGMA:g}); "
+        "hollow: no progress; lower-left is better",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
@@ -375,17 +413,25 @@ def plot(result: dict[str, Any], path: Path) -> str:
     return f"plot: {path.relative_to(h.ROOT)}"
 
 
+def _label(name: str) -> str:
+    variant = NO_PROGRESS if name.startswith(NO_PROGRESS) else ""
+    policy = name[len(variant) :]
+    label = "flux_async default" if policy == "library" else policy.replace("fixed-", "every ")
+    return variant + label
+
+
 def render(result: dict[str, Any]) -> str:
     rows = []
-    lib_polls = result["figures"]["library"]["status_polls_per_job"]["median"]
     for name, f in result["figures"].items():
         polls = f["status_polls_per_job"]["median"]
+        variant = NO_PROGRESS if name.startswith(NO_PROGRESS) else ""
+        lib_polls = result["figures"][variant + "library"]["status_polls_per_job"]["median"]
         rows.append(
             [
-                "flux_async default" if name == "library" else name.replace("fixed-", "every "),
+                _label(name),
                 str(f["repetitions"]),
                 h.fmt_range(f["status_polls_per_job"]),
-                "1" if name == "library" else h.fmt(polls / lib_polls, "x"),
+                "1" if name.endswith("library") else h.fmt(polls / lib_polls, "x"),
                 h.fmt_range(f["delay_p50_s"], "s"),
                 h.fmt_range(f["delay_p99_s"], "s"),
                 h.fmt_range(f["cpu_ms_per_job"], "ms"),
@@ -404,6 +450,10 @@ def render(result: dict[str, Any]) -> str:
         f"{result['poll_ratio_fixed_0.5s_over_library']:.2f}x — {h.verdict(g['fewer_polls_than_fixed-0.5s>=3x'])}",
         f"- no fixed policy better on both axes: {h.verdict(g['no_fixed_policy_better_on_both'])}"
         + (f" (beaten by {', '.join(result['dominated_by'])})" if result["dominated_by"] else ""),
+        "- no progress reported, against the 0.5 s poller: fewer status requests per job "
+        f"{h.verdict(g.get('no_progress:fewer_polls_than_fixed-0.5s'))}, p50 delay no worse "
+        f"{h.verdict(g.get('no_progress:p50_delay<=fixed-0.5s'))}, p99 delay ≤ 2x "
+        f"{h.verdict(g.get('no_progress:p99_delay<=2x_fixed-0.5s'))}",
     ]
     headers = [
         "policy",
