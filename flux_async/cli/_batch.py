@@ -34,14 +34,16 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from .. import LedgerError
 from ._api import (
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ConfigurationError,
+    Cost,
     GeneratedImage,
     GenerationRequest,
     InsufficientCreditsError,
+    LedgerError,
     ModerationError,
     Outcome,
     Session,
@@ -110,6 +112,9 @@ class BatchRunner:
         self.state = state
         self.on_change = on_change
         self.fatal: BaseException | None = None
+        #: Set when the budget (--max-spend) stopped the batch: the rest was not sent.
+        self.budget_error: BudgetExceededError | None = None
+        self._costs: dict[int, Cost] = {}  # what finished jobs cost, until their result line
         #: Why result lines could not be written (a full disk): submitting was stopped.
         self.results_error: OSError | None = None
         #: The first requests whose POST may have created a task nobody recorded, not sent
@@ -246,6 +251,12 @@ class BatchRunner:
             async with aclosing(stream) as outcomes:
                 async for outcome in outcomes:
                     index, line = self._window.pop(outcome.index)
+                    if isinstance(outcome.error, BudgetExceededError):
+                        # Never sent: left for a --resume with a larger budget.
+                        self.budget_error = self.budget_error or outcome.error
+                        continue
+                    if outcome.task_id is not None and outcome.cost is not None:
+                        self._note_cost(index, outcome.cost)
                     if outcome.ok:
                         # A stop may cancel this wait: the index then stays unhandled and is
                         # re-attached by its ref below.
@@ -264,6 +275,17 @@ class BatchRunner:
         except _FATAL as exc:
             self.fatal = exc
             self.request_stop()
+        except BudgetExceededError as exc:
+            self.budget_error = exc
+            self.request_stop()
+
+    def _note_cost(self, index: int, cost: Cost) -> None:
+        """A job's task ended: what it cost goes into the tally and, later, its result line."""
+        self._costs[index] = cost
+        if cost.usd is not None:
+            self.counts.spent_usd += cost.usd
+        else:
+            self.counts.unknown_cost += 1
 
     def _known_doubt(self, index: int) -> bool:
         """True for a request an earlier run left in doubt: reported again, nothing was sent
@@ -289,6 +311,7 @@ class BatchRunner:
                 index, line, ref = self._reattach.popleft()
                 job = self.session.resume(ref)
                 await job.wait()
+                self._note_cost(index, job.cost)
                 if job.error is not None:
                     self._record_failure(index, line, ref.task_id, job.error, with_task=True)
                     continue
@@ -370,6 +393,9 @@ class BatchRunner:
         """Append a result line; on failure (a full disk) stop submitting and leave the job to
         ``--resume`` (its task is in the ledger). False when it could not be written."""
         attempt = 0 if self.state is None else self.state.attempt(index)
+        cost = self._costs.pop(index, None)
+        if cost is not None:
+            fields["cost"] = cost
         try:
             self.out.record_result(index, line, attempt=attempt, **fields)
         except OSError as exc:

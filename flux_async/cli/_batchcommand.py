@@ -42,6 +42,8 @@ from ._runtime import (
     run_command,
     summarize,
 )
+from ._spend import check_budget, estimate, read_prices, spend_options
+from ._spend import dry_run as show_dry_run
 
 __all__ = ["batch"]
 
@@ -90,6 +92,7 @@ RETRY_KINDS = {
         "Requests in doubt are not among them (see --resubmit-in-doubt)."
     ),
 )  # fmt: skip
+@spend_options
 @click.option(
     "--no-report", is_flag=True,
     help="Do not write OUTPUT/report.html at the end (flux-async report OUTPUT writes it any time).",
@@ -109,6 +112,10 @@ def batch(
     resume: bool,
     resubmit_in_doubt: bool,
     retry_failed: str | None,
+    price: tuple[str, ...],
+    prices_file: Path | None,
+    max_spend: float | None,
+    dry_run: bool,
     no_report: bool,
     provider: str,
     api_key: str | None,
@@ -127,18 +134,28 @@ def batch(
     is waited on, so --resume never pays twice. A request whose POST was on the wire when the
     process died is looked up (toapis) or reported in doubt and not sent again unless
     --resubmit-in-doubt is given. Ctrl-C, SIGTERM or SIGHUP stops submitting and waits for the
-    jobs in flight; a second Ctrl-C exits at once.
+    jobs in flight; a second Ctrl-C exits at once. --dry-run prints what the batch would cost
+    and sends nothing; --max-spend caps what all runs of the batch may spend (exit 3 when it
+    stops the batch).
     """
     out = Output.make(quiet=quiet, json_=json_)
     defaults = Defaults(model=model, size=size, n=n, images=local_images(images), seed=seed)
-    limits = Limits(max_concurrent_submits=concurrency, max_outstanding=max_outstanding)
+    limits = Limits(
+        max_concurrent_submits=concurrency, max_outstanding=max_outstanding, max_spend_usd=max_spend
+    )
     input_path = os.path.abspath(file)
     with exit_on_error(out):
         if resubmit_in_doubt and not resume:
             fail("--resubmit-in-doubt only applies to --resume", EXIT_USAGE)
         retry_kinds = _retry_kinds(retry_failed, resume=resume)
+        prices = read_prices(price, prices_file, provider)
         # The first pass, before any connection: every line is checked.
         checked = _check_input(out, file, defaults, provider)
+        if dry_run or max_spend is not None:
+            found = estimate(file, defaults, provider, prices)
+            if dry_run:
+                raise SystemExit(show_dry_run(out, file, found, max_spend))
+            check_budget(found, max_spend)
 
     async def body() -> int:
         # A missing key stops here, before anything is written.
@@ -154,7 +171,13 @@ def batch(
         if state is not None and retry_kinds:
             state = state.retrying(retry_kinds)
         session = open_session(
-            provider, api_key, base_url, limits, ledger=journal.ledger, resubmit_in_doubt=resubmit_in_doubt
+            provider,
+            api_key,
+            base_url,
+            limits,
+            ledger=journal.ledger,
+            resubmit_in_doubt=resubmit_in_doubt,
+            prices=prices,
         )
         counts = Counts(
             label=file.name,

@@ -53,6 +53,8 @@ class Counts:
     unresolved: int = 0
     in_doubt: int = 0
     finished_with_task: int = 0
+    spent_usd: float = 0.0  # what this run's finished jobs cost (the known amounts)
+    unknown_cost: int = 0  # finished jobs whose cost is not known
     failures: Counter[str] = attrs.field(factory=Counter)
     stopping: bool = False
 
@@ -86,6 +88,8 @@ class Counts:
         ]
         if self.in_doubt:
             parts.append(f"in doubt {self.in_doubt}")
+        if self.spent_usd or self.unknown_cost:
+            parts.append(f"${self.spent_usd:.2f}" + ("+?" if self.unknown_cost else ""))
         if self.reattached:
             parts.insert(1, f"re-attached {self.reattached}")
         if self.previous_done:
@@ -221,6 +225,12 @@ class RunSummary:
     failures: dict[str, int]
     unresolved: int
     in_doubt: int = 0
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    carried_over_usd: float = 0.0
+    unknown_cost_jobs: int = 0
+    max_spend_usd: float | None = None
+    budget_stopped: bool = False
     previous_done: int
     previous_failed: int
     submitted: int
@@ -286,6 +296,13 @@ def summary_table(summary: RunSummary, *, title: str = "batch summary") -> Table
         table.add_row("accepted, not collected", f"{summary.left_accepted} (--resume re-attaches them)")
     if summary.not_submitted:
         table.add_row("not submitted", f"{summary.not_submitted} (--resume submits them)")
+    if summary.spent_usd or summary.reserved_usd or summary.unknown_cost_jobs or summary.max_spend_usd is not None:
+        table.add_row("spent", _spend_text(summary))
+    if summary.budget_stopped and summary.max_spend_usd is not None:
+        table.add_row(
+            "budget", f"reached (--max-spend ${summary.max_spend_usd:.2f}): the rest was not sent; "
+            "--resume with a larger --max-spend continues"
+        )  # fmt: skip
     per_job = summary.requests_per_job
     if per_job is not None:
         table.add_row("requests per job", f"{per_job:.2f}  ({summary.requests} requests)")
@@ -298,3 +315,17 @@ def summary_table(summary: RunSummary, *, title: str = "batch summary") -> Table
     if summary.interrupted:
         table.add_row("interrupted", "yes")
     return table
+
+
+def _spend_text(summary: RunSummary) -> str:
+    """``$1.20 this run`` with what is held, earlier runs' spend, unknown costs and the budget."""
+    text = f"${summary.spent_usd:.2f} this run"
+    if summary.reserved_usd:
+        text += f" (${summary.reserved_usd:.2f} of it held by jobs not settled or in doubt)"
+    if summary.carried_over_usd:
+        text += f", ${summary.carried_over_usd:.2f} in earlier runs"
+    if summary.unknown_cost_jobs:
+        text += f", {summary.unknown_cost_jobs} job(s) of unknown cost (give --price MODEL=USD)"
+    if summary.max_spend_usd is not None:
+        text += f" (budget ${summary.max_spend_usd:.2f})"
+    return text

@@ -27,9 +27,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
-from .. import FileLedger
 from .._jsonl import complete_last_line, write_line
-from ._api import ConfigurationError, TaskRef
+from ._api import ConfigurationError, Cost, FileLedger, TaskRef
 from ._batchstate import BatchState, IndexSet, JournalError, JournalHeader
 
 __all__ = ["JOURNAL_NAME", "RESULTS_NAME", "OutputDir", "image_name", "load_state"]
@@ -102,6 +101,7 @@ class OutputDir:
         files: Sequence[Path] = (),
         error: Mapping[str, str] | None = None,
         attempt: int = 0,
+        cost: Cost | None = None,
     ) -> None:
         """Append the outcome of request ``index`` (flushed, not fsynced: the ledger is the
         record of what was paid for; a lost result line only means one more status check).
@@ -116,6 +116,9 @@ class OutputDir:
         }
         if attempt:
             record["attempt"] = attempt
+        if cost is not None:
+            record["cost"] = cost.usd  # US dollars (null: unknown), and where the figure comes from
+            record["cost_source"] = cost.source
         write_line(self._results, record, sync=False)
 
     def _relative(self, file: Path) -> Path:

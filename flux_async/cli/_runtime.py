@@ -2,7 +2,7 @@
 the two-stage Ctrl-C, and the closing summary.
 
 Exit codes: 0 everything succeeded, 1 some job (or the service) failed, 2 a usage or input
-error, 130 interrupted.
+error, 3 the budget (``--max-spend``) stopped the batch, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ._display import Counts, RunSummary, summary_json, summary_table
 from ._statslog import log_scheduling
 
 __all__ = [
+    "EXIT_BUDGET",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -52,6 +53,7 @@ __all__ = [
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_BUDGET = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -290,8 +292,11 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
         r.runner.fatal is not None or r.runner.results_error is not None or r.stats.unrecorded_tasks
         for r in runs
     )
+    budget_stopped = any(r.runner.budget_error is not None for r in runs)
     if flags.any:
         code = EXIT_INTERRUPTED
+    elif budget_stopped:
+        code = EXIT_BUDGET
     elif trouble or failed or unresolved or in_doubt or previous_failed or left_accepted or not_submitted:
         code = EXIT_FAILED
     else:
@@ -304,6 +309,13 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
         failures=failures,
         unresolved=unresolved,
         in_doubt=in_doubt,
+        # This run's spend: what its jobs settled at or still hold, less what earlier runs held.
+        spent_usd=max(0.0, sum(r.stats.spent_usd + r.stats.reserved_usd - r.stats.carried_over_usd for r in runs)),
+        reserved_usd=sum(r.stats.reserved_usd for r in runs),
+        carried_over_usd=sum(r.stats.carried_over_usd for r in runs),
+        unknown_cost_jobs=sum(r.stats.unknown_cost_jobs for r in runs),
+        max_spend_usd=runs[0].stats.max_spend_usd if len(runs) == 1 else None,
+        budget_stopped=budget_stopped,
         previous_done=sum(r.counts.previous_done for r in runs),
         previous_failed=previous_failed,
         submitted=sum(r.counts.submitted for r in runs),
@@ -365,9 +377,10 @@ def report(out: Output, summary: RunSummary, runs: Sequence[Run], *, title: str,
     if summary.unresolved > _LISTED_UNRESOLVED:
         out.error(f"... and {summary.unresolved - _LISTED_UNRESOLVED} more")
     if summary.left_accepted or summary.not_submitted:
+        how = "--resume and a larger --max-spend" if summary.budget_stopped else "--resume"
         out.error(
             f"{summary.left_accepted} accepted job(s) not collected and {summary.not_submitted} request(s) "
-            "not submitted: rerun with --resume to finish the batch (nothing is paid for twice)"
+            f"not submitted: rerun with {how} to finish the batch (nothing is paid for twice)"
         )
     if out.json:
         out.data({**summary_json(summary), **(extra or {})})
