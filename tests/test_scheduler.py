@@ -1111,3 +1111,20 @@ async def test_the_first_belief_brings_forward_polls_planned_by_the_blind_backof
     slow = [outcomes.times[t] - job.end for t, job in jobs.items() if t.startswith("slow")]
     assert max(slow) <= 1.5 * policy.target_delay + 1e-6
     assert all(isinstance(v, TaskState) for v in outcomes.values.values())
+
+
+async def test_without_progress_a_batch_beats_a_half_second_poller_on_both_axes() -> None:
+    """No progress, nothing learned before the batch: fewer requests than polling every 0.5 s,
+    a median delay no longer than its median, and a tail within twice its worst."""
+    vt = VirtualTime()
+    latency = 0.01
+    provider = FakeProvider(vt, latency=latency, progress=False)
+    sched = make_scheduler(vt, provider)
+    jobs = lognormal_jobs(600, median=10.0, sigma=0.35, spread=2.0, seed=3)
+
+    outcomes = await with_driver(sched, lambda: run_jobs(vt, sched, provider, jobs))
+    fixed_polls, fixed_p50 = fixed_poller(jobs, 0.5, latency)
+    late = delays(outcomes, jobs)
+    assert polls_per_job(provider, jobs) < 0.8 * fixed_polls
+    assert statistics.median(late) <= fixed_p50
+    assert late[int(0.99 * len(late))] <= 2 * (0.5 + latency)
