@@ -352,3 +352,23 @@ def test_a_refit_waits_for_news() -> None:
     w.last_t = 9.9
     learn(w, model, 10.1)  # a fifth completion: 25% more
     assert model.stale(now + 1.3)
+
+
+@given(
+    elapsed=st.floats(min_value=0.0, max_value=60.0),
+    median=st.floats(min_value=0.5, max_value=30.0),
+    sigma=st.floats(min_value=0.05, max_value=1.0),
+)
+def test_a_belief_step_is_the_first_time_the_spacing_allows(
+    elapsed: float, median: float, sigma: float
+) -> None:
+    """Whatever the distribution: the step is allowed by the spacing a step later, and (to the
+    search's precision) no shorter step is."""
+    mu, tau, min_step = math.log(median), 0.5, 0.2
+    step = belief_step(elapsed, mu, sigma, tau, min_step)
+    start = max(elapsed, 1e-3)
+    if start <= math.exp(mu + 3.0 * sigma):  # not stretched for lateness
+        assert step >= min(spacing(start + step, mu, sigma, tau), step) - 1e-9
+        shorter = step * 0.98
+        if shorter > min_step:
+            assert shorter < spacing(start + shorter, mu, sigma, tau)
