@@ -337,7 +337,7 @@ class PollScheduler:
         rec.queue.rate_limit_streak = 0
         observed = 0.5 * (start + now)  # the provider answered somewhere in between
         if state.terminal:
-            self._finish(rec, state)
+            self._finish(rec, state)  # first: a finished task no longer counts as running
             if state.status is TaskStatus.SUCCEEDED:
                 km = rec.km
                 learn(rec, km, observed)
@@ -389,9 +389,10 @@ class PollScheduler:
             self._replan(km, now)
 
     def _replan(self, km: Learned, now: float) -> None:
-        """The first belief of a model reaches its waiting tasks: bring forward the polls that the model's first belief wants sooner: until it, tasks
-        were planned by the backoff alone, whose growing steps can be seconds apart just where
-        the first completions show that the others are about to finish."""
+        """The first belief of a model reaches its waiting tasks: until it, they were planned by
+        the backoff alone, whose growing steps can be seconds apart just where the first
+        completions show that the others are about to finish. Their polls that the belief
+        wants sooner are brought forward (one pass over the model's running tasks, once)."""
         policy, rng = self.policy, self._rng
         for task in km.running:
             rec = task
