@@ -24,8 +24,8 @@ from _processes import start_cli, wait_for
 from flux_async.emulator import DEFAULT_API_KEY, Duration, EmulatorProcess, Scenario
 
 PROMPTS = 10
-ANSWER_DELAY = 0.4  # every submit is answered this late, its task created at once
-KILLS = (2, 5, 7)  # kill once the emulator has seen this many submits in all
+ANSWER_DELAY = 0.3  # every submit is answered this late, its task created at once
+KILLS = (2, 5)  # kill once the emulator has seen this many submits in all
 
 
 @pytest.fixture(scope="module")
