@@ -7,6 +7,9 @@ the default ``PollPolicy``) against fixed-interval pollers at 0.1 s (fal_client'
 clients are: one coroutine per job that submits, then ``while True: sleep(interval); GET``, over
 plain aiohttp with the same 64-connection pool.
 
+The library and the 0.5 s poller then run the same durations again with the emulator reporting
+no progress percent (``Scenario(report_progress=False)``).
+
 Per policy: status requests per job (the emulator's poll count / jobs), detection delay p50 and
 p99 (the wall-clock time the client had the result minus the emulator's ``completed_at`` of that
 task), client CPU per job and wall time; and a PNG of polls/job against p50 delay.
