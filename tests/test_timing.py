@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from flux_async.models import TaskState, TaskStatus
 from flux_async.scheduler import PollPolicy
-from flux_async.scheduler._learned import refit
+from flux_async.scheduler._learned import fit, refit
 from flux_async.scheduler._timing import (
     Learned,
     WatchState,
@@ -372,3 +372,23 @@ def test_a_belief_step_is_the_first_time_the_spacing_allows(
         shorter = step * 0.98
         if shorter > min_step:
             assert shorter < spacing(start + shorter, mu, sigma, tau)
+
+
+@given(
+    count=st.floats(min_value=1e-6, max_value=1e4),
+    mean=st.floats(min_value=-3.0, max_value=6.0),
+    ages=st.lists(st.floats(min_value=0.01, max_value=1e4), max_size=48),
+    weight=st.floats(min_value=0.0, max_value=1e4),
+)
+def test_the_fit_is_finite_and_never_below_what_finished(
+    count: float, mean: float, ages: list[float], weight: float
+) -> None:
+    """Whatever mix of finished and running tasks (a long-forgotten model and a thousand jobs
+    running, say): a finite belief, whose median is never below the finished ones' (a running
+    task can only say "longer")."""
+    censored = [math.log(a) for a in ages]
+    mu, sigma = fit(count, mean, 0.04, censored, weight, (mean, 0.3))
+    assert math.isfinite(mu)
+    assert math.isfinite(sigma)
+    assert sigma > 0
+    assert mu >= mean - 1e-6

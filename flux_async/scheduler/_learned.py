@@ -225,7 +225,7 @@ def fit(
                 h -= weight * lam * (lam - a) / s2
             if h >= 0:
                 break
-            step = -g / h
+            step = max(-2.0 * s, min(2.0 * s, -g / h))  # at most two spreads per step
             mu += step
             if abs(step) < 1e-4:
                 break
