@@ -1,15 +1,16 @@
 """The timing model: when to poll a task next, as plain functions over small values.
 
 It owns everything the scheduler knows about *time*: what a task's reported progress says about
-its completion (:func:`observe`, :func:`window`), the completion-time distribution learned per
-provider and model (:class:`Learned`, fed by :func:`learn`), and the decision itself
-(:func:`next_poll`). Each function takes the clock reading it needs as an argument and the
-random source for its jitter, so it runs without an event loop or a clock and is tested as a
-plain function.
+its completion (:func:`observe`, :func:`window`), the schedule that the completion-time
+distribution learned per provider and model implies (:func:`spacing`, :func:`belief_step`; the
+distribution itself, :class:`~._learned.Learned`, lives in ``_learned`` and is fed here by
+:func:`learn`), and the decision itself (:func:`next_poll`). Each function takes the clock
+reading it needs as an argument and the random source for its jitter, so it runs without an
+event loop or a clock and is tested as a plain function.
 
 It must not import anyio, asyncio, aiohttp, the driver, the transport, the session or the
-codecs: it sees a :class:`WatchState`, a :class:`~flux_async.models.TaskState` and a
-:class:`PollPolicy`, nothing else. The driver keeps one :class:`WatchState` per waiting task
+codecs: it sees a :class:`WatchState`, a :class:`~flux_async.models.TaskState`, a
+:class:`PollPolicy` and what ``_learned`` holds, nothing else. The driver keeps one :class:`WatchState` per waiting task
 (its own record extends it), so the model costs no allocation per poll.
 """
 
@@ -37,7 +38,7 @@ __all__ = [
     "window",
 ]
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # 2·φ(0): makes the spacing equal `dense` at the median
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # 2·φ(0): makes hazard_spacing `dense` at the median
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
