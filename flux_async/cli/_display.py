@@ -88,8 +88,10 @@ class Counts:
         ]
         if self.in_doubt:
             parts.append(f"in doubt {self.in_doubt}")
-        if self.spent_usd or self.unknown_cost:
-            parts.append(f"${self.spent_usd:.2f}" + ("+?" if self.unknown_cost else ""))
+        if self.unknown_cost and not self.spent_usd:
+            parts.append("cost unknown")
+        elif self.spent_usd or self.unknown_cost:
+            parts.append(f"${self.spent_usd:.2f}" + (" + unknown" if self.unknown_cost else ""))
         if self.reattached:
             parts.insert(1, f"re-attached {self.reattached}")
         if self.previous_done:
@@ -325,7 +327,7 @@ def _spend_text(summary: RunSummary) -> str:
     if summary.carried_over_usd:
         text += f", ${summary.carried_over_usd:.2f} in earlier runs"
     if summary.unknown_cost_jobs:
-        text += f", {summary.unknown_cost_jobs} job(s) of unknown cost (give --price MODEL=USD)"
+        text += f", and {summary.unknown_cost_jobs} job(s) of unknown cost (no price known for their model)"
     if summary.max_spend_usd is not None:
         text += f" (budget ${summary.max_spend_usd:.2f})"
     return text
