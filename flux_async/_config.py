@@ -64,9 +64,22 @@ class Limits:
     max_spend_usd: float | None = None
 
     def __attrs_post_init__(self) -> None:
+        # Checked here, before a session can send anything: a job_timeout of 0 would pay for a
+        # task and give it up at once; max_redirects of -1 would fail every download.
         for name in ("max_concurrent_submits", "max_outstanding", "max_connections", "max_concurrent_downloads"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"Limits.{name} must be at least 1")
+            _check_int(name, getattr(self, name), 1)
+        _check_int("max_download_bytes", self.max_download_bytes, 1)
+        _check_int("max_redirects", self.max_redirects, 0)
+        for name in ("connect_timeout", "read_timeout", "job_timeout"):
+            value = getattr(self, name)
+            if value is None and name == "job_timeout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+                raise ConfigurationError(f"Limits.{name} must be a number of seconds above 0, got {value!r}")
+        for name in ("max_active_tasks",):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, 0)
         cap = self.max_spend_usd
         if cap is not None and (
             isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 0
@@ -140,6 +153,11 @@ class SessionStatistics:
     unknown_cost_jobs: int = 0
     carried_over_usd: float = 0.0
     max_spend_usd: float | None = None
+
+
+def _check_int(name: str, value: object, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigurationError(f"Limits.{name} must be a whole number of at least {least}, got {value!r}")
 
 
 def resolve_api_key(provider: str, api_key: str | None) -> str:

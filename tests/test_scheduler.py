@@ -448,6 +448,22 @@ async def test_429s_without_retry_after_back_off_and_never_give_up() -> None:
     assert sched.statistics().rate_limited == 4
 
 
+@pytest.mark.parametrize("retry_after", [0.0, -3.0])
+async def test_a_429_asking_for_no_wait_still_backs_off(retry_after: float) -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, progress=False)
+    sched = make_scheduler(vt, provider, PollPolicy(first_poll=1.0, quantum=0.0))
+    jobs = {"a": Job(start=0.0, duration=0.5)}
+    jobs["a"].errors.extend(RateLimitError("slow down", retry_after=retry_after) for _ in range(6))
+
+    outcomes = await with_driver(sched, lambda: run_jobs(vt, sched, provider, jobs))
+    assert isinstance(outcomes.values["a"], TaskState)
+    gaps = [b - a for a, b in itertools.pairwise(provider.polls["a"])]
+    assert len(gaps) == 6
+    assert min(gaps) >= 0.5  # never re-polled at once...
+    assert gaps[-1] > gaps[0]  # ...and the pause grows while the 429s go on
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 

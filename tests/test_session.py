@@ -584,3 +584,28 @@ async def test_the_input_is_read_no_further_ahead_than_max_outstanding(
                 delivered += 1
     assert delivered == 12
     assert max(ahead) <= max_outstanding
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("job_timeout", 0),
+        ("job_timeout", -5),
+        ("read_timeout", 0),
+        ("connect_timeout", -1.0),
+        ("read_timeout", float("nan")),
+        ("max_redirects", -1),
+        ("max_download_bytes", 0),
+        ("max_outstanding", 0),
+        ("max_concurrent_submits", 2.5),
+        ("max_active_tasks", -1),
+    ],
+)
+def test_limits_that_could_only_pay_for_nothing_are_refused_before_any_session(field: str, value: object) -> None:
+    with pytest.raises(flux_async.ConfigurationError, match=f"Limits.{field}"):
+        Limits(**{field: value})
+
+
+def test_limits_that_make_sense_are_taken() -> None:
+    limits = Limits(job_timeout=None, max_redirects=0, max_active_tasks=0, read_timeout=0.5)
+    assert (limits.job_timeout, limits.max_redirects, limits.max_active_tasks) == (None, 0, 0)

@@ -353,9 +353,10 @@ class PollScheduler:
             self._rate_limited += 1
             self._retries += 1
             queue = rec.queue
-            if exc.retry_after is not None and exc.retry_after >= 0:
+            if exc.retry_after is not None and exc.retry_after > 0:
                 pause = min(exc.retry_after, self.policy.rate_limit_pause_cap)
             else:
+                # No usable Retry-After (absent, 0, negative): a 429 still means slow down.
                 if now >= queue.paused_until:  # a new episode, not another answer to the last one
                     queue.rate_limit_streak += 1
                 attempt = max(0, queue.rate_limit_streak - 1)
