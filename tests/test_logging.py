@@ -20,6 +20,7 @@ from flux_async.cli._app import cli
 from flux_async.cli._statslog import log_scheduling
 from flux_async.emulator import Emulator, EmulatorProcess, Scenario
 from flux_async.retry import RetryPolicy
+from flux_async.scheduler import PollPolicy
 from flux_async.session import Session
 
 SENTINEL = "sk-secret-SENTINEL-logging-7c1e0d"
@@ -198,6 +199,7 @@ async def test_info_follows_each_job_and_debug_each_submit_decision(caplog: pyte
         Session(
             "toapis", api_key=SENTINEL, base_url=emu.base_url("toapis"),
             retry_policy=RetryPolicy(base_delay=0.01, max_delay=0.02),
+            poll_policy=PollPolicy(first_poll=0.05, min_interval=0.02, quantum=0.0),
         ) as session,
     ):
         emu.set_scenario(Scenario(api_keys=(SENTINEL,)))
