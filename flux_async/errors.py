@@ -283,10 +283,15 @@ class BudgetExceededError(FluxError):
 
 
 class DownloadError(FluxError):
-    """A result image could not be fetched safely (size cap, format, scheme, redirect, HTTP error)."""
+    """A result image could not be fetched safely (size cap, format, scheme, redirect, HTTP error).
 
-    def __init__(self, message: str, *, url: str | None = None) -> None:
+    ``retryable`` is True when fetching it again may work (a 5xx or 429 answer, a connection
+    that failed or timed out): ``Session.download`` retries those within its retry policy.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, retryable: bool = False) -> None:
         self.url = url
+        self.retryable = retryable
         super().__init__(message)
 
 

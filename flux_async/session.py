@@ -43,6 +43,7 @@ from ._uploads import Uploads
 from .errors import (
     AuthenticationError,
     ConfigurationError,
+    DownloadError,
     InsufficientCreditsError,
     LedgerError,
 )
@@ -57,7 +58,7 @@ from .models import (
     TaskState,
 )
 from .providers import get_codec
-from .retry import RetryPolicy
+from .retry import RetryPolicy, retry_delay
 from .scheduler import PollPolicy, PollScheduler
 from .transport import AiohttpTransport, DownloadLimits, Transport
 
@@ -300,10 +301,22 @@ class Session:
         """
         url = image.url if isinstance(image, GeneratedImage) else image
         expires = image.expires_at if isinstance(image, GeneratedImage) else None
-        async with self._download_slots:
-            data, _ext = await self._net().download(
-                url, None if path is None else Path(path), limits=self._download_limits, expires_at=expires
-            )
+        dest = None if path is None else Path(path)
+        policy = self.retry_policy
+        attempt = 0
+        while True:
+            try:
+                async with self._download_slots:
+                    data, _ext = await self._net().download(
+                        url, dest, limits=self._download_limits, expires_at=expires
+                    )
+                break
+            except DownloadError as exc:
+                # A paid image is worth another GET (idempotent) after a 5xx or a dropped link.
+                if not exc.retryable or attempt + 1 >= policy.max_attempts:
+                    raise
+                await self._ctx.sleep(retry_delay(policy, attempt, self._ctx.rng, retry_after=None))
+                attempt += 1
         self._counts["downloads"] += 1
         return data
 

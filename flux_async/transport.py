@@ -277,7 +277,11 @@ class AiohttpTransport:
                         reason = "has expired" if expired else "is no longer available (it may have expired)"
                         raise ResultExpiredError(f"result URL {reason}: HTTP {resp.status}", url=_path(current))
                     if resp.status != 200:
-                        raise DownloadError(f"result download failed: HTTP {resp.status}", url=_path(current))
+                        raise DownloadError(
+                            f"result download failed: HTTP {resp.status}",
+                            url=_path(current),
+                            retryable=resp.status >= 500 or resp.status == 429,
+                        )
                     if resp.content_length is not None and resp.content_length > limits.max_bytes:
                         raise DownloadError(
                             f"result is {resp.content_length} bytes, over the {limits.max_bytes}-byte cap",
@@ -289,7 +293,9 @@ class AiohttpTransport:
                 mapped = _map_exception(exc, "download")
                 if debug:
                     _log_failure("GET", current, started, mapped)
-                raise DownloadError(str(mapped), url=_path(current)) from exc
+                # The network failed (worth another try); the local disk did not (it would again).
+                network = not isinstance(exc, OSError) or isinstance(exc, ConnectionError)
+                raise DownloadError(str(mapped), url=_path(current), retryable=network) from exc
         raise DownloadError(f"more than {limits.max_redirects} redirects", url=_path(url))
 
     async def _stream(

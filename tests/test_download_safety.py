@@ -29,6 +29,7 @@ from flux_async import (
     ResultExpiredError,
 )
 from flux_async import transport as transport_module
+from flux_async.retry import RetryPolicy
 from flux_async.scheduler import PollPolicy
 from flux_async.session import Limits, Session
 
@@ -173,8 +174,9 @@ async def host() -> AsyncIterator[ResultHost]:
 
 
 def _session(provider: str = "toapis", **limits: Any) -> Session:
+    # Quick retries: a 5xx download is tried again (a few times) before it fails.
     return Session(provider, api_key=KEY, base_url="http://127.0.0.1:9", poll_policy=FAST,
-                   limits=Limits(**limits))
+                   limits=Limits(**limits), retry_policy=RetryPolicy(base_delay=0.005, max_delay=0.01))
 
 
 def _nothing_written(directory: Path) -> None:
@@ -397,3 +399,51 @@ async def test_a_stalled_result_host_fails_by_the_read_timeout(host: ResultHost,
         with anyio.fail_after(1.5), pytest.raises(DownloadError):
             await session.download(host.url("/stall"), tmp_path / "out.img")
     _nothing_written(tmp_path)
+
+
+# -- a paid image is worth another try -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("kind", "status"), [("status", 503), ("status", 500), ("drop", 503)])
+async def test_a_download_is_retried_after_a_5xx_or_a_dropped_connection(kind: str, status: int) -> None:
+    from flux_async.emulator import DEFAULT_API_KEY, Duration, Emulator, Scenario
+    from flux_async.retry import RetryPolicy
+
+    async with Emulator(Scenario(seed=1, duration=Duration.fixed(0.01))) as emu:
+        policy = RetryPolicy(base_delay=0.01, max_delay=0.02, max_attempts=4)
+        async with Session("toapis", api_key=DEFAULT_API_KEY, base_url=emu.base_url("toapis"),
+                           poll_policy=FAST, retry_policy=policy) as session:
+            result = await session.generate(GenerationRequest(model="flux-kontext-pro", prompt="a fox"))
+            emu.fail_next("download", kind, count=2, status=status)
+            data = await session.download(result.images[0])
+            assert data[:4] in (PNG[:4], JPEG[:4])
+            assert emu.stats()["requests"]["download"] == 3  # two spoilt, then the image
+
+            emu.fail_next("download", kind, count=10, status=status)
+            with pytest.raises(DownloadError) as caught:
+                await session.download(result.images[0])
+            assert caught.value.retryable
+            sent = emu.stats()["requests"]["download"] - 3
+            if kind == "status":
+                assert sent == 4  # the policy's attempts, no more
+            else:  # aiohttp itself resends a GET once on a reused connection found closed
+                assert 4 <= sent <= 8
+
+
+@pytest.mark.anyio
+async def test_an_expired_or_unsafe_download_is_not_retried() -> None:
+    from flux_async.emulator import DEFAULT_API_KEY, Duration, Emulator, Scenario
+
+    async with (
+        Emulator(Scenario(seed=1, duration=Duration.fixed(0.01))) as emu,
+        Session("toapis", api_key=DEFAULT_API_KEY, base_url=emu.base_url("toapis"), poll_policy=FAST) as session,
+    ):
+        result = await session.generate(GenerationRequest(model="flux-kontext-pro", prompt="a fox"))
+        for kind, error in (("expired", ResultExpiredError), ("wrong_magic", DownloadError)):
+            before = emu.stats()["requests"]["download"]
+            emu.fail_next("download", kind)
+            with pytest.raises(error) as caught:
+                await session.download(result.images[0])
+            assert not caught.value.retryable
+            assert emu.stats()["requests"]["download"] == before + 1
