@@ -21,6 +21,7 @@ from flux_async import (
     DownloadError,
     ModerationError,
     RateLimitError,
+    ResultExpiredError,
     ServerError,
     SubmissionUncertainError,
     TaskFailedError,
@@ -32,7 +33,7 @@ from flux_async import (
 from flux_async.cli._app import cli
 from flux_async.cli._batch import is_final
 from flux_async.cli._demo import demo_jobs
-from flux_async.emulator import DEFAULT_API_KEY, Duration, EmulatorProcess, Scenario
+from flux_async.emulator import DEFAULT_API_KEY, Duration, EmulatorProcess, Fault, Scenario
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff"
@@ -516,6 +517,8 @@ def test_without_the_cli_extra_the_command_says_what_to_install() -> None:
         (AuthenticationError("key", status=401), True, False),
         (ServerError("oops", status=503), True, False),
         (DownloadError("expired", url="x"), True, False),
+        # Gone for good once a fresh status check gave no working URL: settled.
+        (ResultExpiredError("expired", url="x"), True, True),
         (BadRequestError("policy", status=422), False, True),
         # In doubt: no result line; the ledger keeps the intent and --resume reports it again.
         (SubmissionUncertainError("maybe", provider="bfl", model="m"), False, False),
@@ -582,3 +585,29 @@ def test_retry_failed_sends_again_only_the_chosen_kinds_under_new_keys(emu: Emul
     fourth = invoke([*args, "--resume", "--retry-failed", "all"])
     assert fourth.exit_code == 0
     assert emu.stats()["requests"]["submit"] == submits + len(moderated) + len(failed)
+
+
+@pytest.mark.parametrize("spoilt", [1, 10])
+def test_an_expired_result_url_is_asked_for_once_more_then_settled(
+    emu: EmulatorProcess, tmp_path: Path, spoilt: int
+) -> None:
+    emu.set_scenario(Scenario(seed=3, duration=Duration.fixed(0.02)))
+    emu.inject(Fault(endpoint="download", kind="expired", count=spoilt))
+    source = tmp_path / "one.txt"
+    source.write_text("an expiring fox\n")
+    out = tmp_path / "out"
+    args = ["batch", str(source), "-o", str(out), "--json", "--no-report", *connect(emu)]
+    result = invoke(args)
+    (record,) = results(out)
+    requests = emu.stats()["requests"]
+    if spoilt == 1:  # a fresh status check, and the second download works
+        assert result.exit_code == 0, result.output
+        assert record["status"] == "succeeded"
+        assert requests["download"] == 2
+    else:  # gone for good: a result line, so --resume leaves it alone
+        assert result.exit_code == 1
+        assert (record["status"], record["error"]["kind"]) == ("failed", "ResultExpiredError")
+        assert requests["download"] == 2
+        again = invoke([*args, "--resume"])
+        assert again.exit_code == 1
+        assert emu.stats()["requests"] == requests  # nothing polled or fetched again

@@ -46,6 +46,7 @@ from ._api import (
     LedgerError,
     ModerationError,
     Outcome,
+    ResultExpiredError,
     Session,
     SubmissionUncertainError,
     TaskFailedError,
@@ -64,7 +65,7 @@ _FATAL = (AuthenticationError, InsufficientCreditsError, LedgerError)
 _KEPT_UNRESOLVED = 100
 
 #: Errors that settle a job for good once its task exists: the provider ended the task.
-_FINAL_WITH_TASK = (TaskFailedError, ModerationError, TaskNotFoundError)
+_FINAL_WITH_TASK = (TaskFailedError, ModerationError, TaskNotFoundError, ResultExpiredError)
 #: Errors that settle a request no task was created for: sending it again cannot help. (An
 #: uncertain submission is not settled: it stays in doubt in the ledger, see the module.)
 _FINAL_WITHOUT_TASK = (BadRequestError, ValidationError, ConfigurationError)
@@ -333,14 +334,25 @@ class BatchRunner:
         self, index: int, line: int, task_id: str, images: tuple[GeneratedImage, ...]
     ) -> None:
         files: list[Path] = []
-        try:
-            for k, image in enumerate(images):
-                # The transport replaces the placeholder suffix with the image's real type.
-                target = self.out.path / image_name(index, task_id, "img", k=k, count=len(images))
-                files.append(await self.session.download(image, target))
-        except Exception as exc:
-            self._record_failure(index, line, task_id, exc, with_task=True, files=files)
-            return
+        fresh = False
+        while True:
+            try:
+                for k, image in enumerate(images[len(files) :], start=len(files)):
+                    # The transport replaces the placeholder suffix with the image's real type.
+                    target = self.out.path / image_name(index, task_id, "img", k=k, count=len(images))
+                    files.append(await self.session.download(image, target))
+                break
+            except ResultExpiredError as exc:
+                # Asked once more for the task: a provider may hand out a fresh URL. If not, the
+                # image is gone for good: settled (a result line), so --resume stops trying.
+                renewed = None if fresh else await self._fresh_images(index, len(images))
+                if renewed is None:
+                    self._record_failure(index, line, task_id, exc, with_task=True, files=files)
+                    return
+                images, fresh = renewed, True
+            except Exception as exc:
+                self._record_failure(index, line, task_id, exc, with_task=True, files=files)
+                return
         if not self._record(index, line, task_id=task_id, status="succeeded", files=files):
             return
         self._in_flight.pop(index, None)
@@ -348,6 +360,18 @@ class BatchRunner:
         self.counts.succeeded += 1
         self.counts.finished_with_task += 1
         self.on_change(self.counts)
+
+    async def _fresh_images(self, index: int, count: int) -> tuple[GeneratedImage, ...] | None:
+        """The task's images as a new status check gives them (None when it gives none)."""
+        held = self._in_flight.get(index)
+        if held is None:
+            return None
+        try:
+            state = await self.session.get_task(held[1])
+        except Exception:
+            return None
+        result = state.result
+        return result.images if result is not None and len(result.images) == count else None
 
     def _record_failure(
         self,

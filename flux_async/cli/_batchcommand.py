@@ -55,6 +55,7 @@ RETRY_KINDS = {
     "moderation": "ModerationError",
     "not-found": "TaskNotFoundError",
     "rejected": "BadRequestError",
+    "expired": "ResultExpiredError",
 }
 
 
