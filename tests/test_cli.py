@@ -611,3 +611,24 @@ def test_an_expired_result_url_is_asked_for_once_more_then_settled(
         again = invoke([*args, "--resume"])
         assert again.exit_code == 1
         assert emu.stats()["requests"] == requests  # nothing polled or fetched again
+
+
+def test_provider_text_cannot_drive_the_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from flux_async.cli._runtime import Output, exit_on_error
+
+    buffer = io.StringIO()
+    out = Output(quiet=False, json=False, err=Console(file=buffer, force_terminal=True, width=200, highlight=False))
+    hostile = "task failed: \x1b]0;owned\x07\x1b[2J\x9bA\nsecond line"
+    with pytest.raises(SystemExit), exit_on_error(out):
+        raise TaskFailedError(hostile, task_id="t")
+    out.error(hostile)
+    shown = buffer.getvalue()
+    assert "\x07" not in shown
+    assert "\x9b" not in shown
+    assert "]0;owned" in shown  # the text is still there to read, its control bytes escaped
+    assert "\\x1b]0;owned\\x07" in shown
+    assert "\nsecond line" in shown  # plain newlines stay

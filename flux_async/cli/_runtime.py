@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "exit_on_error",
     "fail",
     "library_log",
+    "printable",
     "report",
     "run_command",
     "sole_error",
@@ -84,6 +86,15 @@ def console(*, stderr: bool) -> Console:
     return made
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes included) written as ``\\xNN``;
+    newlines and tabs stay."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 @attrs.define
 class Output:
     """Where a command writes: stdout for data, stderr for people."""
@@ -108,9 +119,10 @@ class Output:
             self.err.print(message, soft_wrap=True, markup=False)
 
     def error(self, message: str) -> None:
-        """An error: always shown, on stderr."""
+        """An error: always shown, on stderr (control characters shown escaped: a provider's
+        message must not drive the terminal)."""
         self.err.print("[bold red]error:[/] ", end="")
-        self.err.print(message, soft_wrap=True, markup=False)
+        self.err.print(printable(message), soft_wrap=True, markup=False)
 
     def data(self, value: Any) -> None:
         """Machine output on stdout: JSON with --json, else the text."""
