@@ -2,8 +2,9 @@
 
 A job is woken once, by the scheduler's ``on_done`` through :meth:`Job._on_done`, and then tells
 its owner (the session's :class:`~flux_async._jobs.Jobs`) and its listeners. It holds no
-coroutine while it waits. Imports values, errors and anyio's event only: never the transport, the
-scheduler or the codecs; its owner is known to it only as what it reports to.
+coroutine while it waits. Imports values, errors, the catalog's model data and anyio's event only:
+never the transport, the scheduler or the codecs; its owner is known to it only as what it
+reports to.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .errors import ModerationError, TaskFailedError, TaskNotFoundError
+from . import catalog
+from .errors import (
+    ConfigurationError,
+    ModerationError,
+    ProtocolError,
+    TaskFailedError,
+    TaskNotFoundError,
+)
 from .models import Cost, GenerationRequest, GenerationResult, TaskRef, TaskState, TaskStatus
 
 if TYPE_CHECKING:
@@ -124,7 +132,7 @@ class Job:
             self._error = value
         else:
             self._state = value
-            self._error = _error_for_state(value)
+            self._error = _error_for_state(value, self.ref)
         self._done = True
         owner, self._owner = self._owner, None
         if owner is not None:
@@ -136,7 +144,22 @@ class Job:
             listener(self)
 
 
-def _error_for_state(state: TaskState) -> BaseException | None:
+#: The most images a job of a model this library does not know may bring back.
+_MOST_IMAGES_UNKNOWN = 10
+
+
+def _most_images(ref: TaskRef) -> int:
+    """How many images a task of ``ref``'s model can make (its largest ``n``, else 1)."""
+    if ref.model is None:
+        return _MOST_IMAGES_UNKNOWN
+    try:
+        spec = catalog.model_spec(ref.provider, ref.model)
+    except ConfigurationError:
+        return _MOST_IMAGES_UNKNOWN
+    return max(spec.n_values) if spec.n_values else 1
+
+
+def _error_for_state(state: TaskState, ref: TaskRef) -> BaseException | None:
     """The error a terminal non-success state stands for (None for success)."""
     failure = state.failure
     message = failure.message if failure is not None else state.raw_status
@@ -144,6 +167,15 @@ def _error_for_state(state: TaskState) -> BaseException | None:
     if state.status is TaskStatus.SUCCEEDED:
         if state.result is None or not state.result.images:
             return TaskFailedError("task completed without any image", task_id=state.task_id)
+        most = _most_images(ref)
+        if len(state.result.images) > most:
+            # A result listing more images than the model makes is not to be trusted: fetching
+            # it could mean thousands of downloads and files for one job.
+            return ProtocolError(
+                f"task {state.task_id} lists {len(state.result.images)} images, and "
+                f"{ref.model or 'its model'} makes at most {most}: not fetching them",
+                provider=ref.provider,
+            )
         return None
     if state.status is TaskStatus.MODERATED:
         return ModerationError(f"moderated: {message}", task_id=state.task_id)

@@ -609,3 +609,39 @@ def test_limits_that_could_only_pay_for_nothing_are_refused_before_any_session(f
 def test_limits_that_make_sense_are_taken() -> None:
     limits = Limits(job_timeout=None, max_redirects=0, max_active_tasks=0, read_timeout=0.5)
     assert (limits.job_timeout, limits.max_redirects, limits.max_active_tasks) == (None, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "count", "refused"),
+    [
+        ("bfl", "flux-kontext-pro", 1, False),
+        ("bfl", "flux-kontext-pro", 2, True),
+        ("toapis", "grok-4-1-image", 4, False),
+        ("toapis", "grok-4-1-image", 2000, True),
+        ("toapis", None, 10, False),  # a resumed task of unknown model: a generous cap
+        ("toapis", None, 11, True),
+    ],
+)
+def test_a_result_listing_more_images_than_its_model_makes_is_not_fetched(
+    provider: str, model: str | None, count: int, refused: bool
+) -> None:
+    from flux_async._job import Job
+    from flux_async.models import GeneratedImage, GenerationResult, TaskState, TaskStatus
+
+    class Owner:
+        def finished(self, job: Job) -> None:
+            self.done = job
+
+    ref = TaskRef(provider=provider, task_id="t", model=model)
+    job = Job(ref, None, Owner())  # type: ignore[arg-type]
+    images = tuple(GeneratedImage(f"https://results.example/{i}.png") for i in range(count))
+    state = TaskState(
+        task_id="t", status=TaskStatus.SUCCEEDED, raw_status="completed",
+        result=GenerationResult(task_id="t", images=images),
+    )
+    job._on_done(state)
+    if refused:
+        assert isinstance(job.error, flux_async.ProtocolError)
+        assert f"lists {count} images" in str(job.error)
+    else:
+        assert job.error is None
