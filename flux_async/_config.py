@@ -70,16 +70,12 @@ class Limits:
             _check_int(name, getattr(self, name), 1)
         _check_int("max_download_bytes", self.max_download_bytes, 1)
         _check_int("max_redirects", self.max_redirects, 0)
-        for name in ("connect_timeout", "read_timeout", "job_timeout"):
-            value = getattr(self, name)
-            if value is None and name == "job_timeout":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-                raise ConfigurationError(f"Limits.{name} must be a number of seconds above 0, got {value!r}")
-        for name in ("max_active_tasks",):
-            value = getattr(self, name)
-            if value is not None:
-                _check_int(name, value, 0)
+        _check_seconds("connect_timeout", self.connect_timeout)
+        _check_seconds("read_timeout", self.read_timeout)
+        if self.job_timeout is not None:
+            _check_seconds("job_timeout", self.job_timeout)
+        if self.max_active_tasks is not None:
+            _check_int("max_active_tasks", self.max_active_tasks, 0)
         cap = self.max_spend_usd
         if cap is not None and (
             isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 0
@@ -153,6 +149,11 @@ class SessionStatistics:
     unknown_cost_jobs: int = 0
     carried_over_usd: float = 0.0
     max_spend_usd: float | None = None
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ConfigurationError(f"Limits.{name} must be a number of seconds above 0, got {value!r}")
 
 
 def _check_int(name: str, value: object, least: int) -> None:
