@@ -103,16 +103,22 @@ class Context:
             f"refusing to poll {host or url!r}: a polling URL must be on {base!r} or a bfl.ai host"
         )
 
-    async def idempotent(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` (a request that creates nothing paid), retrying transient failures
-        (transport errors, 429 with its ``Retry-After``, 5xx) up to the retry policy's attempts."""
+    async def idempotent(
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        retryable: Callable[[FluxError], bool] = is_retryable_poll,
+    ) -> T:
+        """Run ``call`` (a request that creates nothing paid), retrying the failures
+        ``retryable`` accepts (by default transport errors, 429 with its ``Retry-After``, 5xx)
+        up to the retry policy's attempts."""
         policy = self.retry_policy
         attempt = 0
         while True:
             try:
                 return await call()
             except FluxError as exc:
-                if not is_retryable_poll(exc) or attempt + 1 >= policy.max_attempts:
+                if not retryable(exc) or attempt + 1 >= policy.max_attempts:
                     raise
                 retry_after = getattr(exc, "retry_after", None)
                 await self.sleep(retry_delay(policy, attempt, self.rng, retry_after=retry_after))

@@ -44,6 +44,7 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     DownloadError,
+    FluxError,
     InsufficientCreditsError,
     LedgerError,
 )
@@ -58,7 +59,7 @@ from .models import (
     TaskState,
 )
 from .providers import get_codec
-from .retry import RetryPolicy, retry_delay
+from .retry import RetryPolicy
 from .scheduler import PollPolicy, PollScheduler
 from .transport import AiohttpTransport, DownloadLimits, Transport
 
@@ -302,21 +303,16 @@ class Session:
         url = image.url if isinstance(image, GeneratedImage) else image
         expires = image.expires_at if isinstance(image, GeneratedImage) else None
         dest = None if path is None else Path(path)
-        policy = self.retry_policy
-        attempt = 0
-        while True:
-            try:
-                async with self._download_slots:
-                    data, _ext = await self._net().download(
-                        url, dest, limits=self._download_limits, expires_at=expires
-                    )
-                break
-            except DownloadError as exc:
-                # A paid image is worth another GET (idempotent) after a 5xx or a dropped link.
-                if not exc.retryable or attempt + 1 >= policy.max_attempts:
-                    raise
-                await self._ctx.sleep(retry_delay(policy, attempt, self._ctx.rng, retry_after=None))
-                attempt += 1
+
+        async def fetch() -> bytes | Path:
+            async with self._download_slots:
+                data, _ext = await self._net().download(
+                    url, dest, limits=self._download_limits, expires_at=expires
+                )
+            return data
+
+        # A paid image is worth another GET (idempotent) after a 5xx or a dropped link.
+        data = await self._ctx.idempotent(fetch, retryable=_retryable_download)
         self._counts["downloads"] += 1
         return data
 
@@ -409,6 +405,10 @@ class Session:
             **self._spend.statistics(),
         )
 
+
+
+def _retryable_download(error: FluxError) -> bool:
+    return isinstance(error, DownloadError) and error.retryable
 
 
 def _as_request(request: GenerationRequest | None, fields: Mapping[str, Any]) -> GenerationRequest:
