@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 
 from ._job import Job
 from ._parking import Parking
-from .errors import BudgetExceededError, SubmissionUncertainError
+from .errors import BudgetExceededError, OutageError, SubmissionUncertainError
 from .models import GenerationRequest, Outcome, TaskRef
 
 if TYPE_CHECKING:
@@ -101,7 +101,8 @@ class Batch:
         self.pending = 0  # jobs taken from the input and not yet delivered
         self.input_done = False
         self.input_error: BaseException | None = None
-        self.budget_error: BudgetExceededError | None = None  # the budget stopped the input
+        #: What stopped the input: the budget, or an outage (the breaker refused a submit).
+        self.stop_error: BudgetExceededError | OutageError | None = None
         self.stopped = False
         self.all_done = anyio.Event()
         self.scope: anyio.CancelScope | None = None
@@ -140,7 +141,7 @@ class Batch:
             while True:
                 while not self.free and not self.stopped and not self.input_done:
                     await self.feeder.wait()
-                if self.stopped or self.input_done:  # input_done: the budget stopped it
+                if self.stopped or self.input_done:  # input_done: the budget or an outage stopped it
                     break
                 try:
                     request = await anext(iterator)
@@ -236,16 +237,16 @@ class Batch:
                     # grows (up to its bound) while the input keeps every submitter busy.
                     self._start_submitter()
                 index, request = item
-                if self.budget_error is not None:  # the batch stopped submitting
-                    self._deliver(Outcome(index=index, request=request, error=self.budget_error))
+                if self.stop_error is not None:  # the batch stopped submitting
+                    self._deliver(Outcome(index=index, request=request, error=self.stop_error))
                     continue
                 try:
                     await self.session._submit(request, on_accept=self._accepted(index))
                 except Exception as exc:
-                    if isinstance(exc, BudgetExceededError) and self.budget_error is None:
-                        # Nothing more is read or sent: what was read is delivered, then this
-                        # is raised.
-                        self.budget_error = exc
+                    if isinstance(exc, (BudgetExceededError, OutageError)) and self.stop_error is None:
+                        # Nothing more is read or sent: what was read is delivered (with this
+                        # error: it was not sent), then this is raised.
+                        self.stop_error = exc
                         self._end_input(None)
                         self.feeder.wake_all()
                     cost = exc.cost if isinstance(exc, SubmissionUncertainError) else None

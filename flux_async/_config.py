@@ -48,6 +48,16 @@ class Limits:
     holds from earlier sessions of the same provider counts too (a ``FileLedger`` read back:
     settled entries at their settled cost, unsettled ones at their reservation). Every model
     submitted then needs a known price (``Session(prices=...)``), else ConfigurationError.
+
+    A 429 on a submit or a poll slows the whole session down (a pause for the provider's
+    ``Retry-After``, and a submit rate cut in half, recovering step by step); a submit refused
+    with 429 is sent again until ``job_timeout`` after its first attempt, and only then fails
+    with ``RateLimitError``. ``max_submits_per_second`` is a hard cap on top (None: none).
+
+    ``outage_streak`` submits failing one after another with server errors, transport errors or
+    in doubt pause submission (``OutageError``, nothing sent) for ``outage_pause`` seconds;
+    then one submit probes the provider, and its success resumes. Accepted tasks are watched
+    throughout. 0 disables the breaker.
     """
 
     max_concurrent_submits: int = 16
@@ -62,6 +72,9 @@ class Limits:
     read_timeout: float = 60.0
     job_timeout: float | None = 1800.0
     max_spend_usd: float | None = None
+    max_submits_per_second: float | None = None
+    outage_streak: int = 10
+    outage_pause: float = 30.0
 
     def __attrs_post_init__(self) -> None:
         # Checked here, before a session can send anything: a job_timeout of 0 would pay for a
@@ -76,6 +89,10 @@ class Limits:
             _check_seconds("job_timeout", self.job_timeout)
         if self.max_active_tasks is not None:
             _check_int("max_active_tasks", self.max_active_tasks, 0)
+        if self.max_submits_per_second is not None:
+            _check_seconds("max_submits_per_second", self.max_submits_per_second, "submits per second")
+        _check_int("outage_streak", self.outage_streak, 0)
+        _check_seconds("outage_pause", self.outage_pause)
         cap = self.max_spend_usd
         if cap is not None and (
             isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 0
@@ -151,9 +168,9 @@ class SessionStatistics:
     max_spend_usd: float | None = None
 
 
-def _check_seconds(name: str, value: object) -> None:
+def _check_seconds(name: str, value: object, unit: str = "seconds") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ConfigurationError(f"Limits.{name} must be a number of seconds above 0, got {value!r}")
+        raise ConfigurationError(f"Limits.{name} must be a number of {unit} above 0, got {value!r}")
 
 
 def _check_int(name: str, value: object, least: int) -> None:

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from .errors import ConfigurationError, FluxError
+from ._throttle import Throttle
+from .errors import ConfigurationError, FluxError, RateLimitError
 from .models import TaskRef, TaskState
 from .providers.base import Codec
 from .retry import RetryBudget, RetryPolicy, is_retryable_poll, retry_delay
@@ -43,6 +44,7 @@ class Context:
         "retry_policy",
         "rng",
         "sleep",
+        "throttle",
         "transport",
     )
 
@@ -56,6 +58,7 @@ class Context:
         clock: Callable[[], float] | None,
         sleep: Callable[[float], Awaitable[None]],
         rng: random.Random,
+        throttle: Throttle | None = None,
     ) -> None:
         self.provider = provider
         self.codec = codec
@@ -66,6 +69,8 @@ class Context:
         self.sleep = sleep
         self.rng = rng
         self.counts: Counter[str] = Counter()
+        #: The session's pacing after rate limits, shared by its submits and polls.
+        self.throttle = throttle or Throttle()
         self.transport: Transport | None = None  # set while the session is open
 
     def now(self) -> float:
@@ -82,11 +87,19 @@ class Context:
         return self.transport
 
     async def poll(self, ref: TaskRef) -> TaskState:
-        """One status request, read into a state: what the scheduler calls for every poll."""
+        """One status request, read into a state: what the scheduler calls for every poll.
+
+        A 429 answer pauses the session's submits and cuts their rate before the error goes
+        back to the scheduler (which pauses the polls itself)."""
         if ref.polling_url is not None:
             self.check_polling_host(ref.polling_url)
         response = await (self.transport or self.net()).send(self.codec.build_poll(ref))
-        return self.codec.parse_poll(response, ref=ref)
+        try:
+            return self.codec.parse_poll(response, ref=ref)
+        except RateLimitError as exc:
+            delay = retry_delay(self.retry_policy, 0, self.rng, retry_after=exc.retry_after)
+            self.throttle.rate_limited(self.now(), delay)
+            raise
 
     def check_polling_host(self, url: str) -> None:
         """Refuse to send the key to a polling URL on a host we do not trust.

@@ -34,7 +34,18 @@ import anyio
 from ._context import Context
 from ._http import HttpResponse
 from ._spend import Spend
-from .errors import FluxError, LedgerError, SubmissionUncertainError, ValidationError
+from ._throttle import Breaker
+from .errors import (
+    APIError,
+    FluxError,
+    LedgerError,
+    OutageError,
+    RateLimitError,
+    ServerError,
+    SubmissionUncertainError,
+    TransportError,
+    ValidationError,
+)
 from .ledger import Ledger, LedgerEntry
 from .models import Cost, GenerationRequest, TaskRef
 from .retry import (
@@ -87,18 +98,32 @@ class Submitter:
         "_quiet",
         "_sending",
         "_spend",
+        "breaker",
         "broken",
+        "job_timeout",
         "resubmit_in_doubt",
         "unrecorded",
     )
 
     def __init__(
-        self, ctx: Context, ledger: Ledger, spend: Spend, *, resubmit_in_doubt: bool = False
+        self,
+        ctx: Context,
+        ledger: Ledger,
+        spend: Spend,
+        *,
+        resubmit_in_doubt: bool = False,
+        breaker: Breaker | None = None,
+        job_timeout: float | None = None,
     ) -> None:
         self._ctx = ctx
         self._ledger = ledger
         self._spend = spend
         self.resubmit_in_doubt = resubmit_in_doubt
+        #: The outage breaker (``Limits.outage_streak``, ``Limits.outage_pause``).
+        self.breaker = breaker or Breaker(threshold=0, pause=0.0)
+        #: A submit refused with 429 is retried until this many seconds after its first
+        #: attempt (``Limits.job_timeout``), not only within the retry policy's attempts.
+        self.job_timeout = job_timeout
         # Keys whose POST is on its way here: a second submit with the key waits for the first.
         self._claims: dict[str, asyncio.Future[TaskRef]] = {}
         self._sending: set[str] = set()  # keys whose submit is on its way
@@ -151,6 +176,59 @@ class Submitter:
             ref = await self.existing(request, digest)
             if ref is not None:
                 return ref, False, self._spend.cost_of(key, request.model)
+        breaker = self.breaker
+        probe = False
+        if breaker.open_until is not None:
+            self._check_breaker(request.model)
+            probe = True  # the one submit let through to see whether the provider is back
+        try:
+            answer = await self._submit(request, key, digest, user_key)
+        except BaseException as exc:
+            if isinstance(exc, (ServerError, TransportError, SubmissionUncertainError)):
+                if breaker.failed(ctx.now(), f"{type(exc).__name__}: {exc}"):
+                    logger.warning(
+                        "%d submits to %s failed in a row (last: %s): submission paused for %.0f s",
+                        breaker.streak, ctx.provider, breaker.last_error, breaker.pause,
+                    )
+            elif isinstance(exc, APIError) and not isinstance(exc, RateLimitError):
+                breaker.answered()  # refused on its merits: the provider is up
+            elif probe:
+                breaker.release()
+            raise
+        if probe:
+            breaker.release()  # answered by an existing task: nothing was learnt
+        return answer
+
+    def _check_breaker(self, model: str) -> None:
+        """Raise OutageError while the breaker refuses submits (nothing is sent)."""
+        ctx = self._ctx
+        breaker = self.breaker
+        wait = breaker.refusal(ctx.now())
+        if wait is None:
+            return
+        ctx.counts["outage_refusals"] += 1
+        raise OutageError(
+            f"submission to {ctx.provider} is paused: the last {breaker.streak} submits failed "
+            f"one after another (last: {breaker.last_error}); nothing was sent for this "
+            f"{model} request; tasks already accepted are still watched; a submit is tried "
+            f"again in {wait:.0f} s",
+            provider=ctx.provider,
+            streak=breaker.streak,
+            last_error=breaker.last_error,
+            retry_in=wait,
+        )
+
+    async def _submit(
+        self, request: GenerationRequest, key: str, digest: str, user_key: bool
+    ) -> tuple[TaskRef, bool, Cost]:
+        ctx = self._ctx
+        # Paced before anything is written: a wait here leaves no intent behind.
+        wait = ctx.throttle.submit_delay(ctx.now())
+        if wait > 0.0:
+            ctx.counts["submit_waits"] += 1
+            await ctx.sleep(wait)
+            if self.breaker.open_until is not None and not self.breaker.probing:
+                self._check_breaker(request.model)  # it opened while this one waited
         spend = self._spend
         images = request.n or 1  # catalog.images_charged, inline on the hot path
         # Checked and held with no await in between: no other submit can take the same room.
@@ -214,6 +292,10 @@ class Submitter:
             claim.set_result(ref)
         if reported is not None:
             cost = spend.accepted(key, reported)
+        self.breaker.answered()
+        throttle = ctx.throttle
+        if throttle.rate is not None:
+            throttle.accepted(ctx.now())
         return ref, True, cost
 
     async def wait_quiet(self) -> None:
@@ -305,6 +387,7 @@ class Submitter:
             while True:
                 http = codec.build_submit(request, client_business_id=cbid, idempotency_key=key)
                 counts["submit_attempts"] += 1
+                sent_at = started if attempt == 0 else ctx.now()
                 if attempt == 0:
                     ctx.budget.record_request()
                 error: FluxError
@@ -319,11 +402,14 @@ class Submitter:
                 except FluxError as exc:
                     error = exc
                 decision = classify_submit_failure(error)
-                retry_after = getattr(error, "retry_after", None)
-                if retry_after is not None or getattr(error, "status", None) == 429:
+                if isinstance(error, RateLimitError):
                     counts["rate_limited"] += 1
+                    if await self._rate_limit_retry(error, attempt, started, sent_at):
+                        attempt += 1
+                        continue
+                    raise error
                 if decision is SubmitDecision.RETRY:
-                    delay = retry_delay(policy, attempt, ctx.rng, retry_after=retry_after)
+                    delay = retry_delay(policy, attempt, ctx.rng, retry_after=None)
                     if should_retry(
                         policy, attempts=attempt + 1, elapsed=ctx.now() - started, delay=delay
                     ) and ctx.budget.try_spend_retry():
@@ -374,6 +460,32 @@ class Submitter:
             # only awaits outside a shield are the waits between attempts).
             self._spend.settle(key, "not_submitted", error=type(exc).__name__)
             raise
+
+    async def _rate_limit_retry(
+        self, error: RateLimitError, attempt: int, started: float, sent_at: float
+    ) -> bool:
+        """After a 429: slow the whole session down, and wait for this submit's next attempt;
+        False when its deadline (``job_timeout``, and the retry policy's own deadline) would
+        pass first. A 429 proves no task was made, so it spends no retry budget and is not
+        bounded by the policy's attempts while a deadline bounds it."""
+        ctx = self._ctx
+        policy = ctx.retry_policy
+        now = ctx.now()
+        throttle = ctx.throttle
+        pause = retry_delay(policy, attempt, ctx.rng, retry_after=error.retry_after)
+        throttle.rate_limited(now, pause, sent_at=sent_at)
+        delay = throttle.submit_delay(now, reserve=False)
+        deadlines = [t for t in (self.job_timeout, policy.deadline) if t is not None]
+        if deadlines:
+            if now - started + delay > min(deadlines):
+                return False
+        elif attempt + 1 >= policy.max_attempts:
+            return False
+        delay = throttle.submit_delay(now)
+        ctx.counts["submit_retries"] += 1
+        logger.debug("submit refused with 429: attempt %d in %.2f s", attempt + 2, delay)
+        await ctx.sleep(delay)
+        return True
 
     def _parse_submit(self, response: HttpResponse, model: str) -> TaskRef:
         codec = self._ctx.codec

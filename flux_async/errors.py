@@ -22,6 +22,7 @@ understood, and chain their cause (``raise X(...) from exc``). No error ever hol
     ├── SubmissionUncertainError      the POST may have created a paid task; carries what is known
     ├── LedgerError                   the ledger could not record a paid action (nothing more is sent)
     ├── BudgetExceededError           a submit would pass the spending cap (nothing was sent)
+    ├── OutageError                   submits kept failing: submission is paused (nothing was sent)
     ├── DownloadError                 a result could not be fetched safely
     │   └── ResultExpiredError        the result URL expired before it was fetched
     └── TaskError(task_id)
@@ -51,6 +52,7 @@ __all__ = [
     "LedgerError",
     "ModerationError",
     "NotFoundError",
+    "OutageError",
     "ProtocolError",
     "RateLimitError",
     "ResultExpiredError",
@@ -193,7 +195,23 @@ class RateLimitError(APIError):
 
 
 class ServerError(APIError):
-    """5xx: the provider failed. For a submit this is ambiguous: a task may exist."""
+    """5xx: the provider failed. For a submit this is ambiguous (a task may exist), unless
+    ``refused`` is True: the provider's own error answer shows the request was turned away
+    before any task was made (which answers prove that is decided per provider, in its codec;
+    see :func:`flux_async.retry.classify_submit_failure`)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | int | None = None,
+        provider: str | None = None,
+        request_id: str | None = None,
+        refused: bool = False,
+    ) -> None:
+        self.refused = refused
+        super().__init__(message, status=status, code=code, provider=provider, request_id=request_id)
 
 
 def api_error_for_status(status: int) -> type[APIError]:
@@ -279,6 +297,22 @@ class BudgetExceededError(FluxError):
         self.spent_usd = spent_usd
         self.reserved_usd = reserved_usd
         self.needed_usd = needed_usd
+        super().__init__(message)
+
+
+class OutageError(FluxError):
+    """Submission is paused: the last ``streak`` submits failed one after another with server
+    errors, transport errors or in doubt (``Limits.outage_streak``). Nothing was sent for the
+    submit that raised this; tasks already accepted are still watched. New submits are
+    refused until ``retry_in`` seconds have passed, then one is let through to probe the
+    provider (its success closes the pause). ``last_error`` describes the last failure.
+    """
+
+    def __init__(self, message: str, *, provider: str, streak: int, last_error: str, retry_in: float) -> None:
+        self.provider = provider
+        self.streak = streak
+        self.last_error = last_error
+        self.retry_in = retry_in
         super().__init__(message)
 
 

@@ -139,9 +139,10 @@ def retry_delay(
     policy: RetryPolicy, attempt: int, rng: random.Random, *, retry_after: float | None
 ) -> float:
     """Seconds to wait before retry number ``attempt``: the provider's ``retry_after`` when it
-    gave one (clamped to ``[0, policy.max_retry_after]``), otherwise :func:`backoff_delay`."""
-    if retry_after is not None and not math.isnan(retry_after):
-        return min(max(retry_after, 0.0), policy.max_retry_after)
+    gave a positive one (at most ``policy.max_retry_after``), otherwise :func:`backoff_delay`
+    (a ``Retry-After`` of 0, a negative one or garbage must not make a client retry at once)."""
+    if retry_after is not None and retry_after > 0.0:  # False for NaN too
+        return min(retry_after, policy.max_retry_after)
     return backoff_delay(policy, attempt, rng)
 
 
@@ -203,17 +204,27 @@ def classify_submit_failure(exc: BaseException) -> SubmitDecision:
     ========================================================  ==========
     TransportError (timeouts included) with request_sent=False  RETRY (nothing reached the server)
     RateLimitError (429)                                        RETRY (refused before any task)
+    ServerError with ``refused`` (see below)                    RETRY (refused before any task)
     TransportError with request_sent=True                       AMBIGUOUS
-    ServerError (5xx; apimart's ``build_request_failed`` too)   AMBIGUOUS
+    other ServerError (5xx; apimart's ``build_request_failed``)  AMBIGUOUS
     ProtocolError (an unreadable 2xx submit body)               AMBIGUOUS
     APIError 408 or outside 4xx (e.g. an unexpected 3xx)        AMBIGUOUS
     any other APIError 4xx (400/401/402/403/404/413/422...)     RAISE
     anything else (validation, configuration, a bug)            RAISE (propagated, never retried)
     ========================================================  ==========
+
+    A 5xx is ``refused`` only where the provider's own JSON error answer proves that no task
+    was made, decided per provider (each codec's ``refused_server_statuses``): BFL documents
+    500 and 503 on submit as errors to retry with backoff; apimart's 503 is its API turning the
+    request away, while its 500 is not trusted (parameter errors reportedly come back as 500);
+    toapis needs no such rule, because an ambiguous submit is looked up by its id. A gateway's
+    5xx (an HTML page, an empty body) proves nothing anywhere.
     """
     if isinstance(exc, TransportError):
         return SubmitDecision.AMBIGUOUS if exc.request_sent else SubmitDecision.RETRY
     if isinstance(exc, RateLimitError):
+        return SubmitDecision.RETRY
+    if isinstance(exc, ServerError) and exc.refused:
         return SubmitDecision.RETRY
     if isinstance(exc, (ServerError, ProtocolError)):
         return SubmitDecision.AMBIGUOUS

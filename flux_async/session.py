@@ -39,6 +39,7 @@ from ._job import Job
 from ._jobs import Jobs, coerce_ref
 from ._spend import Spend
 from ._submit import Submitter
+from ._throttle import Breaker, Throttle
 from ._uploads import Uploads
 from .errors import (
     AuthenticationError,
@@ -109,8 +110,10 @@ class Session:
         self._http_session = http_session
         self._transport_arg = transport
         rng = random.Random(seed)
+        limits = self.limits
         self._ctx = ctx = Context(
-            provider, codec, self._base_url, self.retry_policy, clock=clock, sleep=sleep or anyio.sleep, rng=rng
+            provider, codec, self._base_url, self.retry_policy, clock=clock, sleep=sleep or anyio.sleep, rng=rng,
+            throttle=Throttle(cap=limits.max_submits_per_second),
         )
         self._counts = ctx.counts
         self._scheduler = PollScheduler(
@@ -121,7 +124,14 @@ class Session:
         self.ledger: Ledger = MemoryLedger() if ledger is None else ledger
         # What jobs cost and the budget; reads what the ledger holds from earlier sessions.
         self._spend = Spend(provider, self.ledger, prices=prices, max_spend_usd=self.limits.max_spend_usd)
-        self._submitter = Submitter(ctx, self.ledger, self._spend, resubmit_in_doubt=resubmit_in_doubt)
+        self._submitter = Submitter(
+            ctx,
+            self.ledger,
+            self._spend,
+            resubmit_in_doubt=resubmit_in_doubt,
+            breaker=Breaker(threshold=limits.outage_streak, pause=limits.outage_pause),
+            job_timeout=limits.job_timeout,
+        )
         self._uploads = Uploads(ctx)
         self._jobs = Jobs(
             ctx,
@@ -332,7 +342,9 @@ class Session:
         errors (bad key, no credits) end the iteration; if reading ``requests`` raises, no more
         jobs start, the jobs already read are delivered, and then that error is raised; so once
         the budget refuses a submit (its outcome carries ``BudgetExceededError``, as do those of
-        jobs read but not yet sent), then ``BudgetExceededError`` is raised. With ``download_to`` each result's
+        jobs read but not yet sent), then ``BudgetExceededError`` is raised; likewise
+        ``OutageError`` once the outage breaker pauses submission (``Limits.outage_streak``),
+        after every accepted job is delivered. With ``download_to`` each result's
         images are written there as ``<index>-<task_id>.<ext>`` before the outcome is yielded.
         Leaving the loop early stops submitting; tasks already accepted stay listed in
         :meth:`statistics` (``abandoned_tasks``) and are named in a WARNING.
@@ -368,8 +380,8 @@ class Session:
         if batch.input_error is not None:
             # Every job taken from the input before it broke has been delivered above.
             raise batch.input_error
-        if batch.budget_error is not None:
-            raise batch.budget_error
+        if batch.stop_error is not None:
+            raise batch.stop_error
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of the session's counters."""

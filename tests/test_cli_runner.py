@@ -1,7 +1,7 @@
 """The batch engine's bookkeeping, driven by a scripted stand-in for the session.
 
 What is settled (a result line) and what is left for ``--resume`` (a journal entry without one),
-and the stop after a streak of failed submissions. The stand-in plays ``as_completed`` from a
+and the stop when the session pauses submission after an outage. The stand-in plays ``as_completed`` from a
 script, so these tests need no server and no clock.
 """
 
@@ -15,6 +15,7 @@ import pytest
 from flux_async import (
     GenerationRequest,
     Ledger,
+    OutageError,
     Outcome,
     TaskFailedError,
     TaskRef,
@@ -55,6 +56,11 @@ class ScriptedSession:
         for index, request in enumerate(requests):
             self.pulled += 1
             task_id, error = self.script(index, request)
+            if isinstance(error, OutageError):
+                # What the session does: the request was not sent (no intent), its outcome
+                # carries the error, and the error ends the iteration.
+                yield Outcome(index=index, request=request, error=error)
+                raise error
             key = request.idempotency_key
             assert key is not None  # every request of a batch has its key
             await self.ledger.intend(key, provider="toapis", model=request.model, digest="", at=1.0)
@@ -108,9 +114,15 @@ async def test_settled_failures_get_a_result_line_and_the_rest_stay_in_the_journ
     assert runner.fatal is None
 
 
-async def test_a_streak_of_failed_submissions_stops_the_batch(tmp_path: Path) -> None:
+async def test_an_outage_stops_the_batch_and_leaves_the_rest_for_resume(tmp_path: Path) -> None:
+    outage = OutageError("paused", provider="toapis", streak=10, last_error="TransportError: down", retry_in=30.0)
+
     def script(index: int, request: GenerationRequest) -> tuple[str | None, BaseException]:
-        return None, TransportError("network is unreachable")
+        if index < 3:
+            return f"t{index}", TaskFailedError("no", task_id=f"t{index}")
+        if index < 13:
+            return None, TransportError("network is unreachable")
+        return None, outage
 
     out = output(tmp_path, 1000)
     counts = Counts(label="x", total=1000)
@@ -121,25 +133,11 @@ async def test_a_streak_of_failed_submissions_stops_the_batch(tmp_path: Path) ->
     finally:
         out.close()
 
-    assert isinstance(runner.fatal, TransportError)
-    assert counts.unresolved == 10  # max(10, 3 * max_concurrent_submits)
-    assert session.pulled <= 11  # the rest of the input was never read
-    assert len(load_state(tmp_path).finished) == 0
-
-
-async def test_an_acceptance_resets_the_streak(tmp_path: Path) -> None:
-    def script(index: int, request: GenerationRequest) -> tuple[str | None, BaseException]:
-        if index % 5 == 4:
-            return f"t{index}", TaskFailedError("no", task_id=f"t{index}")
-        return None, TransportError("flaky")
-
-    out = output(tmp_path, 100)
-    counts = Counts(label="x", total=100)
-    runner = BatchRunner(ScriptedSession(script, Limits(), out.ledger), out, counts, source=entries(100))  # type: ignore[arg-type]
-    try:
-        await runner.run()
-    finally:
-        out.close()
+    assert runner.outage_error is outage
     assert runner.fatal is None
-    assert counts.unresolved == 80
-    assert counts.failed == 20
+    assert session.pulled == 14  # the rest of the input was never read
+    state = load_state(tmp_path)
+    assert sorted(i for i in range(1000) if i in state.finished) == [0, 1, 2]
+    # Failed without a task, or never sent: no result line, submitted again by --resume.
+    assert all(state.needs_submit(i) for i in range(3, 1000))
+    assert (counts.failed, counts.unresolved) == (3, 10)

@@ -120,6 +120,20 @@ def _ambiguous_before_create(provider: str) -> Expect:
     return Expect(SubmissionUncertainError, created=0)
 
 
+#: 5xx statuses whose answer in the provider's own JSON error envelope proves no task was made
+#: (BFL documents 500/503 on submit as retryable; apimart's 503 turns the request away).
+_REFUSED_5XX = {"bfl": {500, 503}, "apimart": {503}, "toapis": set()}
+
+
+def _server_error_at_submit(status: int) -> Callable[[str], Expect]:
+    def expect(provider: str) -> Expect:
+        if status in _REFUSED_5XX[provider]:
+            return OK_AFTER_RETRY  # retried like a 429: one task, no duplicate
+        return _ambiguous_before_create(provider)
+
+    return expect
+
+
 def _ambiguous_after_create(provider: str) -> Expect:
     # The task exists but its id never reached the client: toapis finds it by
     # client_business_id; elsewhere it is a SubmissionUncertainError (the paid task is known to
@@ -165,7 +179,7 @@ CASES: tuple[FaultCase, ...] = (
     # -- 5xx -------------------------------------------------------------------------------------
     *(
         _case(f"submit {status}", ("submit", "status", {"status": status}),
-              expect=_ambiguous_before_create)
+              expect=_server_error_at_submit(status))
         for status in (500, 502, 503, 504)
     ),
     *(_case(f"poll {status}", ("poll", "status", {"status": status})) for status in (500, 502, 503, 504)),

@@ -161,11 +161,12 @@ def test_retry_delay_honours_retry_after_up_to_the_cap(
     policy: RetryPolicy, attempt: int, retry_after: float | None
 ) -> None:
     delay = retry_delay(policy, attempt, random.Random(0), retry_after=retry_after)
-    if retry_after is None or math.isnan(retry_after):
+    if retry_after is None or math.isnan(retry_after) or retry_after <= 0:
+        # No hint, or one of 0, negative or garbage: the backoff, never an immediate retry.
         low, high = backoff_bounds(policy, attempt)
         assert low <= delay <= high
     else:
-        assert delay == min(max(retry_after, 0.0), policy.max_retry_after)
+        assert delay == min(retry_after, policy.max_retry_after)
     assert 0 <= delay <= max(policy.max_delay, policy.max_retry_after)
 
 

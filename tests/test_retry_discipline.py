@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from flux_async import (
     GenerationRequest,
+    Limits,
     Outcome,
     RateLimitError,
     ServerError,
@@ -74,10 +75,11 @@ def test_every_delay_lies_within_its_formula(policy: RetryPolicy, attempt: int, 
         assert low <= delay <= cap <= policy.max_delay
         # No Retry-After: the same backoff; with one: exactly the hint, clamped to the cap.
         assert low <= retry_delay(policy, attempt, rng, retry_after=None) <= cap
-    for hint in (0.0, 0.5, 7.0, 1e9, math.inf, -3.0):
-        assert retry_delay(policy, attempt, rng, retry_after=hint) == min(
-            max(hint, 0.0), policy.max_retry_after
-        )
+    for hint in (0.5, 7.0, 1e9, math.inf):
+        assert retry_delay(policy, attempt, rng, retry_after=hint) == min(hint, policy.max_retry_after)
+    # A hint of 0, a negative one or NaN is no reason to retry at once: the backoff applies.
+    for hint in (0.0, -3.0, math.nan):
+        assert low <= retry_delay(policy, attempt, rng, retry_after=hint) <= cap
     # The ceiling never shrinks from one attempt to the next.
     assert backoff_bounds(policy, attempt + 1)[1] >= cap
 
@@ -136,14 +138,73 @@ class RecordingSleep:
 # -- bounded attempts --------------------------------------------------------------------------
 
 
+class AutoClock:
+    """A session clock that moves only when the session sleeps: every wait is recorded and
+    passes at once (waits longer than ``forever``, the idle scheduler's, park instead)."""
+
+    def __init__(self, forever: float = 1000.0) -> None:
+        self.now = 0.0
+        self.forever = forever
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > self.forever:
+            await anyio.sleep_forever()
+        self.waits.append(seconds)
+        self.now += max(seconds, 0.0)
+        await anyio.lowlevel.checkpoint()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("provider", ["toapis", "apimart", "bfl"])
-async def test_rate_limited_submits_stop_after_max_attempts(provider: str) -> None:
-    policy = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002, budget_floor=100.0)
+async def test_a_rate_limited_submit_is_retried_until_its_deadline_not_its_attempts(provider: str) -> None:
+    # A 429 proves no task was made: the submit is sent again past the policy's three
+    # attempts, slowed down each time, until job_timeout after its first attempt.
+    policy = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002, budget_floor=0.0)
+    time = AutoClock()
     with anyio.fail_after(10):
         async with Emulator(Scenario(api_keys=(KEY,))) as emu:
             emu.fail_next("submit", "status", status=429, retry_after=0, count=1000)
-            async with _session(emu, provider, retry_policy=policy) as session:
+            async with _session(
+                emu, provider, retry_policy=policy, limits=Limits(job_timeout=30.0),
+                clock=time.clock, sleep=time.sleep,
+            ) as session:
+                with pytest.raises(RateLimitError):
+                    await session.submit(_requests(1, "kite")[0])
+                stats = session.statistics()
+            data = emu.stats()
+    posts = data["requests"]["submit"]
+    assert posts > policy.max_attempts
+    assert data["tasks_created"] == 0
+    assert stats.submit_attempts == posts
+    assert stats.rate_limited == posts
+    # Slowed down, not hammered: each wait is at least the backoff (the hint said 0), the
+    # waits grow as the session's submit rate is cut, and the deadline holds.
+    waits = [w for w in time.waits if w <= time.forever]
+    assert len(waits) == posts - 1
+    assert all(w > 0 for w in waits)
+    assert waits[-1] > 10 * waits[0]
+    assert time.now <= 30.0
+    assert posts <= 15
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", ["toapis", "apimart", "bfl"])
+async def test_rate_limited_submits_stop_after_max_attempts_without_any_deadline(provider: str) -> None:
+    policy = RetryPolicy(
+        max_attempts=3, base_delay=0.001, max_delay=0.002, budget_floor=100.0, deadline=None
+    )
+    time = AutoClock()
+    with anyio.fail_after(10):
+        async with Emulator(Scenario(api_keys=(KEY,))) as emu:
+            emu.fail_next("submit", "status", status=429, retry_after=0, count=1000)
+            async with _session(
+                emu, provider, retry_policy=policy, limits=Limits(job_timeout=None),
+                clock=time.clock, sleep=time.sleep,
+            ) as session:
                 with pytest.raises(RateLimitError):
                     await session.submit(_requests(1, "kite")[0])
                 stats = session.statistics()
@@ -152,6 +213,23 @@ async def test_rate_limited_submits_stop_after_max_attempts(provider: str) -> No
     assert data["tasks_created"] == 0
     assert stats.submit_attempts == 3
     assert stats.submit_retries == 2
+
+
+@pytest.mark.anyio
+async def test_a_rate_limited_submit_that_gets_through_makes_one_task() -> None:
+    time = AutoClock()
+    with anyio.fail_after(10):
+        async with Emulator(Scenario(api_keys=(KEY,))) as emu:
+            emu.fail_next("submit", "status", status=429, retry_after=0, count=6)
+            async with _session(
+                emu, "apimart", retry_policy=RetryPolicy(max_attempts=2, budget_floor=0.0),
+                clock=time.clock, sleep=time.sleep,
+            ) as session:
+                job = await session.submit(_requests(1, "kite")[0])
+                assert job.task_id
+            data = emu.stats()
+    assert data["requests"]["submit"] == 7
+    assert data["tasks_created"] == 1
 
 
 @pytest.mark.anyio
@@ -246,19 +324,27 @@ JOBS = 40
 
 
 @pytest.mark.anyio
-async def test_total_rate_limiting_spends_at_most_the_retry_budget() -> None:
+async def test_total_rate_limiting_slows_the_session_instead_of_storming() -> None:
+    # Every submit answered 429 with "Retry-After: 0" for a second: without the session's
+    # pacing, 40 submitters retrying every 1-2 ms would send thousands of POSTs. With it, the
+    # submit rate is halved at each round of 429s, and each job fails only at its deadline.
     policy = RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.002)
     with anyio.fail_after(15):
         async with Emulator(Scenario(api_keys=(KEY,))) as emu:
             emu.fail_next("submit", "status", status=429, retry_after=0, count=100_000)
-            async with _session(emu, "apimart", retry_policy=policy) as session:
+            # All of them are sent at once, before the first answer: then each is paced.
+            async with _session(
+                emu, "apimart", retry_policy=policy,
+                limits=Limits(job_timeout=1.0, max_concurrent_submits=JOBS),
+            ) as session:
                 outcomes = await _run(session, _requests(JOBS, "storm"))
+                stats = session.statistics()
             data = emu.stats()
     assert len(outcomes) == JOBS
     assert all(isinstance(o.error, RateLimitError) for o in outcomes)
     posts = data["requests"]["submit"]
-    # Without a budget: JOBS * max_attempts = 200 POSTs. With it: the floor plus a fifth.
-    assert JOBS < posts <= JOBS + policy.budget_floor + policy.budget_ratio * JOBS
+    assert JOBS < posts <= 2 * JOBS
+    assert stats.rate_limited == posts
     assert data["tasks_created"] == 0
 
 
@@ -268,7 +354,10 @@ async def test_total_5xx_outage_on_toapis_submits_stays_within_the_retry_budget(
     scenario = Scenario(api_keys=(KEY,), submit_faults=FaultRates(server_error=1.0))
     with anyio.fail_after(15):
         async with Emulator(scenario) as emu:
-            async with _session(emu, "toapis", retry_policy=policy) as session:
+            # The outage breaker is off: this is about the retry budget alone.
+            async with _session(
+                emu, "toapis", retry_policy=policy, limits=Limits(outage_streak=0)
+            ) as session:
                 outcomes = await _run(session, _requests(JOBS, "storm"))
             data = emu.stats()
     assert len(outcomes) == JOBS

@@ -192,10 +192,11 @@ async def test_apimart_ambiguous_submit_raises_uncertain_and_creates_one_task(
 async def test_server_error_on_submit_is_never_retried_blindly(
     emulator: Emulator, provider: str
 ) -> None:
-    emulator.fail_next("submit", "status", status=503, provider=provider)
+    # 502 is a gateway's answer: it proves nothing about the task on any provider.
+    emulator.fail_next("submit", "status", status=502, provider=provider)
     async with session_for(emulator, provider) as session:
         if provider == "toapis":
-            # The lookup by client_business_id finds no task (the 503 created none), so the
+            # The lookup by client_business_id finds no task (the 502 created none), so the
             # submit is sent again: exactly one task in the end.
             await session.generate(model="flux-kontext-pro", prompt="x marks")
             assert stats(emulator)["requests"]["submit"] == 2
@@ -204,6 +205,31 @@ async def test_server_error_on_submit_is_never_retried_blindly(
                 await session.generate(model="flux-kontext-pro", prompt="x marks")
     assert stats(emulator)["duplicate_submits"] == 0
     assert stats(emulator)["tasks_created"] == (1 if provider == "toapis" else 0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("provider", "status", "refused"),
+    [("apimart", 503, True), ("apimart", 500, False), ("bfl", 503, True), ("bfl", 500, True)],
+)
+async def test_a_5xx_in_the_providers_own_envelope_is_retried_only_where_it_proves_no_task(
+    emulator: Emulator, provider: str, status: int, refused: bool
+) -> None:
+    # The emulator answers in the provider's own JSON error envelope and creates no task. BFL
+    # documents 500/503 on submit as retryable; apimart's 503 turns the request away, while
+    # its 500 is not trusted (parameter errors come back as 500).
+    emulator.fail_next("submit", "status", status=status, provider=provider)
+    async with session_for(emulator, provider) as session:
+        if refused:
+            await session.generate(model="flux-kontext-pro", prompt="x marks")
+            assert session.statistics().submit_retries == 1
+        else:
+            with pytest.raises(SubmissionUncertainError):
+                await session.generate(model="flux-kontext-pro", prompt="x marks")
+    data = stats(emulator)
+    assert data["requests"]["submit"] == (2 if refused else 1)
+    assert data["tasks_created"] == (1 if refused else 0)
+    assert data["duplicate_submits"] == 0
 
 
 @pytest.mark.anyio

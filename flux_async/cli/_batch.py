@@ -45,6 +45,7 @@ from ._api import (
     InsufficientCreditsError,
     LedgerError,
     ModerationError,
+    OutageError,
     Outcome,
     ResultExpiredError,
     Session,
@@ -115,6 +116,8 @@ class BatchRunner:
         self.fatal: BaseException | None = None
         #: Set when the budget (--max-spend) stopped the batch: the rest was not sent.
         self.budget_error: BudgetExceededError | None = None
+        #: Set when an outage stopped the batch (submits kept failing): the rest was not sent.
+        self.outage_error: OutageError | None = None
         self._costs: dict[int, Cost] = {}  # what finished jobs cost, until their result line
         #: Why result lines could not be written (a full disk): submitting was stopped.
         self.results_error: OSError | None = None
@@ -127,11 +130,6 @@ class BatchRunner:
         self.unresolved: list[tuple[int, int, str | None, BaseException]] = []
         self._unresolved_tasks = 0
         limits = session.limits
-        # Submissions failing one after another without creating a task (the network is down,
-        # the service is failing): past this many in a row, stop instead of running through the
-        # whole input.
-        self._failure_streak_limit = max(10, 3 * limits.max_concurrent_submits)
-        self._failure_streak = 0
         self._window_size = limits.max_outstanding
         # Accepted (journaled) tasks without a result line yet: index -> (line, ref).
         self._in_flight: dict[int, tuple[int, TaskRef]] = {}
@@ -235,7 +233,6 @@ class BatchRunner:
         """The provider accepted a task (the session has recorded it in the ledger)."""
         index, line = self._window[position]
         self._in_flight[index] = (line, ref)
-        self._failure_streak = 0
         if self.state is not None and index in self.state.in_doubt:
             self.counts.reattached += 1  # an earlier run's POST, found by its key
         else:
@@ -256,6 +253,10 @@ class BatchRunner:
                         # Never sent: left for a --resume with a larger budget.
                         self.budget_error = self.budget_error or outcome.error
                         continue
+                    if isinstance(outcome.error, OutageError):
+                        # Never sent (the session paused submission): left for --resume.
+                        self.outage_error = self.outage_error or outcome.error
+                        continue
                     if outcome.task_id is not None and outcome.cost is not None:
                         self._note_cost(index, outcome.cost)
                     if outcome.ok:
@@ -268,16 +269,16 @@ class BatchRunner:
                         assert outcome.error is not None
                         with_task = outcome.task_id is not None
                         self._record_failure(index, line, outcome.task_id, outcome.error, with_task=with_task)
-                        if not with_task and not is_final(outcome.error, with_task=False) and not self._known_doubt(index):
-                            self._failure_streak += 1
-                            if self._failure_streak >= self._failure_streak_limit:
-                                self.fatal = outcome.error
-                                self.request_stop()
         except _FATAL as exc:
             self.fatal = exc
             self.request_stop()
         except BudgetExceededError as exc:
             self.budget_error = exc
+            self.request_stop()
+        except OutageError as exc:
+            # Every accepted job was delivered before this; what was not sent is left for
+            # --resume (no result line).
+            self.outage_error = exc
             self.request_stop()
 
     def _note_cost(self, index: int, cost: Cost) -> None:
@@ -287,11 +288,6 @@ class BatchRunner:
             self.counts.spent_usd += cost.usd
         else:
             self.counts.unknown_cost += 1
-
-    def _known_doubt(self, index: int) -> bool:
-        """True for a request an earlier run left in doubt: reported again, nothing was sent
-        (so it says nothing about the service, and must not count toward a failure streak)."""
-        return self.state is not None and index in self.state.in_doubt
 
     # -- finishing jobs ------------------------------------------------------------------------
 

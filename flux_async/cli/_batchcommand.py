@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from ._api import Limits
+from ._api import Limits, PollPolicy
 from ._batch import BatchRunner
 from ._batchentry import Defaults
 from ._batchfile import BatchFileError, CheckReport, check_file, read_entries
@@ -75,6 +75,14 @@ RETRY_KINDS = {
     help="Jobs accepted and not yet finished at once.",
 )  # fmt: skip
 @click.option(
+    "--max-submits-per-second", "submit_rate", type=click.FloatRange(min=0, min_open=True), default=None,
+    metavar="RATE", help="A hard cap on submissions per second (429s slow the batch down anyway).",
+)  # fmt: skip
+@click.option(
+    "--max-polls-per-second", "poll_rate", type=click.FloatRange(min=0, min_open=True), default=None,
+    metavar="RATE", help="A hard cap on status requests per second.",
+)  # fmt: skip
+@click.option(
     "--resume", is_flag=True,
     help="Continue the batch in OUTPUT: re-attach to accepted jobs, skip finished ones, submit the rest.",
 )  # fmt: skip
@@ -110,6 +118,8 @@ def batch(
     seed: int | None,
     concurrency: int,
     max_outstanding: int,
+    submit_rate: float | None,
+    poll_rate: float | None,
     resume: bool,
     resubmit_in_doubt: bool,
     retry_failed: str | None,
@@ -137,13 +147,19 @@ def batch(
     --resubmit-in-doubt is given. Ctrl-C, SIGTERM or SIGHUP stops submitting and waits for the
     jobs in flight; a second Ctrl-C exits at once. --dry-run prints what the batch would cost
     and sends nothing; --max-spend caps what all runs of the batch may spend (exit 3 when it
-    stops the batch).
+    stops the batch). Rate limits (429) slow the batch down rather than fail its jobs; when
+    submissions keep failing (an outage), the batch stops submitting, finishes what was
+    accepted and exits 4: --resume continues it.
     """
     out = Output.make(quiet=quiet, json_=json_)
     defaults = Defaults(model=model, size=size, n=n, images=local_images(images), seed=seed)
     limits = Limits(
-        max_concurrent_submits=concurrency, max_outstanding=max_outstanding, max_spend_usd=max_spend
+        max_concurrent_submits=concurrency,
+        max_outstanding=max_outstanding,
+        max_spend_usd=max_spend,
+        max_submits_per_second=submit_rate,
     )
+    poll_policy = PollPolicy(max_polls_per_second=poll_rate)
     input_path = os.path.abspath(file)
     with exit_on_error(out):
         if resubmit_in_doubt and not resume:
@@ -160,7 +176,7 @@ def batch(
 
     async def body() -> int:
         # A missing key stops here, before anything is written.
-        open_session(provider, api_key, base_url, limits)
+        open_session(provider, api_key, base_url, limits, poll_policy=poll_policy)
         header = JournalHeader(
             provider=provider,
             input=input_path,
@@ -179,6 +195,7 @@ def batch(
             ledger=journal.ledger,
             resubmit_in_doubt=resubmit_in_doubt,
             prices=prices,
+            poll_policy=poll_policy,
         )
         counts = Counts(
             label=file.name,

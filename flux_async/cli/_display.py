@@ -233,6 +233,7 @@ class RunSummary:
     unknown_cost_jobs: int = 0
     max_spend_usd: float | None = None
     budget_stopped: bool = False
+    outage_stopped: bool = False
     previous_done: int
     previous_failed: int
     submitted: int
@@ -305,6 +306,8 @@ def summary_table(summary: RunSummary, *, title: str = "batch summary") -> Table
             "budget", f"reached (--max-spend ${summary.max_spend_usd:.2f}): the rest was not sent; "
             "--resume with a larger --max-spend continues"
         )  # fmt: skip
+    if summary.outage_stopped:
+        table.add_row("outage", "submits kept failing: the rest was not sent; --resume continues")
     per_job = summary.requests_per_job
     if per_job is not None:
         table.add_row("requests per job", f"{per_job:.2f}  ({summary.requests} requests)")

@@ -35,6 +35,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_OUTAGE",
     "EXIT_USAGE",
     "CommandError",
     "Interrupts",
@@ -56,6 +57,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BUDGET = 3
+EXIT_OUTAGE = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -305,10 +307,13 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
         for r in runs
     )
     budget_stopped = any(r.runner.budget_error is not None for r in runs)
+    outage_stopped = any(r.runner.outage_error is not None for r in runs)
     if flags.any:
         code = EXIT_INTERRUPTED
     elif budget_stopped:
         code = EXIT_BUDGET
+    elif outage_stopped:
+        code = EXIT_OUTAGE
     elif trouble or failed or unresolved or in_doubt or previous_failed or left_accepted or not_submitted:
         code = EXIT_FAILED
     else:
@@ -328,6 +333,7 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
         unknown_cost_jobs=sum(r.stats.unknown_cost_jobs for r in runs),
         max_spend_usd=runs[0].stats.max_spend_usd if len(runs) == 1 else None,
         budget_stopped=budget_stopped,
+        outage_stopped=outage_stopped,
         previous_done=sum(r.counts.previous_done for r in runs),
         previous_failed=previous_failed,
         submitted=sum(r.counts.submitted for r in runs),
@@ -354,6 +360,12 @@ def report(out: Output, summary: RunSummary, runs: Sequence[Run], *, title: str,
         runner = run.runner
         if runner.fatal is not None:
             out.error(f"stopped submitting: {type(runner.fatal).__name__}: {runner.fatal}")
+        if runner.outage_error is not None:
+            outage = runner.outage_error
+            out.error(
+                f"stopped submitting: {outage.streak} submits to {outage.provider} failed one after "
+                f"another (last: {printable(outage.last_error)}); what was accepted was collected"
+            )
         if runner.results_error is not None:
             out.error(
                 f"cannot write results.jsonl ({runner.results_error}); submitting was stopped "
@@ -390,6 +402,8 @@ def report(out: Output, summary: RunSummary, runs: Sequence[Run], *, title: str,
         out.error(f"... and {summary.unresolved - _LISTED_UNRESOLVED} more")
     if summary.left_accepted or summary.not_submitted:
         how = "--resume and a larger --max-spend" if summary.budget_stopped else "--resume"
+        if summary.outage_stopped:
+            how = "--resume once the provider is back"
         out.error(
             f"{summary.left_accepted} accepted job(s) not collected and {summary.not_submitted} request(s) "
             f"not submitted: rerun with {how} to finish the batch (nothing is paid for twice)"

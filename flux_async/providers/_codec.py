@@ -68,6 +68,9 @@ class BaseCodec:
     #: what it accepts and says precisely what is wrong with the rest. A test checks the two
     #: agree on generated bodies.
     _readers: ClassVar[Mapping[type, Callable[[dict[str, Any]], Any]]] = {}
+    #: 5xx statuses that, answered with the provider's own JSON error envelope, prove that no
+    #: task was made (``ServerError.refused``): decided per provider from its documentation.
+    refused_server_statuses: ClassVar[frozenset[int]] = frozenset()
 
     def __attrs_post_init__(self) -> None:
         check_api_key(self.api_key)
@@ -175,4 +178,6 @@ class BaseCodec:
 
     def parse_error(self, response: HttpResponse) -> APIError:
         """The APIError subclass for a non-2xx response, with code, message and request id."""
-        return error_from_response(response, provider=self.name, secret=self.api_key)
+        return error_from_response(
+            response, provider=self.name, secret=self.api_key, refused_statuses=self.refused_server_statuses
+        )

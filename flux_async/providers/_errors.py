@@ -15,7 +15,7 @@ import re
 from http import HTTPStatus
 
 from .._http import HttpResponse
-from ..errors import APIError, RateLimitError, api_error_for_status
+from ..errors import APIError, RateLimitError, ServerError, api_error_for_status
 from ..retry import parse_retry_after
 
 __all__ = [
@@ -67,13 +67,24 @@ _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 
 
-def error_from_response(response: HttpResponse, *, provider: str, secret: str) -> APIError:
+def error_from_response(
+    response: HttpResponse,
+    *,
+    provider: str,
+    secret: str,
+    refused_statuses: frozenset[int] = frozenset(),
+) -> APIError:
     """The APIError subclass for a non-2xx ``response``.
 
     Understands every error envelope the three providers use: ``{"error": {"code", "message",
     "type"}}`` (aggregators; ``error`` may also be a bare string), ``{"success": false,
     "message"}`` (toapis uploads) and ``{"detail": "..." | [{"loc", "msg"}]}`` (BFL, FastAPI
     style). Anything else, HTML included, gives the status's subclass with a clipped text.
+
+    A 5xx whose status is in ``refused_statuses`` *and* whose body is the provider's own JSON
+    error envelope (``error`` or ``detail``) is a ``ServerError`` with ``refused=True``: the
+    provider's API answered and says it did not take the request. A gateway's page (HTML, an
+    empty body) proves nothing and stays an ordinary ServerError.
     """
     text = body_text(response, secret)
     data: object
@@ -117,6 +128,14 @@ def error_from_response(response: HttpResponse, *, provider: str, secret: str) -
             provider=provider,
             request_id=request_id,
             retry_after=parse_retry_after(response.header("Retry-After"), now=response.received_at),
+        )
+    if (
+        response.status in refused_statuses
+        and isinstance(data, dict)
+        and (isinstance(data.get("error"), (dict, str)) or data.get("detail") is not None)
+    ):
+        return ServerError(
+            message, status=response.status, code=code, provider=provider, request_id=request_id, refused=True
         )
     cls = api_error_for_status(response.status)
     return cls(message, status=response.status, code=code, provider=provider, request_id=request_id)

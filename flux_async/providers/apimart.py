@@ -188,6 +188,10 @@ class ApimartCodec(BaseCodec):
     default_base_url = "https://api.apimart.ai"
     max_upload_bytes = catalog.max_upload_bytes("apimart")
     supports_client_business_id = False
+    # A 503 in apimart's own error envelope is its API turning the request away (unavailable),
+    # not a failure after a task was made. A 500 is not trusted: some parameter errors are
+    # reported as 500 `build_request_failed`, and nothing says whether a task exists then.
+    refused_server_statuses = frozenset({503})
     _wire = _converter
     _readers = MappingProxyType({_Poll: _read_poll})
 

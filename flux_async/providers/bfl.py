@@ -175,6 +175,9 @@ class BflCodec(BaseCodec):
     default_base_url = "https://api.bfl.ai"
     max_upload_bytes = catalog.max_upload_bytes("bfl")
     supports_client_business_id = False
+    # BFL documents 500 and 503 on submit as errors to retry with backoff: with BFL's own JSON
+    # body (``detail``) they mean the request was not taken. A gateway's 502/504 stays in doubt.
+    refused_server_statuses = frozenset({500, 503})
     _wire = _converter
     _readers = MappingProxyType({_Task: _read_task})
 
