@@ -48,6 +48,10 @@ class Limits:
     holds from earlier sessions of the same provider counts too (a ``FileLedger`` read back:
     settled entries at their settled cost, unsettled ones at their reservation). Every model
     submitted then needs a known price (``Session(prices=...)``), else ConfigurationError.
+
+    ``allow_private_result_hosts`` lets result downloads reach loopback, link-local, private
+    and other non-public addresses (by default refused, but for the class of the session's own
+    base URL's address: loopback for an emulator on 127.0.0.1).
     """
 
     max_concurrent_submits: int = 16
@@ -62,6 +66,7 @@ class Limits:
     read_timeout: float = 60.0
     job_timeout: float | None = 1800.0
     max_spend_usd: float | None = None
+    allow_private_result_hosts: bool = False
 
     def __attrs_post_init__(self) -> None:
         # Checked here, before a session can send anything: a job_timeout of 0 would pay for a
@@ -81,6 +86,10 @@ class Limits:
             isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 0
         ):
             raise ConfigurationError("Limits.max_spend_usd must be a number of US dollars, at least 0")
+        if not isinstance(self.allow_private_result_hosts, bool):
+            raise ConfigurationError(
+                f"Limits.allow_private_result_hosts must be True or False, got {self.allow_private_result_hosts!r}"
+            )
 
 
 @attrs.frozen(kw_only=True)
