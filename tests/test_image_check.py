@@ -94,18 +94,21 @@ def test_an_image_cut_short_is_a_truncated_defect(data: bytes, words: str) -> No
 def test_every_shorter_prefix_is_refused(data: bytes) -> None:
     for size in range(HEAD_BYTES, len(data)):
         defect = _both(data[:size])
-        assert defect is not None and defect.truncated, size
+        assert defect is not None, size
+        assert defect.truncated, size
 
 
 def test_jpeg_zero_padding_after_the_end_marker_is_tolerated_up_to_the_limit() -> None:
     assert _both(JPEG + bytes(1)) is None
     assert _both(JPEG + bytes(JPEG_MAX_PADDING)) is None
     too_much = _both(JPEG + bytes(JPEG_MAX_PADDING + 1))
-    assert too_much is not None and not too_much.truncated
+    assert too_much is not None
+    assert not too_much.truncated
     assert "zero bytes after its end-of-image marker" in too_much.reason
     # Anything but zeros after the marker reads as a file cut short.
     other = _both(JPEG + b"\x01")
-    assert other is not None and "FF D9" in other.reason
+    assert other is not None
+    assert "FF D9" in other.reason
 
 
 def test_bytes_after_a_png_iend_are_refused_but_not_as_truncation() -> None:
@@ -115,7 +118,8 @@ def test_bytes_after_a_png_iend_are_refused_but_not_as_truncation() -> None:
 
 def test_a_webp_longer_than_its_riff_size_is_refused_but_not_as_truncation() -> None:
     defect = _both(WEBP + b"\x00\x00")
-    assert defect is not None and not defect.truncated
+    assert defect is not None
+    assert not defect.truncated
     assert "2 bytes after the end its RIFF header declares" in defect.reason
 
 

@@ -13,8 +13,18 @@ import pytest
 import yarl
 
 from flux_async import ConfigurationError
-from flux_async._hosts import ADDRESS_CLASSES, HostPolicy, address_class, host_class, parse_ip, refuse_url
+from flux_async._hosts import (
+    ADDRESS_CLASSES,
+    HostPolicy,
+    address_class,
+    host_class,
+    parse_ip,
+    refuse_url,
+)
 from flux_async.session import Limits
+
+#: 127.0.0.1 in full-width digits.
+FULL_WIDTH = "\uff11\uff12\uff17.\uff10.\uff10.\uff11"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +97,7 @@ def test_address_classes(address: str, expected: str | None) -> None:
         ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"),
         ("2852039166", "169.254.169.254"),
         ("127.0.0.1.", "127.0.0.1"),  # a trailing dot
-        ("１２７.０.０.１", "127.0.0.1"),  # full-width digits, as yarl normalises them
+        (FULL_WIDTH, "127.0.0.1"),  # as yarl normalises them
         ("127。0。0。1", "127.0.0.1"),  # ideographic full stops
         ("[::ffff:127.0.0.1]", "::ffff:7f00:1"),
         ("fe80::1%25eth0", "fe80::1"),
@@ -111,8 +121,8 @@ def test_the_url_parsers_leave_old_ipv4_spellings_for_the_resolver() -> None:
     assert yarl.URL("http://2130706433/").host == "2130706433"
     assert yarl.URL("http://0x7f.1/").host == "0x7f.1"
     # yarl (what aiohttp connects with) turns full-width digits into an address; urlsplit does not.
-    assert yarl.URL("http://１２７.０.０.１/").host == "127.0.0.1"
-    assert host_class(urlsplit("http://１２７.０.０.１/").hostname or "") == "loopback"
+    assert yarl.URL(f"http://{FULL_WIDTH}/").host == "127.0.0.1"
+    assert host_class(urlsplit(f"http://{FULL_WIDTH}/").hostname or "") == "loopback"
     for url in ("http://2130706433/", "http://0x7f.1/x", "http://[::ffff:127.0.0.1]:8080/",
                 "http://user@127.1/", "https://LOCALHOST./a", "http://api.localhost/"):
         assert refuse_url(url, HostPolicy()) is not None, url
