@@ -239,3 +239,16 @@ async def test_the_limits_switch_allows_private_result_hosts(
             outcome = await _one(session, tmp_path, prompt="allowed")
     assert outcome.ok, outcome.error
     assert _downloads(emulator) == 1
+
+
+def test_the_emulator_scenario_values_for_hostile_results_are_checked() -> None:
+    scenario = Scenario.from_dict({
+        "result_origin": "http://169.254.169.254",
+        "faults": [{"endpoint": "download", "kind": "truncated_image"}],
+    })
+    assert Scenario.from_dict(scenario.to_dict()) == scenario
+    for origin in ("ftp://169.254.169.254", "http://example.test/"):
+        with pytest.raises(ValueError, match="result_origin"):
+            Scenario(result_origin=origin)
+    with pytest.raises(ValueError, match="does not apply"):
+        Scenario(faults=[{"endpoint": "poll", "kind": "truncated_image"}])
