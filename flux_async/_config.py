@@ -58,6 +58,10 @@ class Limits:
     in doubt pause submission (``OutageError``, nothing sent) for ``outage_pause`` seconds;
     then one submit probes the provider, and its success resumes. Accepted tasks are watched
     throughout. 0 disables the breaker.
+
+    ``allow_private_result_hosts`` lets result downloads reach loopback, link-local, private
+    and other non-public addresses (by default refused, but for the class of the session's own
+    base URL's address: loopback for an emulator on 127.0.0.1).
     """
 
     max_concurrent_submits: int = 16
@@ -75,6 +79,7 @@ class Limits:
     max_submits_per_second: float | None = None
     outage_streak: int = 10
     outage_pause: float = 30.0
+    allow_private_result_hosts: bool = False
 
     def __attrs_post_init__(self) -> None:
         # Checked here, before a session can send anything: a job_timeout of 0 would pay for a
@@ -98,6 +103,10 @@ class Limits:
             isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 0
         ):
             raise ConfigurationError("Limits.max_spend_usd must be a number of US dollars, at least 0")
+        if not isinstance(self.allow_private_result_hosts, bool):
+            raise ConfigurationError(
+                f"Limits.allow_private_result_hosts must be True or False, got {self.allow_private_result_hosts!r}"
+            )
 
 
 @attrs.frozen(kw_only=True)

@@ -35,6 +35,7 @@ from ._active import active_limiter
 from ._as_completed import Batch, Outbox
 from ._config import API_KEY_ENV, Limits, SessionStatistics, resolve_api_key
 from ._context import NOT_OPEN, Context
+from ._hosts import HostPolicy
 from ._job import Job
 from ._jobs import Jobs, coerce_ref
 from ._spend import Spend
@@ -170,6 +171,9 @@ class Session:
             max_connections=self.limits.max_connections,
             connect_timeout=self.limits.connect_timeout,
             read_timeout=self.limits.read_timeout,
+            result_hosts=HostPolicy.for_base_url(
+                self._base_url, allow_private=self.limits.allow_private_result_hosts
+            ),
         )
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -308,7 +312,9 @@ class Session:
         """Fetch a result image: bytes, or a file written atomically at ``path``.
 
         The file's suffix is set from the image's real type (``.png``, ``.jpg``, ``.webp``).
-        Only http(s), a few redirects, a byte cap and magic-byte checks; no key is sent.
+        Only http(s), a few redirects, a byte cap, public result hosts (see
+        ``Limits.allow_private_result_hosts``) and a whole image (a body cut short is fetched
+        again within the retry policy); no key is sent.
         """
         url = image.url if isinstance(image, GeneratedImage) else image
         expires = image.expires_at if isinstance(image, GeneratedImage) else None

@@ -3,8 +3,12 @@
 This is the only client-side module that imports aiohttp. It owns the ``ClientSession`` (one per
 ``Session``, or one the caller passes in and keeps), timeouts, the one place where aiohttp's
 exceptions become :class:`~flux_async.errors.TransportError`, and the download safety checks
-(scheme, redirects, byte cap, magic bytes, atomic files). It must not import the session, the
-scheduler or the codecs.
+(scheme, result hosts, redirects, byte cap, a whole image, atomic files). It must not import the
+session, the scheduler or the codecs.
+
+Downloads go through a connection pool of their own, even when the caller supplied the aiohttp
+session for API requests: its resolver refuses a result host whose name resolves to an address
+the :class:`~flux_async._hosts.HostPolicy` refuses, before any connection to it is made.
 
 With the ``flux_async.transport`` logger at DEBUG, every request is logged once it ends: method,
 URL (credentials and query values redacted: a signed result URL carries its signature there),
@@ -19,6 +23,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +33,13 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import attrs
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
+from ._hosts import HostPolicy, refuse_url
 from ._http import HttpRequest, HttpResponse, redact_url
+from ._image_check import HEAD_BYTES, TAIL_BYTES, image_defect, sniff_image_type
 from .errors import DownloadError, ResultExpiredError, TransportError, TransportTimeout
 
 __all__ = [
@@ -45,21 +55,6 @@ MAX_API_BODY = 16 * 1024 * 1024
 
 _log = logging.getLogger("flux_async.transport")
 _DEBUG = logging.DEBUG
-
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", 0, "png"),
-    (b"\xff\xd8\xff", 0, "jpg"),
-    (b"WEBP", 8, "webp"),
-)
-
-
-def sniff_image_type(head: bytes) -> str | None:
-    """The file extension ("png", "jpg", "webp") matching an image's first bytes, or None."""
-    for magic, offset, ext in _MAGIC:
-        if head[offset : offset + len(magic)] == magic and (ext != "webp" or head[:4] == b"RIFF"):
-            return ext
-    return None
-
 
 @attrs.frozen(kw_only=True)
 class DownloadLimits:
@@ -137,12 +132,41 @@ def _map_exception(exc: BaseException, what: str) -> TransportError:
     return TransportError(f"{what}: {exc.__class__.__name__}: {exc}", request_sent=True)
 
 
+class _HostRefused(OSError):
+    """Raised by the download resolver: aiohttp hands it back inside its connector error."""
+
+
+class _GuardedResolver(AbstractResolver):
+    """aiohttp's default resolver, refusing a name that resolves to an address ``policy``
+    refuses (any one of them: a rebinding name gets no connection at all)."""
+
+    def __init__(self, policy: HostPolicy) -> None:
+        self._policy = policy
+        self._inner: AbstractResolver = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        for entry in found:
+            reason = self._policy.refuse_address(host, entry["host"])
+            if reason is not None:
+                raise _HostRefused(reason)
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class AiohttpTransport:
     """The aiohttp transport.
 
     ``base_url`` is joined to relative request paths; absolute URLs (BFL's ``polling_url``) are
     used verbatim. Credentials travel only in the headers a codec put on an API request: the
     aiohttp session itself carries none, so a download never sends a key to a result host.
+    ``result_hosts`` says where results may be fetched from (default: the policy of
+    ``base_url``, see :meth:`HostPolicy.for_base_url`); every URL, every redirect hop and every
+    address a result host's name resolves to is checked against it.
     """
 
     def __init__(
@@ -153,8 +177,11 @@ class AiohttpTransport:
         max_connections: int = 100,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        result_hosts: HostPolicy | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._hosts = result_hosts if result_hosts is not None else HostPolicy.for_base_url(base_url)
+        self._downloader: aiohttp.ClientSession | None = None
         self._owned = session is None
         self._session = session
         self._max_connections = max_connections
@@ -178,6 +205,14 @@ class AiohttpTransport:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
         return self._session
+
+    def _download_client(self) -> aiohttp.ClientSession:
+        if self._downloader is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, resolver=_GuardedResolver(self._hosts)
+            )
+            self._downloader = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
+        return self._downloader
 
     async def send(self, request: HttpRequest, *, time_limit: float | None = None) -> HttpResponse:
         """Send one API request and read its whole (bounded) body."""
@@ -242,8 +277,9 @@ class AiohttpTransport:
     ) -> tuple[bytes | Path, str]:
         """Fetch a result image with every safety check.
 
-        Only http(s) URLs, at most ``limits.max_redirects`` redirects (each checked again), at
-        most ``limits.max_bytes`` bytes, and the first bytes must be PNG, JPEG or WebP. With
+        Only http(s) URLs on hosts the result-host policy allows, at most
+        ``limits.max_redirects`` redirects (each checked again), at most ``limits.max_bytes``
+        bytes, and a whole PNG, JPEG or WebP image (its first and last bytes checked). With
         ``dest`` the bytes stream into a temporary file beside it that is renamed into place
         only when complete (``dest``'s suffix is replaced by the detected type's); otherwise
         they are returned.
@@ -257,10 +293,11 @@ class AiohttpTransport:
         debug = _log.isEnabledFor(_DEBUG)
         for _hop in range(limits.max_redirects + 1):
             _check_scheme(current)
+            self._check_host(current)
             self._requests += 1
             started = time.monotonic() if debug else 0.0
             try:
-                async with self._client().get(current, allow_redirects=False, timeout=timeout) as resp:
+                async with self._download_client().get(current, allow_redirects=False, timeout=timeout) as resp:
                     if debug:
                         _log.debug(
                             "GET %s -> %d (%.0f ms to the headers)", redact_url(current),
@@ -290,6 +327,9 @@ class AiohttpTransport:
                     return await self._stream(resp, dest, limits, current)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 self._errors += 1
+                refused = getattr(exc, "os_error", None)
+                if isinstance(refused, _HostRefused):
+                    raise _refusal(str(refused), current) from None
                 mapped = _map_exception(exc, "download")
                 if debug:
                     _log_failure("GET", current, started, mapped)
@@ -302,6 +342,8 @@ class AiohttpTransport:
         self, resp: aiohttp.ClientResponse, dest: Path | None, limits: DownloadLimits, url: str
     ) -> tuple[bytes | Path, str]:
         head = b""
+        first = b""  # the first HEAD_BYTES, kept for the completeness check
+        tail = b""  # the last TAIL_BYTES so far: the file itself is never held whole
         ext: str | None = None
         chunks: list[bytes] = []
         size = 0
@@ -312,11 +354,13 @@ class AiohttpTransport:
                 size += len(chunk)
                 if size > limits.max_bytes:
                     raise DownloadError(f"result exceeds the {limits.max_bytes}-byte cap", url=_path(url))
+                tail = chunk[-TAIL_BYTES:] if len(chunk) >= TAIL_BYTES else (tail + chunk)[-TAIL_BYTES:]
                 if ext is None:
                     head += chunk
-                    if len(head) < 12:
+                    if len(head) < HEAD_BYTES:
                         continue
                     ext = _require_image(head, url)
+                    first = head[:HEAD_BYTES]
                     chunk, head = head, b""
                 if dest is None:
                     chunks.append(chunk)
@@ -327,11 +371,20 @@ class AiohttpTransport:
                     os.write(tmp_fd, chunk)
             if ext is None:
                 ext = _require_image(head, url)
+                first = head
                 chunks.append(head)
                 if dest is not None:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     tmp_fd, tmp_path = _create_part_file(dest.parent)
                     os.write(tmp_fd, head)
+            defect = image_defect(ext, first, tail, size)
+            if defect is not None:
+                # Checked before the file is renamed into place: the finally below removes it.
+                raise DownloadError(
+                    f"result image is incomplete or damaged: {defect.reason}",
+                    url=_path(url),
+                    retryable=defect.truncated,  # a body cut short in transit may come whole
+                )
             self._downloads += 1
             self._bytes += size
             if dest is None:
@@ -353,8 +406,25 @@ class AiohttpTransport:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp_path)
 
+    def _check_host(self, url: str) -> None:
+        """Refuse a URL whose host is an address literal the policy refuses, as this module's
+        URL parser reads it and as aiohttp will (full-width digits, say, become ASCII there)."""
+        reason = refuse_url(url, self._hosts)
+        if reason is None:
+            try:
+                host = yarl.URL(url).host
+            except (ValueError, TypeError):
+                host = None
+            if host:
+                reason = self._hosts.refuse_host(host)
+        if reason is not None:
+            raise _refusal(reason, url)
+
     async def aclose(self) -> None:
-        """Close the aiohttp session if this transport created it."""
+        """Close the aiohttp session if this transport created it, and the download pool."""
+        downloader, self._downloader = self._downloader, None
+        if downloader is not None:
+            await downloader.close()
         if self._owned and self._session is not None:
             await self._session.close()
             self._session = None
@@ -362,14 +432,13 @@ class AiohttpTransport:
     def statistics(self) -> TransportStatistics:
         """Counters, including the connections the pool still holds."""
         open_connections = 0
-        if self._session is not None and not self._session.closed:
-            connector = self._session.connector
-            if connector is not None:
+        for client in (self._session, self._downloader):
+            if client is not None and not client.closed and client.connector is not None:
                 # aiohttp exposes no public count of pooled connections; these two attributes
                 # are its idle pool and in-use set.
-                conns = getattr(connector, "_conns", {})
-                acquired: set[object] = getattr(connector, "_acquired", set())
-                open_connections = sum(len(v) for v in conns.values()) + len(acquired)
+                conns = getattr(client.connector, "_conns", {})
+                acquired: set[object] = getattr(client.connector, "_acquired", set())
+                open_connections += sum(len(v) for v in conns.values()) + len(acquired)
         return TransportStatistics(
             requests_sent=self._requests,
             transport_errors=self._errors,
@@ -410,6 +479,14 @@ def _check_scheme(url: str) -> None:
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise DownloadError(f"refusing to fetch a {scheme or 'scheme-less'} URL: only http(s) is allowed", url=None)
+
+
+def _refusal(reason: str, url: str) -> DownloadError:
+    return DownloadError(
+        f"refusing to fetch a result from {reason}: results are fetched from public addresses "
+        "only (Limits.allow_private_result_hosts=True allows others)",
+        url=_path(url),
+    )
 
 
 def _require_image(head: bytes, url: str) -> str:

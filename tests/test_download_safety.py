@@ -50,7 +50,8 @@ def _png(extra: int = 0) -> bytes:
 
 PNG = _png()
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF\x00" + bytes(200) + b"\xff\xd9"
-WEBP = b"RIFF" + struct.pack("<I", 200) + b"WEBPVP8 " + bytes(200)
+# RIFF size: "WEBP", the chunk's 8-byte header, its 200 bytes (the file's length minus 8).
+WEBP = b"RIFF" + struct.pack("<I", 212) + b"WEBPVP8 " + struct.pack("<I", 200) + bytes(200)
 XML = b'<?xml version="1.0"?><Error><Code>InternalError</Code></Error>'
 
 

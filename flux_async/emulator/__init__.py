@@ -107,6 +107,9 @@ Money
 Result URLs
     ``url_ttl`` (``{"toapis": 86400, "apimart": 86400, "bfl": 600}`` seconds after completion);
     ``url_expired_status`` (410; or 403 with a signed-URL XML error, or 404).
+    ``result_origin`` (None; else ``scheme://host[:port]`` that result URLs start with instead
+    of the emulator's own address: a hostile answer pointing a client at, say,
+    ``http://169.254.169.254``).
 Limits
     ``active_task_cap`` (``{"bfl": 24, "bfl/flux-kontext-max": 6}``; keys are a provider or
     ``provider/model``, any provider may get one): a submit over the cap gets 429 and no task.
@@ -136,7 +139,8 @@ Scripted faults
     with an HTML error page), ``slow`` (normal answer after ``delay``; a submit creates the task
     first); downloads only: ``expired``, ``oversized`` (Content-Length declared),
     ``oversized_chunked`` (no Content-Length), ``wrong_magic`` (image content type, XML bytes),
-    ``redirect_scheme`` (302 to ``file:///etc/passwd``). A 200 with a broken body on a submit
+    ``truncated_image`` (a complete 200 whose image is cut to its first half: right magic
+    bytes, no end), ``redirect_scheme`` (302 to ``file:///etc/passwd``). A 200 with a broken body on a submit
     means the task was created.
 Spelling variants (the "tolerate" items of the providers' documentation)
     ``report_progress`` (True; False omits aggregator progress and nulls BFL's);

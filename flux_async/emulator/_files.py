@@ -2,8 +2,8 @@
 
 Owns :class:`UploadStore` (uploaded bytes, bounded, oldest dropped first), :func:`sniff` and
 :class:`Files` (the ``/files/...`` handlers, with the download faults: expiry, oversized and
-chunked bodies, wrong magic, a redirect to another scheme); a BFL result URL whose signature
-does not match is refused (403) as BFL's delivery host refuses it. Receiving an upload is each
+chunked bodies, wrong magic, an image cut short, a redirect to another scheme); a BFL result
+URL whose signature does not match is refused (403) as BFL's delivery host refuses it. Receiving an upload is each
 provider surface's; serving it back is here. Imports aiohttp, the standard library and the
 emulator's own modules only: never the client library's codecs, session, transport or
 scheduler.
@@ -183,6 +183,11 @@ class Files(Responder):
         if kind == "wrong_magic":
             core.count(provider, "download", 200)
             return web.Response(body=_NOT_AN_IMAGE, content_type=ctype)
+        if kind == "truncated_image":
+            # A whole HTTP answer (its Content-Length matches) carrying half an image: what a
+            # storage service hands out for an object whose upload was cut short.
+            core.count(provider, "download", 200)
+            return web.Response(body=data[: len(data) // 2], content_type=ctype)
         if kind == "redirect_scheme":
             core.count(provider, "download", 302)
             return web.Response(status=302, headers={"Location": "file:///etc/passwd"})

@@ -51,6 +51,7 @@ FAULT_KINDS: Mapping[str, frozenset[str]] = {
     "oversized": frozenset({"download"}),
     "oversized_chunked": frozenset({"download"}),
     "wrong_magic": frozenset({"download"}),
+    "truncated_image": frozenset({"download"}),
     "redirect_scheme": frozenset({"download"}),
 }
 
@@ -133,7 +134,8 @@ class Fault:
     nothing), ``drop_after_create`` (submit: create the task, then close), ``malformed_json``,
     ``truncated`` (Content-Length promises more than is sent, then close), ``html`` (a 200
     HTML page), ``slow`` (answer after ``delay``), and for downloads ``expired``, ``oversized``,
-    ``oversized_chunked`` (no Content-Length), ``wrong_magic``, ``redirect_scheme``.
+    ``oversized_chunked`` (no Content-Length), ``wrong_magic``, ``truncated_image`` (a whole
+    200 answer carrying the first half of the image), ``redirect_scheme``.
     """
 
     endpoint: Literal["submit", "poll", "lookup", "upload", "download"]
@@ -261,6 +263,7 @@ class Scenario:
     # -- result URLs -----------------------------------------------------------------------------
     url_ttl: dict[str, float] = attrs.field(factory=_default_url_ttl, converter=_to_float_map)
     url_expired_status: int = 410
+    result_origin: str | None = None
 
     # -- money -----------------------------------------------------------------------------------
     prices: dict[str, float] = attrs.field(
@@ -306,6 +309,9 @@ class Scenario:
     )
 
     def __attrs_post_init__(self) -> None:
+        origin = self.result_origin
+        if origin is not None and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
+            raise ValueError("result_origin must be scheme://host[:port] (http or https, no trailing /)")
         if self.url_expired_status not in (403, 404, 410):
             raise ValueError("url_expired_status must be 403, 404 or 410")
         if self.retry_after_format not in ("seconds", "http_date", "absent"):

@@ -142,7 +142,8 @@ def signature(task_id: str, index: int, expires: int) -> str:
 
 def result_url(origin: str, task: Task, index: int, expires: float) -> str:
     """Where image ``index`` of ``task`` is served; BFL's is signed like a CDN URL (``se`` the
-    expiry, ``sig`` the signature the file handler checks)."""
+    expiry, ``sig`` the signature the file handler checks). ``origin`` is the emulator's own,
+    unless the scenario's ``result_origin`` says otherwise (the callers pick)."""
     url = f"{origin}/files/{task.provider}/{task.id}/{index}.{_ext(task)}"
     if task.provider == "bfl":
         url += f"?se={int(expires)}&sig={signature(task.id, index, int(expires))}"
@@ -208,7 +209,7 @@ def toapis_task(task: Task, now: float, sc: Scenario, origin: str) -> bytes:
         return dumps(body)
     end = task.end
     expires = end + sc.url_ttl.get("toapis", 86400.0)
-    urls = [result_url(origin, task, i, expires) for i in range(task.n)]
+    urls = [result_url(sc.result_origin or origin, task, i, expires) for i in range(task.n)]
     body["completed_at"] = int(end)
     body["expires_at"] = int(expires)
     layout = sc.toapis_result_layout
@@ -253,7 +254,7 @@ def apimart_task(task: Task, now: float, sc: Scenario, origin: str) -> bytes:
         data["status"] = "completed"
         progress = 100
         expires = task.end + sc.url_ttl.get("apimart", 86400.0)
-        url = result_url(origin, task, 0, expires)
+        url = result_url(sc.result_origin or origin, task, 0, expires)
         data["result"] = {
             "images": [{"url": url if sc.apimart_url_string else [url], "expires_at": int(expires)}]
         }
@@ -320,7 +321,7 @@ def bfl_task(task: Task, now: float, sc: Scenario, origin: str) -> bytes:
                 "id": task.id,
                 "status": "Ready",
                 "result": {
-                    "sample": result_url(origin, task, 0, expires),
+                    "sample": result_url(sc.result_origin or origin, task, 0, expires),
                     "prompt": task.prompt,
                     "seed": task.seed,
                     "start_time": task.created,
