@@ -32,6 +32,7 @@ from .errors import (
     TransportError,
     TransportTimeout,
     ValidationError,
+    WebhookVerificationError,
 )
 from .ledger import FileLedger, Ledger, LedgerEntry, MemoryLedger, SettledSpend
 from .models import (
@@ -101,6 +102,7 @@ __all__ = [
     "TransportError",
     "TransportTimeout",
     "ValidationError",
+    "WebhookVerificationError",
     "__version__",
     "estimate_cost",
     "validate",
