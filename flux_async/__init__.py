@@ -33,6 +33,7 @@ from .errors import (
     TransportError,
     TransportTimeout,
     ValidationError,
+    WebhookVerificationError,
 )
 from .ledger import FileLedger, Ledger, LedgerEntry, MemoryLedger, SettledSpend
 from .models import (
@@ -103,6 +104,7 @@ __all__ = [
     "TransportError",
     "TransportTimeout",
     "ValidationError",
+    "WebhookVerificationError",
     "__version__",
     "estimate_cost",
     "validate",

@@ -25,6 +25,7 @@ understood, and chain their cause (``raise X(...) from exc``). No error ever hol
     ├── OutageError                   submits kept failing: submission is paused (nothing was sent)
     ├── DownloadError                 a result could not be fetched safely
     │   └── ResultExpiredError        the result URL expired before it was fetched
+    ├── WebhookVerificationError(provider, reason)   a webhook delivery was refused
     └── TaskError(task_id)
         ├── TaskFailedError(code, message)
         ├── ModerationError
@@ -65,6 +66,7 @@ __all__ = [
     "TransportError",
     "TransportTimeout",
     "ValidationError",
+    "WebhookVerificationError",
     "api_error_for_status",
 ]
 
@@ -331,6 +333,37 @@ class DownloadError(FluxError):
 
 class ResultExpiredError(DownloadError):
     """The result URL expired (or is refused as expired) before it was downloaded."""
+
+
+class WebhookVerificationError(FluxError):
+    """A webhook delivery was refused: it is not authentic, too old or too new, or its body is
+    not what the provider sends. The receiver answers it with a 4xx and acts on nothing.
+
+    ``provider`` names the provider the delivery claimed to come from; ``reason`` is one of
+    ``"no_secret"`` (no secret is configured, so a signed provider's delivery cannot be
+    checked), ``"missing_header"``, ``"bad_header"``, ``"timestamp_out_of_window"``,
+    ``"bad_signature"`` and ``"bad_body"``. The message names headers and fields, never a
+    secret or a signature.
+    """
+
+    #: The reasons a delivery is refused, as :attr:`reason` spells them.
+    REASONS = frozenset(
+        {
+            "no_secret",
+            "missing_header",
+            "bad_header",
+            "timestamp_out_of_window",
+            "bad_signature",
+            "bad_body",
+        }
+    )
+
+    def __init__(self, message: str, *, provider: str, reason: str) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown webhook refusal reason {reason!r}")
+        self.provider = provider
+        self.reason = reason
+        super().__init__(message)
 
 
 class TaskError(FluxError):

@@ -151,6 +151,26 @@ Spelling variants (the "tolerate" items of the providers' documentation)
     ``url``)); ``apimart_data_object`` (submit ``data`` as an object, not a list);
     ``apimart_url_string`` (``url`` a string, not a list); ``apimart_extra_fields``
     (``usage``); ``bfl_extra_fields`` (``input_mp``, ``output_mp`` on submit).
+Webhooks
+    A task whose submit names a webhook gets one POST when it reaches its terminal status
+    (toapis: ``callback_url``, which must share the origin of ``toapis_callback_url``, the
+    key's default, used when the request names none; with no default nothing is sent. apimart:
+    ``webhook``, posted to ``<webhook>/callback``. BFL: ``webhook_url`` and
+    ``webhook_secret``). ``toapis_callback_url`` (None); ``toapis_webhook_secrets``
+    (``("emulator-webhook-secret",)``: every one signs, so two give the two signatures of a
+    rotation); ``bfl_webhook_scheme`` (``"both"``, ``"signature"`` (``X-BFL-Signature``) or
+    ``"secret_header"`` (``X-Webhook-Secret``)); ``webhook_retry_delays`` (``{"toapis": (10,
+    30, 60), "apimart": (10, 30, 60), "bfl": (1, 5, 30)}`` seconds, times ``time_scale``;
+    after a connection error, a timeout or a non-2xx other than a 4xx; 408 and 429 are
+    retried); ``webhook_timeout`` (10 real seconds for the receiver to answer);
+    ``webhook_faults`` (``WebhookFaultRates(lost, delayed, duplicated, replayed,
+    bad_signature)``, drawn once per event); ``webhook_delay`` (30) and
+    ``webhook_replay_after`` (600): emulator-clock seconds for ``delayed`` and ``replayed``.
+    Scripted: ``Fault(endpoint="webhook", kind=...)`` with a kind of ``WEBHOOK_FAULT_KINDS``
+    (``delay`` overrides the two defaults), e.g. ``emu.fail_next("webhook", "lost")``.
+    Deliveries are posted by tasks the server owns (cancelled when it stops); a ManualClock
+    wakes them when it moves, and ``await emu.wait_webhooks_idle()`` returns once nothing is
+    in flight or due. The exact payloads are in :mod:`._hooks`.
 Per provider
     ``per_provider``: ``{"bfl": {"failure_rate": 0.5}, "toapis": {"submit_faults": {...}}}``
     overrides any field but ``seed`` and ``per_provider`` for one provider.
@@ -180,6 +200,12 @@ return this document (typed as the ``EmulatorStats`` / ``TaskStats`` TypedDicts)
       "active_high_water": {"bfl": 24, "bfl/flux-kontext-max": 6, "toapis": 3, ...},
       "pending_scripted_faults": 0,
       "charged_usd": 0.08,                        # what every task was charged (see prices)
+      "webhooks": {"events": 3,                   # tasks whose terminal webhook fell due
+                   "attempted": 4, "delivered": 3, "failed": 1,   # POSTs, by answer (2xx or not)
+                   "retried": 1, "gave_up": 0,    # retries scheduled; events abandoned
+                   "lost": 0, "delayed": 0, "duplicated": 0, "replayed": 0,
+                   "badly_signed": 0,             # webhook faults applied, by kind
+                   "pending": 0},                 # waiting or in flight now
       "tasks": [{
         "id": "task_img_…", "provider": "toapis", "model": "flux-kontext-pro",
         "status": "succeeded",        # queued | running | succeeded | failed |
@@ -222,9 +248,11 @@ if TYPE_CHECKING:
         ENDPOINTS,
         FAULT_KINDS,
         PROVIDERS,
+        WEBHOOK_FAULT_KINDS,
         Fault,
         FaultRates,
         Scenario,
+        WebhookFaultRates,
     )
 
 __all__ = [
@@ -232,6 +260,7 @@ __all__ = [
     "ENDPOINTS",
     "FAULT_KINDS",
     "PROVIDERS",
+    "WEBHOOK_FAULT_KINDS",
     "Duration",
     "Emulator",
     "EmulatorProcess",
@@ -241,6 +270,7 @@ __all__ = [
     "ManualClock",
     "Scenario",
     "TaskStats",
+    "WebhookFaultRates",
     "run_forever",
 ]
 
@@ -251,6 +281,8 @@ _WHERE = {
     "ENDPOINTS": "._scenario",
     "FAULT_KINDS": "._scenario",
     "PROVIDERS": "._scenario",
+    "WEBHOOK_FAULT_KINDS": "._scenario",
+    "WebhookFaultRates": "._scenario",
     "Duration": "._sampling",
     "Fault": "._scenario",
     "FaultRates": "._scenario",

@@ -35,6 +35,7 @@ from ._apimart import ApimartSurface
 from ._bfl import BflSurface
 from ._core import Core
 from ._files import Files, UploadStore
+from ._hooksend import WebhookSender
 from ._images import ImageCache
 from ._respond import JSON
 from ._scenario import DEFAULT_API_KEY, PROVIDERS, Fault, Scenario
@@ -59,6 +60,9 @@ class EmulatorApp:
             BflSurface(core, self.uploads),
         )
         app = web.Application(client_max_size=_MAX_REQUEST)
+        #: Posts the webhooks; its driver and deliveries live and die with the application.
+        self.webhooks = WebhookSender(core)
+        app.cleanup_ctx.append(self.webhooks.lifespan)
         r = app.router
         for surface in surfaces:
             surface.add_routes(r)

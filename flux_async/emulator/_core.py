@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import NotRequired, TypedDict
 
 from ._faults import FaultSource
+from ._hooks import WebhookQueue
 from ._sampling import uniforms
 from ._scenario import PROVIDERS, Scenario
 from ._task import (
@@ -81,6 +82,7 @@ class EmulatorStats(TypedDict):
     active_high_water: dict[str, int]
     pending_scripted_faults: int
     charged_usd: float
+    webhooks: dict[str, int]
     tasks: NotRequired[list[TaskStats]]
 
 
@@ -99,6 +101,8 @@ class Core:
         self.plans: dict[str, Scenario] = {}
         self.keys: dict[str, tuple[frozenset[str], frozenset[str], frozenset[str]]] = {}
         self.faults = FaultSource()
+        #: Webhook deliveries waiting for their time (posted by the app's sender).
+        self.webhooks = WebhookQueue(clock, self.faults)
         self.latency_rng = random.Random(f"{scenario.seed}:latency")
         self._buckets: dict[str, list[float]] = {}
         self.set_scenario(scenario)
@@ -143,6 +147,7 @@ class Core:
         self.rate_limited = {"cap": 0, "rate": 0, "scripted": 0}
         self.dropped = {"submit_before_create": 0, "submit_after_create": 0, "other": 0}
         self.faults.sent = {}
+        self.webhooks.clear()
         self.duplicate_submits = 0
         self.tasks_created = 0
         self.bfl_global_polls = 0
@@ -239,6 +244,8 @@ class Core:
         cost = None if price is None else round(price * spec.n, 6)
         task = Task(ident, provider, spec, now, duration, outcome, seed, cost)
         self.tasks[ident] = task
+        if spec.webhook is not None:
+            self.webhooks.schedule(task, spec.webhook, spec.webhook_secret)
         self.tasks_created += 1
         # Duplicate detection: the same client_business_id, or a byte-identical body.
         original = None
@@ -310,6 +317,7 @@ class Core:
             "active_high_water": dict(self.high_water),
             "pending_scripted_faults": self.faults.pending(),
             "charged_usd": round(sum(t.charged or 0.0 for t in self.tasks.values()), 6),
+            "webhooks": self.webhooks.stats(),
         }
         if tasks:
             out["tasks"] = [self.task_stats(t, now) for t in self.tasks.values()]

@@ -205,6 +205,12 @@ class Emulator:
         """Ids of every task created since the last reset, in creation order."""
         return list(self._core.tasks)
 
+    async def wait_webhooks_idle(self) -> None:
+        """Wait until no webhook is in flight and none is due at the emulator's current time
+        (with a :class:`ManualClock`: advance it, then await this instead of sleeping). The
+        counters are in ``stats()["webhooks"]``."""
+        await self._app.webhooks.wait_idle()
+
     def reset(self) -> None:
         """Forget tasks and counters (as ``POST /_emulator/reset``)."""
         self._core.reset()

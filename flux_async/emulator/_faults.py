@@ -60,18 +60,26 @@ class FaultSource:
         """How many more requests the script will spoil."""
         return sum(e.remaining for e in self.script)
 
-    def take(self, endpoint: str, provider: str) -> Fault | None:
-        """The fault this request gets, if any: scripted first, then the scenario's rates."""
+    def take(
+        self, endpoint: str, provider: str, kinds: frozenset[str] | None = None
+    ) -> Fault | None:
+        """The fault this request gets, if any: scripted first, then the scenario's rates
+        (``kinds``, when given, limits the scripted faults that may apply). Webhook events
+        ("webhook") have no rates here: :mod:`._hooks` draws theirs."""
         if self.script:
             for entry in self.script:
                 fault = entry.fault
-                if fault.endpoint == endpoint and fault.provider in (None, provider):
+                if (
+                    fault.endpoint == endpoint
+                    and fault.provider in (None, provider)
+                    and (kinds is None or fault.kind in kinds)
+                ):
                     entry.remaining -= 1
                     if entry.remaining <= 0:
                         self.script.remove(entry)
                     self.sent[fault.kind] = self.sent.get(fault.kind, 0) + 1
                     return fault
-        rates = self._rates[(provider, endpoint)]
+        rates = self._rates.get((provider, endpoint))
         if rates is None:
             return None
         sc = self._plans[provider]

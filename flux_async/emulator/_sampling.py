@@ -15,6 +15,7 @@ import hashlib
 import math
 import statistics
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import attrs
@@ -100,25 +101,49 @@ class ManualClock:
     """A clock that only moves when told to: pass it as ``Emulator(clock=...)`` and call
     :meth:`advance` instead of sleeping. It reads as unix seconds (it starts at
     2026-01-01T00:00:00Z unless told otherwise), so timestamps in answers look real.
+
+    Whatever must act at a given time (the emulator's webhook deliveries) subscribes
+    (:meth:`subscribe`) to be told when the clock moves, instead of waiting in real time.
     """
 
-    __slots__ = ("now",)
+    __slots__ = ("_listeners", "_now")
 
     def __init__(self, start: float = 1_767_225_600.0) -> None:
-        self.now = float(start)
+        self._now = float(start)
+        self._listeners: list[Callable[[], None]] = []
+
+    @property
+    def now(self) -> float:
+        """The time it reads; setting it moves the clock (and tells the subscribers)."""
+        return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._now = float(value)
+        for listener in list(self._listeners):
+            listener()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (from the thread that advances the clock) after every move."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (nothing happens if it was not subscribed)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def __call__(self) -> float:
-        return self.now
+        return self._now
 
     def advance(self, seconds: float) -> float:
         """Move forward by ``seconds`` and return the new time."""
         if seconds < 0:
             raise ValueError("a clock never goes back")
-        self.now += seconds
-        return self.now
+        self.now = self._now + seconds
+        return self._now
 
     def __repr__(self) -> str:
-        return f"ManualClock({self.now!r})"
+        return f"ManualClock({self._now!r})"
 
 
 def uniforms(*parts: object) -> tuple[float, float, float, float]:

@@ -24,9 +24,11 @@ __all__ = [
     "ENDPOINTS",
     "FAULT_KINDS",
     "PROVIDERS",
+    "WEBHOOK_FAULT_KINDS",
     "Fault",
     "FaultRates",
     "Scenario",
+    "WebhookFaultRates",
 ]
 
 #: The key every emulator accepts unless ``Scenario.api_keys`` says otherwise.
@@ -38,8 +40,13 @@ PROVIDERS = ("toapis", "apimart", "bfl")
 #: Request kinds as counted in the stats and matched by scripted faults.
 ENDPOINTS = ("submit", "poll", "lookup", "upload", "download")
 
+#: Fault kinds of a webhook delivery (``Fault(endpoint="webhook", kind=...)``): never sent,
+#: sent late, sent twice, sent again much later with its first timestamp, signed wrongly.
+WEBHOOK_FAULT_KINDS = ("lost", "delayed", "duplicated", "replayed", "bad_signature")
+
 #: Scripted fault kinds (see :class:`Fault`) and the endpoints each applies to.
 FAULT_KINDS: Mapping[str, frozenset[str]] = {
+    **{kind: frozenset({"webhook"}) for kind in WEBHOOK_FAULT_KINDS},
     "status": frozenset(ENDPOINTS),
     "drop": frozenset(ENDPOINTS),
     "drop_after_create": frozenset({"submit"}),
@@ -138,7 +145,7 @@ class Fault:
     200 answer carrying the first half of the image), ``redirect_scheme``.
     """
 
-    endpoint: Literal["submit", "poll", "lookup", "upload", "download"]
+    endpoint: Literal["submit", "poll", "lookup", "upload", "download", "webhook"]
     kind: str
     count: int = 1
     provider: str | None = None
@@ -147,8 +154,8 @@ class Fault:
     delay: float | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {self.endpoint!r}; one of {ENDPOINTS}")
+        if self.endpoint not in ENDPOINTS and self.endpoint != "webhook":
+            raise ValueError(f"unknown endpoint {self.endpoint!r}; one of {ENDPOINTS} or 'webhook'")
         allowed = FAULT_KINDS.get(self.kind)
         if allowed is None:
             raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(FAULT_KINDS)}")
@@ -160,6 +167,55 @@ class Fault:
             raise ValueError("count must be >= 1")
         if not 100 <= self.status <= 599:
             raise ValueError("status must be an HTTP status code")
+
+
+@attrs.frozen(kw_only=True)
+class WebhookFaultRates:
+    """Probabilities of faults on a webhook event, drawn once per event from the seeded RNG
+    (exclusive outcomes of one draw: their sum must not exceed 1). The kinds are those of a
+    scripted ``Fault(endpoint="webhook", ...)``; ``bad_signature`` is not drawn for apimart."""
+
+    lost: float = attrs.field(default=0.0, validator=_probability)
+    delayed: float = attrs.field(default=0.0, validator=_probability)
+    duplicated: float = attrs.field(default=0.0, validator=_probability)
+    replayed: float = attrs.field(default=0.0, validator=_probability)
+    bad_signature: float = attrs.field(default=0.0, validator=_probability)
+
+    def __attrs_post_init__(self) -> None:
+        if self.total() > 1.0 + 1e-9:
+            raise ValueError("webhook fault rates must add up to at most 1")
+
+    def total(self) -> float:
+        """The probability that an event gets any fault at all."""
+        return float(sum(attrs.astuple(self)))
+
+
+def _to_webhook_fault_rates(value: WebhookFaultRates | Mapping[str, float]) -> WebhookFaultRates:
+    if isinstance(value, WebhookFaultRates):
+        return value
+    return WebhookFaultRates(**{str(k): float(v) for k, v in value.items()})
+
+
+def _default_webhook_retries() -> dict[str, tuple[float, ...]]:
+    # apimart documents about 10 s, 30 s, 60 s and BFL about 1 s, 5 s, 30 s; toapis publishes no
+    # schedule, so the emulator uses apimart's.
+    return {"toapis": (10.0, 30.0, 60.0), "apimart": (10.0, 30.0, 60.0), "bfl": (1.0, 5.0, 30.0)}
+
+
+def _to_webhook_retries(value: Mapping[str, Iterable[float]]) -> dict[str, tuple[float, ...]]:
+    out = _default_webhook_retries()
+    for provider, delays in value.items():
+        if provider not in PROVIDERS:
+            raise ValueError(f"webhook_retry_delays: unknown provider {provider!r}")
+        out[str(provider)] = tuple(float(d) for d in delays)
+        if any(not d >= 0 for d in out[str(provider)]):
+            raise ValueError("webhook_retry_delays must be seconds >= 0")
+    return out
+
+
+def _http_url_or_none(_inst: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and not value.lower().startswith(("http://", "https://")):
+        raise ValueError(f"{attribute.name} must be an http(s) URL")
 
 
 def _to_fault(value: Fault | Mapping[str, object]) -> Fault:
@@ -292,6 +348,22 @@ class Scenario:
     faults: tuple[Fault, ...] = attrs.field(default=(), converter=_to_faults)
     oversized_bytes: int = 64 * 1024 * 1024
 
+    # -- webhooks --------------------------------------------------------------------------------
+    toapis_callback_url: str | None = attrs.field(default=None, validator=_http_url_or_none)
+    toapis_webhook_secrets: tuple[str, ...] = attrs.field(
+        default=("emulator-webhook-secret",), converter=_to_str_tuple
+    )
+    bfl_webhook_scheme: Literal["signature", "secret_header", "both"] = "both"
+    webhook_retry_delays: dict[str, tuple[float, ...]] = attrs.field(
+        factory=_default_webhook_retries, converter=_to_webhook_retries
+    )
+    webhook_timeout: float = attrs.field(default=10.0, validator=non_negative)
+    webhook_delay: float = attrs.field(default=30.0, validator=non_negative)
+    webhook_replay_after: float = attrs.field(default=600.0, validator=non_negative)
+    webhook_faults: WebhookFaultRates = attrs.field(
+        factory=WebhookFaultRates, converter=_to_webhook_fault_rates
+    )
+
     # -- wire variants (documented alternative spellings) ----------------------------------------
     report_progress: bool = True
     unknown_status: str | None = None
@@ -318,6 +390,12 @@ class Scenario:
             raise ValueError("retry_after_format must be 'seconds', 'http_date' or 'absent'")
         if self.toapis_result_layout not in ("result.data", "images", "url"):
             raise ValueError("toapis_result_layout must be 'result.data', 'images' or 'url'")
+        if self.bfl_webhook_scheme not in ("signature", "secret_header", "both"):
+            raise ValueError("bfl_webhook_scheme must be 'signature', 'secret_header' or 'both'")
+        if not self.toapis_webhook_secrets or not all(self.toapis_webhook_secrets):
+            raise ValueError("toapis_webhook_secrets needs at least one non-empty secret")
+        if self.webhook_timeout <= 0:
+            raise ValueError("webhook_timeout must be > 0 seconds")
         if self.outcome_key not in ("counter", "prompt"):
             raise ValueError("outcome_key must be 'counter' or 'prompt'")
         if self.rate_limit_scope not in ("all", "submit"):

@@ -8,13 +8,15 @@ format shared with the client would hide).
 
 from __future__ import annotations
 
+import urllib.parse
+
 from aiohttp import web
 
 from . import _wire as wire
 from ._scenario import Scenario
 from ._surface import Surface
 from ._task import Task
-from ._validate import Spec, parse_toapis
+from ._validate import Spec, WireError, parse_toapis
 
 __all__ = ["ToapisSurface"]
 
@@ -32,7 +34,19 @@ class ToapisSurface(Surface):
         router.add_post("/toapis/v1/uploads/images", self.upload)
 
     def parse(self, body: object, path_model: str | None) -> Spec:
-        return parse_toapis(body)
+        """A valid submit; its webhook goes to the request's ``callback_url``, which must share
+        the origin of the key's default callback URL (``Scenario.toapis_callback_url``), or
+        else to that default. Webhooks are set up per key (URL and signing secret): with no
+        default configured, nothing is sent, and a ``callback_url`` is accepted and ignored."""
+        spec = parse_toapis(body)
+        default = self.core.plans["toapis"].toapis_callback_url
+        if spec.webhook is None or default is None:
+            spec.webhook = default
+        elif _origin(spec.webhook) != _origin(default):
+            raise WireError(400, "invalid_request",
+                            "callback_url must have the origin of the key's default callback URL",
+                            "callback_url")
+        return spec
 
     def submitted(self, request: web.Request, task: Task, sc: Scenario) -> bytes:
         return wire.toapis_submit(task, sc)
@@ -70,3 +84,10 @@ class ToapisSurface(Surface):
     ) -> dict[str, object]:
         return {"success": True, "message": "",
                 "data": {"id": upload_id, "url": url, "mime_type": mime, "size": size}}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import urllib.parse
 from typing import TypeGuard
 
 __all__ = [
@@ -48,7 +49,8 @@ _RATIO = re.compile(r"^([1-9][0-9]{0,3}):([1-9][0-9]{0,3})$")
 class Spec:
     """What the emulator keeps of a valid submit."""
 
-    __slots__ = ("cbid", "fmt", "model", "n", "prompt", "ratio", "seed")
+    __slots__ = ("cbid", "fmt", "model", "n", "prompt", "ratio", "seed", "webhook",
+                 "webhook_secret")
 
     def __init__(
         self,
@@ -60,7 +62,13 @@ class Spec:
         n: int = 1,
         cbid: str | None = None,
         seed: int | None = None,
+        webhook: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
+        #: Where the task's webhook goes (the final URL: apimart's ``/callback`` added), and
+        #: BFL's ``webhook_secret``.
+        self.webhook = webhook
+        self.webhook_secret = webhook_secret
         self.model = model
         self.prompt = prompt
         self.ratio = ratio
@@ -172,6 +180,34 @@ def _cbid(obj: dict[str, object]) -> str | None:
     return cbid
 
 
+def _is_http_url(value: str) -> bool:
+    parts = urllib.parse.urlsplit(value)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def _callback_url(obj: dict[str, object]) -> str | None:
+    url = obj.get("callback_url")
+    if url is None:
+        return None
+    if not isinstance(url, str) or not _is_http_url(url):
+        raise _bad("callback_url must be an http(s) URL", "callback_url")
+    return url
+
+
+def _apimart_webhook(obj: dict[str, object]) -> str | None:
+    """Where apimart posts: ``<webhook>/callback``. A string that is not an http(s) URL is
+    dropped silently, as apimart does (its public-host, port 80/443 rule is not applied: the
+    emulator's receivers live on 127.0.0.1)."""
+    url = obj.get("webhook")
+    if url is None:
+        return None
+    if not isinstance(url, str):
+        raise _bad("webhook must be a string", "webhook")
+    if not _is_http_url(url):
+        return None
+    return url.rstrip("/") + "/callback"
+
+
 def _model(obj: dict[str, object], known: frozenset[str]) -> str:
     model = obj.get("model")
     if model is None:
@@ -202,7 +238,8 @@ def parse_toapis(body: object) -> Spec:
         images = _image_urls(obj, 1, model)
         size = _kontext_size(obj, bool(images), KONTEXT_SIZES)
         fmt = _options(meta, "metadata.") or "jpg"
-        return Spec(model=model, prompt=prompt, ratio=_ratio_of(size), fmt=fmt, cbid=cbid)
+        return Spec(model=model, prompt=prompt, ratio=_ratio_of(size), fmt=fmt, cbid=cbid,
+                    webhook=_callback_url(obj))
     if len(prompt) > GROK_PROMPT_MAX:
         raise _bad(f"prompt must be at most {GROK_PROMPT_MAX} characters for {model}", "prompt")
     _image_urls(obj, 5, model)
@@ -215,7 +252,8 @@ def parse_toapis(body: object) -> Spec:
     if n not in GROK_N:
         raise _bad("n must be 1, 2 or 4", "n")
     fmt = _options(meta, "metadata.") or "jpg"
-    return Spec(model=model, prompt=prompt, ratio=grok_size, fmt=fmt, n=n, cbid=cbid)
+    return Spec(model=model, prompt=prompt, ratio=grok_size, fmt=fmt, n=n, cbid=cbid,
+                webhook=_callback_url(obj))
 
 
 def parse_apimart(body: object) -> Spec:
@@ -228,7 +266,8 @@ def parse_apimart(body: object) -> Spec:
     images = _image_urls(obj, 1, model)
     size = _kontext_size(obj, bool(images), APIMART_SIZES)
     fmt = _options(obj, "") or "png"
-    return Spec(model=model, prompt=prompt, ratio=_ratio_of(size), fmt=fmt)
+    return Spec(model=model, prompt=prompt, ratio=_ratio_of(size), fmt=fmt,
+                webhook=_apimart_webhook(obj))
 
 
 # -- BFL: FastAPI / pydantic v2 shaped errors ----------------------------------------------------
@@ -306,6 +345,10 @@ def parse_bfl(model: str, body: object) -> Spec:
                         value[:_ECHOED] + ("..." if len(value) > _ECHOED else ""),
                         error="the image must be a base64-encoded image or an http(s) URL")
             )
+    hook = body.get("webhook_url")
+    if isinstance(hook, str) and not _is_http_url(hook):
+        errors.append(_detail("url_parsing", "webhook_url", "Input should be a valid URL", hook,
+                              error="relative URL without a base"))
     ratio = body.get("aspect_ratio")
     if ratio is None:
         ratio = "1:1"
@@ -348,5 +391,8 @@ def parse_bfl(model: str, body: object) -> Spec:
     assert isinstance(prompt, str)
     assert isinstance(ratio, str)
     assert isinstance(fmt, str)
+    secret = body.get("webhook_secret")
     return Spec(model=model, prompt=prompt, ratio=ratio, fmt=fmt,
-                seed=seed if _is_int(seed) else None)
+                seed=seed if _is_int(seed) else None,
+                webhook=hook if isinstance(hook, str) else None,
+                webhook_secret=secret if isinstance(secret, str) and secret else None)

@@ -26,6 +26,8 @@ __all__ = [
     "path_segment",
     "send_n",
     "url_images",
+    "webhook_secret_field",
+    "webhook_target",
 ]
 
 
@@ -132,3 +134,23 @@ def path_segment(value: str) -> str:
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
+
+
+def webhook_target(url: object) -> str:
+    """A webhook URL to send as is: an absolute http(s) URL with a host and nothing unprintable.
+
+    The value is not echoed in the error (a receiver URL may carry a token in its query).
+    """
+    if isinstance(url, str) and url.isprintable() and not any(c.isspace() for c in url):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() in ("http", "https") and parts.hostname:
+            return url
+    shown = f"<{type(url).__name__} of {len(url)} characters>" if isinstance(url, str) else url
+    raise ValidationError("webhook_url", shown, "an absolute http(s) URL")
+
+
+def webhook_secret_field(secret: object) -> str:
+    """A webhook secret to send: a non-empty printable string (never echoed in an error)."""
+    if isinstance(secret, str) and secret and secret.isprintable():
+        return secret
+    raise ValidationError("webhook_secret", "<hidden>", "a non-empty printable string")

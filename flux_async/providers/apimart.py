@@ -23,12 +23,18 @@ Choices:
 - apimart cannot look a task up by a client id: ``client_business_id`` is ignored and
   :meth:`ApimartCodec.build_lookup` returns None.
 - A 404 on a poll is a terminal ``NOT_FOUND`` state (the session raises TaskNotFoundError).
+- A webhook target (``webhook_url``) is sent as the top-level ``webhook``, a base URL: apimart
+  posts to ``<webhook>/callback``, and silently drops a URL that is not public http(s) on port
+  80/443. apimart does not sign its webhooks, so a ``webhook_secret`` is not sent.
+- A webhook body (:func:`read_webhook`) is the ``GET /v1/tasks/{id}`` reply, read with the
+  same tolerance as a poll (``data`` an object or a one-item list).
 - The upload reply is not wrapped (``{"url": ...}``); the ``{"data": {"url": ...}}`` envelope of
   apimart's other replies is accepted too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NewType
 
@@ -44,7 +50,7 @@ from ..models import (
     TaskState,
     TaskStatus,
 )
-from ._build import aggregator_fields, merge_extra, path_segment
+from ._build import aggregator_fields, merge_extra, path_segment, webhook_target
 from ._codec import BaseCodec
 from ._convert import (
     Amount,
@@ -65,8 +71,9 @@ from ._convert import (
     register_one_or_many,
 )
 from ._status import map_status
+from ._webhook import WebhookBody, WebhookBodyError, object_field, task_id_field
 
-__all__ = ["ApimartCodec"]
+__all__ = ["ApimartCodec", "read_webhook"]
 
 _STATUSES = {
     "submitted": TaskStatus.QUEUED,
@@ -201,12 +208,18 @@ class ApimartCodec(BaseCodec):
         *,
         client_business_id: str | None = None,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> HttpRequest:
         """``POST /v1/images/generations`` with the request's set fields, options at top level;
         ``idempotency_key`` goes in the ``Idempotency-Key`` header apimart documents for some
-        models (unconfirmed for Kontext: a courtesy, never relied on)."""
+        models (unconfirmed for Kontext: a courtesy, never relied on); ``webhook_url`` becomes
+        the top-level ``webhook`` (apimart posts to ``<webhook>/callback``); ``webhook_secret``
+        is not sent (apimart does not sign)."""
         body, options = aggregator_fields(request, provider=self.name)
         body.update(options)
+        if webhook_url is not None:
+            body["webhook"] = webhook_target(webhook_url)
         merge_extra(body, request.extra)
         headers = self._headers()
         if idempotency_key is not None:
@@ -289,3 +302,22 @@ class ApimartCodec(BaseCodec):
         if not url:
             raise self._protocol_error(response, "upload response carries no URL")
         return url
+
+
+def read_webhook(data: Mapping[str, object]) -> WebhookBody:
+    """The task and status of an apimart webhook body, which is the ``GET /v1/tasks/{id}``
+    reply (``{"code": 200, "data": {"id", "status", ...}}``; ``data`` an object or a one-item
+    list). Raises WebhookBodyError naming the field that is wrong."""
+    items = data.get("data")
+    if isinstance(items, list):
+        if len(items) != 1:
+            raise WebhookBodyError("data must hold exactly one task")
+        items = items[0]
+    task = object_field(items, "data")
+    task_id = task_id_field(task.get("id", task.get("task_id")), "data.id")
+    try:
+        raw = read_str(task.get("status"))
+        _read_task(task)  # the same shape checks as a poll
+    except (TypeError, ValueError, KeyError) as exc:
+        raise WebhookBodyError(f"data is not a task as a poll reports it ({exc})") from exc
+    return WebhookBody(task_id=task_id, status=map_status("apimart", raw, _STATUSES), raw_status=raw)

@@ -38,12 +38,17 @@ class Codec(Protocol):
         *,
         client_business_id: str | None = None,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> HttpRequest:
         """The POST that creates a task. ``request`` is already validated and defaulted by the
         catalog; its ``images`` are URL strings (or bytes on BFL, inlined as base64).
         ``client_business_id`` is what a later lookup finds the task by (toapis);
         ``idempotency_key`` is sent where the provider documents a header for it (apimart), as a
-        courtesy: nothing relies on the provider honouring it."""
+        courtesy: nothing relies on the provider honouring it. ``webhook_url`` asks the
+        provider to push the task's completion there (toapis ``callback_url``, apimart
+        ``webhook``, BFL ``webhook_url``) and ``webhook_secret`` is BFL's ``webhook_secret`` (the
+        others sign with a per-key secret, or not at all); both are None by default."""
         ...
 
     def parse_submit(self, response: HttpResponse, *, model: str) -> TaskRef:

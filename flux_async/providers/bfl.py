@@ -27,6 +27,9 @@ Choices:
   ``Content Moderated`` are MODERATED, ``Task not found`` (or an HTTP 404) is NOT_FOUND.
 - Result URLs carry no expiry field but are documented to live 10 minutes: ``expires_at`` is
   the response's ``received_at`` plus 10 minutes, or None when the arrival time is unknown.
+- A webhook target is sent as ``webhook_url`` and ``webhook_secret`` (both optional).
+- A webhook body (:func:`read_webhook`) is ``{"id", "status", ...}`` with the poll's statuses;
+  ``task_id`` is accepted for a missing ``id``.
 - ``progress`` is documented only as "a number or null", and both scales are seen: a value up to
   1 is read as a fraction (0.35 = 35 %), a larger one as a percentage (clamped to 0-100).
 """
@@ -34,6 +37,7 @@ Choices:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, NewType
@@ -52,7 +56,14 @@ from ..models import (
     TaskState,
     TaskStatus,
 )
-from ._build import inline_image, merge_extra, path_segment, send_n
+from ._build import (
+    inline_image,
+    merge_extra,
+    path_segment,
+    send_n,
+    webhook_secret_field,
+    webhook_target,
+)
 from ._codec import BaseCodec
 from ._convert import (
     Failure,
@@ -67,8 +78,9 @@ from ._convert import (
 )
 from ._errors import clip, is_success, redact
 from ._status import map_status
+from ._webhook import WebhookBody, WebhookBodyError, task_id_field, text_field
 
-__all__ = ["BflCodec"]
+__all__ = ["BflCodec", "read_webhook"]
 
 #: How long a result URL lives, per BFL's documentation.
 RESULT_URL_LIFETIME = timedelta(minutes=10)
@@ -190,9 +202,12 @@ class BflCodec(BaseCodec):
         *,
         client_business_id: str | None = None,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> HttpRequest:
         """``POST /v1/{model}`` with the request's set fields (``client_business_id`` is not
-        supported by BFL and is ignored)."""
+        supported by BFL and is ignored); ``webhook_url`` and ``webhook_secret`` are sent as
+        BFL names them."""
         send_n(request)  # BFL has no n: only None or 1 pass
         if len(request.images) > len(_IMAGE_FIELDS):
             raise ValidationError(
@@ -213,6 +228,10 @@ class BflCodec(BaseCodec):
             body["safety_tolerance"] = request.safety_tolerance
         if request.prompt_upsampling is not None:
             body["prompt_upsampling"] = request.prompt_upsampling
+        if webhook_url is not None:
+            body["webhook_url"] = webhook_target(webhook_url)
+        if webhook_secret is not None:
+            body["webhook_secret"] = webhook_secret_field(webhook_secret)
         merge_extra(body, request.extra)
         return HttpRequest(
             method="POST",
@@ -316,3 +335,14 @@ def _percent_or_fraction(value: float | None) -> float | None:
     if value is None:
         return None
     return value * 100.0 if value <= 1.0 else value
+
+
+def read_webhook(data: Mapping[str, object]) -> WebhookBody:
+    """The task and status of a BFL webhook body (``{"id", "status": "Ready", "result": {...},
+    "timestamp"}`` or ``{"id", "status": "Error", "error", ...}``). Raises WebhookBodyError
+    naming the field that is wrong."""
+    task_id = task_id_field(data.get("id", data.get("task_id")), "id")
+    raw = text_field(data, "status")
+    if raw is None:
+        raise WebhookBodyError("status is missing")
+    return WebhookBody(task_id=task_id, status=map_status("bfl", raw, _STATUSES), raw_status=raw)

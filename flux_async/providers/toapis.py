@@ -18,10 +18,17 @@ Choices:
   (e.g. ``extra={"metadata": {"seed": 42}}``; objects in ``extra`` are merged, not replaced).
 - A 404 on a poll is a terminal ``NOT_FOUND`` state (the session raises TaskNotFoundError).
 - A task's top-level ``expires_at`` applies to every image of it.
+- A webhook target (``webhook_url``) is sent as ``callback_url``; toapis signs with the
+  per-key secret set in its console, so a ``webhook_secret`` has no field here and is not sent.
+- A webhook body (:func:`read_webhook`) is ``{"id", "type", "data": {"task_id", "task_type",
+  "model", "status"}}``, second-hand in part, so: ``data.id`` is accepted for a missing
+  ``data.task_id``, and a missing ``data.status`` is taken from ``type``
+  (``generation.completed`` / ``generation.failed``). ``endpoint.test`` names no task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -38,7 +45,7 @@ from ..models import (
     TaskState,
     TaskStatus,
 )
-from ._build import aggregator_fields, merge_extra, path_segment
+from ._build import aggregator_fields, merge_extra, path_segment, webhook_target
 from ._codec import BaseCodec
 from ._convert import (
     Failure,
@@ -56,8 +63,9 @@ from ._convert import (
 )
 from ._errors import clip, redact
 from ._status import map_status
+from ._webhook import WebhookBody, WebhookBodyError, object_field, task_id_field, text_field
 
-__all__ = ["ToapisCodec"]
+__all__ = ["ToapisCodec", "read_webhook"]
 
 _GENERATIONS = "/v1/images/generations"
 
@@ -144,13 +152,19 @@ class ToapisCodec(BaseCodec):
         *,
         client_business_id: str | None = None,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> HttpRequest:
-        """``POST /v1/images/generations`` with the request's set fields."""
+        """``POST /v1/images/generations`` with the request's set fields; ``webhook_url``
+        becomes ``callback_url`` (toapis accepts only the origin of the key's default callback
+        URL); ``webhook_secret`` is not sent (toapis' secret is set per key in its console)."""
         body, options = aggregator_fields(request, provider=self.name)
         if options:
             body["metadata"] = options
         if client_business_id is not None:
             body["client_business_id"] = client_business_id
+        if webhook_url is not None:
+            body["callback_url"] = webhook_target(webhook_url)
         merge_extra(body, request.extra)
         return HttpRequest(method="POST", url=_GENERATIONS, headers=self._headers(), json=body)
 
@@ -232,3 +246,30 @@ class ToapisCodec(BaseCodec):
         if not urls:
             raise self._protocol_error(response, "completed task carries no image URL")
         return tuple(GeneratedImage(url, task.expires_at) for url in urls)
+
+
+#: The statuses a webhook's ``type`` implies when its ``data.status`` is missing.
+_EVENT_STATUSES = {"generation.completed": "completed", "generation.failed": "failed"}
+
+
+def read_webhook(data: Mapping[str, object]) -> WebhookBody:
+    """The task and status of a toapis webhook body (already authenticated and JSON-decoded).
+
+    ``endpoint.test`` (a test delivery from toapis' console) names no task: its ``task_id`` and
+    ``status`` are None. Raises WebhookBodyError naming the field that is wrong.
+    """
+    kind = text_field(data, "type")
+    inner = data.get("data")
+    if kind == "endpoint.test" and not (isinstance(inner, dict) and inner.get("task_id")):
+        return WebhookBody(task_id=None, status=None, raw_status=None)
+    fields = object_field(inner, "data")
+    task_id = task_id_field(
+        fields.get("task_id") if fields.get("task_id") is not None else fields.get("id"),
+        "data.task_id",
+    )
+    raw = text_field(fields, "status", "data.")
+    if raw is None:
+        raw = _EVENT_STATUSES.get(kind or "")
+        if raw is None:
+            raise WebhookBodyError("data.status is missing and type names no outcome")
+    return WebhookBody(task_id=task_id, status=map_status("toapis", raw, _STATUSES), raw_status=raw)
