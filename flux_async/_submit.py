@@ -404,7 +404,7 @@ class Submitter:
                 decision = classify_submit_failure(error)
                 if isinstance(error, RateLimitError):
                     counts["rate_limited"] += 1
-                    if await self._rate_limit_retry(error, attempt, started, sent_at):
+                    if await self._rate_limit_retry(key, error, attempt, started, sent_at):
                         attempt += 1
                         continue
                     raise error
@@ -462,7 +462,7 @@ class Submitter:
             raise
 
     async def _rate_limit_retry(
-        self, error: RateLimitError, attempt: int, started: float, sent_at: float
+        self, key: str, error: RateLimitError, attempt: int, started: float, sent_at: float
     ) -> bool:
         """After a 429: slow the whole session down, and wait for this submit's next attempt;
         False when its deadline (``job_timeout``, and the retry policy's own deadline) would
@@ -483,7 +483,10 @@ class Submitter:
             return False
         delay = throttle.submit_delay(now)
         ctx.counts["submit_retries"] += 1
-        logger.debug("submit refused with 429: attempt %d in %.2f s", attempt + 2, delay)
+        logger.debug(
+            "submit %s attempt %d refused before any task existed (RateLimitError): attempt %d in %.2f s",
+            key, attempt + 1, attempt + 2, delay,
+        )
         await ctx.sleep(delay)
         return True
 
