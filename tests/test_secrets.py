@@ -33,7 +33,8 @@ SENTINEL = "sk-secret-SENTINEL-4f9d2c7a1b8e0Q"
 PROVIDERS = ("toapis", "apimart", "bfl")
 KEY_VARS = ("TOAPIS_API_KEY", "APIMART_API_KEY", "BFL_API_KEY", "FLUX_ASYNC_API_KEY",
             "FLUX_ASYNC_BASE_URL", "FLUX_ASYNC_PROVIDER")
-RETRY = RetryPolicy(max_attempts=3, base_delay=0.005, max_delay=0.01)
+# The deadline bounds a submit answered 429 forever (429s are retried until a deadline).
+RETRY = RetryPolicy(max_attempts=3, base_delay=0.005, max_delay=0.01, deadline=2.0)
 FAST = PollPolicy(
     target_delay=0.02, first_poll=0.01, min_interval=0.005, quantum=0.005, max_interval=0.02,
     max_poll_errors=2,
