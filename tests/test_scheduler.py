@@ -34,6 +34,7 @@ from flux_async.errors import (
 from flux_async.models import TaskRef, TaskState, TaskStatus
 from flux_async.scheduler import PollPolicy, PollScheduler, SchedulerStatistics
 from flux_async.scheduler._timing import WatchState, observe, window
+from flux_async.scheduler._wakes import EVENT_MEMORY
 
 pytestmark = pytest.mark.anyio
 
@@ -174,6 +175,7 @@ async def run_jobs(
     jobs: dict[str, Job],
     *,
     limit: float = 1000.0,
+    push: bool = False,
 ) -> Outcomes:
     """Submit ``jobs`` at their start times (relative to now) and advance until all are done."""
     outcomes = Outcomes(vt)
@@ -182,7 +184,9 @@ async def run_jobs(
         job.start += base
         provider.jobs[task_id] = job
         await vt.run_until(job.start)
-        sched.watch(ref_for(task_id, job), outcomes.callback(task_id), submitted_at=job.start)
+        sched.watch(
+            ref_for(task_id, job), outcomes.callback(task_id), submitted_at=job.start, push=push
+        )
     await vt.run_while(lambda: len(outcomes.values) < len(jobs), limit=base + limit)
     return outcomes
 
@@ -1144,3 +1148,209 @@ async def test_without_progress_a_batch_beats_a_half_second_poller_on_both_axes(
     assert polls_per_job(provider, jobs) < 0.8 * fixed_polls
     assert statistics.median(late) <= fixed_p50
     assert late[int(0.99 * len(late))] <= 2 * (0.5 + latency)
+
+
+# -- wake-ups (webhooks) and push-expected watches -------------------------------------------------
+
+Event = tuple[float, str, str | None]  # (virtual time, task id, event id)
+
+
+def succeeded(value: TaskState | BaseException) -> bool:
+    return isinstance(value, TaskState) and value.status is TaskStatus.SUCCEEDED
+
+
+async def deliver(vt: VirtualTime, sched: PollScheduler, events: list[Event]) -> list[bool]:
+    """Call ``sched.wake`` at each event's virtual time, in order; what each call returned."""
+    returned = []
+    for t, task_id, event_id in sorted(events, key=lambda event: event[0]):
+        await vt.sleep(t - vt.clock())
+        returned.append(sched.wake(task_id, event_id=event_id))
+    return returned
+
+
+async def with_webhooks(
+    vt: VirtualTime,
+    sched: PollScheduler,
+    provider: FakeProvider,
+    jobs: dict[str, Job],
+    events: list[Event],
+) -> tuple[Outcomes, list[bool]]:
+    """Run ``jobs`` watched with ``push=True`` (from a fresh clock at 0) while ``events`` are
+    delivered; returns the outcomes and what each wake returned."""
+    assert vt.clock() == 0.0
+    returned: list[bool] = []
+
+    async def webhooks() -> None:
+        returned.extend(await deliver(vt, sched, events))
+
+    async def body() -> Outcomes:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(webhooks)
+            outcomes = await run_jobs(vt, sched, provider, jobs, push=True)
+            await vt.run_until(max((t for t, _, _ in events), default=0.0) + 1.0)
+        return outcomes
+
+    outcomes = await with_driver(sched, body)
+    return outcomes, returned
+
+
+async def test_push_watches_whose_webhooks_are_lost_are_polled_sparsely_and_still_finish() -> None:
+    """Every webhook lost. Nothing learned yet: each task is polled once, at the fallback delay.
+    Once the model is learned: once, at the late tail of its durations, where a watch without
+    push polls it a dozen times; every task still finishes, the slowest ones within a quarter
+    of their age."""
+    vt = VirtualTime()
+    provider = FakeProvider(vt, progress=False)
+    policy = PollPolicy()
+    sched = make_scheduler(vt, provider, policy)
+    first = lognormal_jobs(100, seed=2, prefix="first")
+    outcomes = await with_driver(sched, lambda: run_jobs(vt, sched, provider, first, push=True))
+    assert all(len(provider.polls[t]) == 1 for t in first)
+    fallback = policy.push_fallback_delay
+    assert all(  # jittered only later
+        fallback <= outcomes.times[t] - job.start <= fallback * (1 + policy.jitter) + 0.03
+        for t, job in first.items()
+    )
+
+    normal = lognormal_jobs(300, seed=3, prefix="normal")
+    await with_driver(sched, lambda: run_jobs(vt, sched, provider, normal))
+    pushed = lognormal_jobs(300, seed=4, prefix="pushed")
+    pushed["slow"] = Job(start=0.0, duration=200.0)  # far beyond anything learned
+    outcomes = await with_driver(sched, lambda: run_jobs(vt, sched, provider, pushed, push=True))
+
+    assert all(succeeded(value) for value in outcomes.values.values())
+    pushed_polls = polls_per_job(provider, {t: j for t, j in pushed.items() if t != "slow"})
+    assert pushed_polls <= 1.05
+    assert polls_per_job(provider, normal) > 8 * pushed_polls
+    late = delays(outcomes, pushed)
+    assert statistics.median(late) < 15.0  # the tail of a 10 s median: the safety net's price
+    assert outcomes.times["slow"] - pushed["slow"].start <= 1.25 * 200.0 * (1 + policy.jitter)
+    assert len(provider.polls["slow"]) <= 12  # the safety poll at ~22 s, then x1.25 to 200 s
+
+
+async def test_a_wake_polls_the_task_now_and_it_finishes_after_exactly_one_poll() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, progress=False)
+    sched = make_scheduler(vt, provider, PollPolicy(quantum=0.0))
+    jobs = {"a": Job(start=0.0, duration=5.0)}
+    outcomes, returned = await with_webhooks(vt, sched, provider, jobs, [(5.1, "a", "evt-1")])
+    assert returned == [True]
+    assert provider.polls["a"] == [pytest.approx(5.1)]
+    assert outcomes.times["a"] == pytest.approx(5.1)
+    assert isinstance(outcomes.values["a"], TaskState)
+    stats = sched.statistics()
+    assert (stats.wakes_received, stats.wakes_moved, stats.wakes_ignored) == (1, 1, 0)
+    assert stats.polls_sent == 1
+
+
+async def test_duplicate_event_ids_and_repeated_wakes_cost_no_extra_poll() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, progress=False)
+    sched = make_scheduler(vt, provider, PollPolicy(quantum=0.0))
+    jobs = {"a": Job(start=0.0, duration=5.0), "b": Job(start=0.0, duration=8.0)}
+    events: list[Event] = [
+        (2.0, "b", "early"),  # an event before the completion (forged): one poll, finds it running
+        (2.0, "b", "early"),  # the same id at once
+        (2.0, "b", None),  # a wake while the first one's poll is still pending
+        (3.0, "b", "early"),  # a replay after that poll
+        (5.1, "a", "a-done"),
+        (5.1, "a", "a-done"),
+        (5.1, "a", "a-done-again"),  # another id, same task, poll still pending
+        (5.1, "a", None),
+        (6.0, "a", "a-done"),  # a replay once the task is done: no longer watched
+    ]
+    outcomes, returned = await with_webhooks(vt, sched, provider, jobs, events)
+    assert returned == [True, False, False, False, True, False, False, False, False]
+    assert provider.polls["a"] == [pytest.approx(5.1)]
+    assert provider.polls["b"][0] == pytest.approx(2.0)  # then only its safety net
+    assert len(provider.polls["b"]) == 2
+    assert all(isinstance(value, TaskState) for value in outcomes.values.values())
+    stats = sched.statistics()
+    assert (stats.wakes_received, stats.wakes_moved, stats.wakes_ignored) == (9, 2, 7)
+
+
+async def test_a_wake_for_an_unknown_task_returns_false_and_polls_nothing() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, progress=False)
+    sched = make_scheduler(vt, provider)
+    jobs = {"a": Job(start=0.0, duration=5.0)}
+    events: list[Event] = [(1.0, "forged", "x"), (1.0, "forged", None), (1.5, "a", "x")]
+    outcomes, returned = await with_webhooks(vt, sched, provider, jobs, events)
+    # The unknown task's event id was not remembered: the same id for a watched task counts.
+    assert returned == [False, False, True]
+    assert "forged" not in provider.polls
+    assert provider.polls["a"][0] == pytest.approx(1.5, abs=0.03)
+    assert sched.wake("a") is False  # done by now: no longer watched
+    stats = sched.statistics()
+    assert (stats.wakes_received, stats.wakes_moved, stats.wakes_ignored) == (4, 1, 3)
+    assert isinstance(outcomes.values["a"], TaskState)
+
+
+@pytest.mark.parametrize(
+    ("duration", "polls"),
+    [
+        (4.2, [4.5]),  # done when the poll in flight looked: it answers the wake
+        (4.7, [4.5, 5.5]),  # still running then: one follow-up poll, after the answer
+    ],
+)
+async def test_a_wake_while_the_task_is_polled_does_not_poll_it_twice_at_once(
+    duration: float, polls: list[float]
+) -> None:
+    """The safety poll is sent at 4.0 and answered at 5.0 (1 s of latency); the webhook comes
+    at 4.8, while it is in flight."""
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=1.0, progress=False)
+    policy = PollPolicy(quantum=0.0, jitter=0.0, push_fallback_delay=4.0)
+    sched = make_scheduler(vt, provider, policy)
+    jobs = {"a": Job(start=0.0, duration=duration)}
+    events: list[Event] = [(4.8, "a", "evt"), (4.9, "a", "evt-2")]
+    outcomes, returned = await with_webhooks(vt, sched, provider, jobs, events)
+    assert returned == [False, False]
+    assert provider.polls["a"] == [pytest.approx(t) for t in polls]
+    assert provider.max_in_flight == 1
+    assert outcomes.times["a"] == pytest.approx(polls[-1] + 0.5)
+    assert sched.statistics().wakes_ignored == 2
+
+
+async def test_a_flood_of_forged_event_ids_costs_at_most_one_poll_per_min_interval() -> None:
+    """10,000 distinct event ids for one running task over 10 s (one a millisecond)."""
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=0.01, progress=False)
+    policy = PollPolicy(quantum=0.0, min_interval=0.2)
+    sched = make_scheduler(vt, provider, policy)
+    jobs = {"a": Job(start=0.0, duration=100.0)}
+    events: list[Event] = [(1.0 + 0.001 * i, "a", f"forged-{i}") for i in range(10_000)]
+    outcomes, returned = await with_webhooks(vt, sched, provider, jobs, events)
+    flood = [t for t in provider.polls["a"] if t < 11.0 + policy.min_interval + 0.02]
+    assert len(flood) <= 10.0 / policy.min_interval + 1
+    assert all(b - a >= policy.min_interval - 1e-9 for a, b in itertools.pairwise(flood))
+    assert sum(returned) == len(flood)
+    assert len(sched._wakes.events) == EVENT_MEMORY  # bounded: the oldest ids were forgotten
+    stats = sched.statistics()
+    assert stats.wakes_received == 10_000
+    assert stats.wakes_moved + stats.wakes_ignored == 10_000
+    assert isinstance(outcomes.values["a"], TaskState)  # and the task still finishes
+
+
+async def test_with_a_fifth_of_the_webhooks_lost_every_task_finishes() -> None:
+    """1,000 tasks watched with push, each webhook arriving 50 ms after its completion, one in
+    five never: those delivered are confirmed by one poll and noticed within one quantum of
+    their webhook; the lost ones are found by the safety net."""
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=0.01, progress=False)
+    policy = PollPolicy()
+    sched = make_scheduler(vt, provider, policy)
+    jobs = lognormal_jobs(1000, seed=5)
+    rng = random.Random(9)
+    lost = {t for t in jobs if rng.random() < 0.2}
+    events: list[Event] = [
+        (job.end + 0.05, t, f"evt-{t}") for t, job in jobs.items() if t not in lost
+    ]
+    outcomes, returned = await with_webhooks(vt, sched, provider, jobs, events)
+    assert len(outcomes.values) == 1000
+    assert all(succeeded(value) for value in outcomes.values.values())
+    delivered = {t: job for t, job in jobs.items() if t not in lost}
+    assert polls_per_job(provider, delivered) <= 1.05
+    late = delays(outcomes, delivered)
+    assert statistics.median(late) <= 0.05 + policy.quantum + 0.01 + 1e-9
+    assert sum(returned) >= 0.95 * len(delivered)

@@ -22,13 +22,18 @@ from flux_async.scheduler._timing import (
     Learned,
     WatchState,
     belief_step,
+    follow_up,
     learn,
     next_poll,
     observe,
+    push_poll,
+    push_safety,
     spacing,
     through,
+    wake_poll,
     window,
 )
+from flux_async.scheduler._wakes import RecentIds
 
 STILL = PollPolicy(jitter=0.0)
 
@@ -392,3 +397,145 @@ def test_the_fit_is_finite_and_never_below_what_finished(
     assert math.isfinite(sigma)
     assert sigma > 0
     assert mu >= mean - 1e-6
+
+
+# -- tasks whose completion a webhook should announce ----------------------------------------------
+
+
+def pushed(t0: float) -> WatchState:
+    w = WatchState(t0)
+    w.push = True
+    return w
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"push_safety_quantile": 0.0},
+        {"push_safety_quantile": 1.0},
+        {"push_safety_quantile": math.nan},
+        {"push_fallback_delay": 0.0},
+        {"push_fallback_delay": math.inf},
+        {"push_max_interval": -1.0},
+        {"push_max_interval": 0.1, "min_interval": 0.2},
+    ],
+)
+def test_push_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        PollPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_push_safety_poll_is_the_fallback_while_nothing_is_known() -> None:
+    policy = PollPolicy(jitter=0.0, push_fallback_delay=45.0)
+    assert push_safety(pushed(0.0), Learned(), policy) == 45.0
+    assert push_poll(pushed(100.0), Learned(), policy, 100.0, random.Random(0)) == 145.0
+
+
+def test_push_safety_poll_is_the_learned_late_tail() -> None:
+    model = learned_exactly(10.0)
+    belief = model.belief(None)
+    assert belief is not None
+    mu, sigma = belief
+    p99 = math.exp(mu + 2.3263 * sigma)
+    assert push_safety(pushed(0.0), model, STILL) == pytest.approx(p99, rel=1e-4)
+    assert 10.0 < p99 < 20.0  # past nearly every learned duration, not the generous fallback
+    lower = push_safety(pushed(0.0), model, PollPolicy(push_safety_quantile=0.9))
+    assert 10.0 < lower < p99  # the quantile is the knob
+
+
+def test_push_safety_poll_uses_an_estimated_time_when_nothing_is_learned() -> None:
+    w = pushed(0.0)
+    w.estimate = 8.0
+    # Only the estimate: believed log-normal around it with the prior spread (0.5).
+    assert push_safety(w, Learned(), STILL) == pytest.approx(8.0 * math.exp(2.3263 * 0.5), rel=1e-4)
+
+
+def test_a_push_task_ignores_first_poll_and_progress() -> None:
+    policy = PollPolicy(jitter=0.0, first_poll=0.3)
+    w = pushed(0.0)
+    assert next_poll(w, Learned(), policy, 0.0, random.Random(0)) == policy.push_fallback_delay
+    polled(w, running(10.0), 1.0)
+    polled(w, running(50.0), 5.0)  # progress pins the completion near 10 s: not followed
+    assert next_poll(w, Learned(), policy, 5.0, random.Random(0)) == policy.push_fallback_delay
+
+
+def test_after_the_safety_poll_a_push_task_is_polled_every_quarter_of_its_age() -> None:
+    policy = PollPolicy(jitter=0.0, push_fallback_delay=20.0, push_max_interval=30.0)
+    w = pushed(0.0)
+    assert push_poll(w, Learned(), policy, 20.0, random.Random(0)) == 25.0
+    assert push_poll(w, Learned(), policy, 40.0, random.Random(0)) == 50.0
+    assert push_poll(w, Learned(), policy, 400.0, random.Random(0)) == 430.0  # capped
+    # A result whose webhook was lost is late by at most a quarter of its age (or the cap), for
+    # a number of polls that grows with the log of the duration.
+    t, polls = 20.0, 1
+    while t < 1000.0:
+        t = push_poll(w, Learned(), policy, t, random.Random(0))
+        polls += 1
+    assert polls < 1 + 10 + 1000 / 30
+
+
+def test_a_wake_before_the_safety_poll_is_followed_by_the_safety_poll_again() -> None:
+    policy = PollPolicy(jitter=0.0, push_fallback_delay=20.0)
+    w = pushed(0.0)
+    polled(w, running(), 3.0)  # a wake-up's poll that found it running (forged, or early)
+    assert push_poll(w, Learned(), policy, 3.0, random.Random(0)) == 20.0
+
+
+@given(seed=st.integers(0, 2**32 - 1), now=st.floats(0.0, 200.0))
+def test_push_jitter_never_brings_the_safety_poll_early(seed: int, now: float) -> None:
+    policy = PollPolicy(jitter=0.3, push_fallback_delay=60.0, push_max_interval=20.0)
+    due = push_poll(pushed(0.0), Learned(), policy, now, random.Random(seed))
+    if now < 60.0:
+        assert 60.0 <= due <= max(now + policy.min_interval, 60.0 + 0.3 * (60.0 - now)) + 1e-9
+    else:
+        assert now + policy.min_interval <= due <= now + policy.push_max_interval + 1e-9
+
+
+def test_a_wake_polls_now_or_min_interval_after_the_latest_answer() -> None:
+    policy = PollPolicy(min_interval=0.5)
+    w = WatchState(0.0)
+    assert wake_poll(w, policy, 3.0) == 3.0  # never polled
+    polled(w, running(), 10.0)
+    assert wake_poll(w, policy, 10.2) == 10.5
+    assert wake_poll(w, policy, 12.0) == 12.0
+    assert follow_up(9.8, policy, 10.1) == pytest.approx(10.3)
+    assert follow_up(9.0, policy, 10.1) == 10.1
+
+
+def test_a_completion_announced_by_a_wake_is_learned_at_its_announcement() -> None:
+    # Never polled before: a poll alone only says "done within 30.2 s" and is learned as about
+    # half of that; the announcement at 30 s says "done just before 30 s".
+    plain, announced = Learned(), Learned()
+    learn(WatchState(0.0), plain, 30.2)
+    learn(pushed(0.0), announced, 30.2, 30.0)
+    assert math.exp(plain.durations.mean) == pytest.approx(15.1)
+    assert 27.0 <= math.exp(announced.durations.mean) <= 30.0
+    # An announcement before the submission (a forged event) teaches nothing.
+    nothing = Learned()
+    learn(pushed(10.0), nothing, 10.5, 9.0)
+    assert nothing.durations.n == 0
+
+
+def test_a_push_task_found_by_its_safety_net_teaches_only_a_tight_bracket() -> None:
+    # Its webhook was lost: done at some time before the safety poll, perhaps long before.
+    model = Learned()
+    learn(pushed(0.0), model, 60.0)
+    w = pushed(0.0)
+    polled(w, running(), 3.0)  # seen running early (a forged wake's poll): still too loose
+    learn(w, model, 60.0)
+    assert model.durations.n == 0
+    w = pushed(0.0)
+    polled(w, running(), 40.0)  # seen running at 40 s, done at 50 s: that is a duration
+    learn(w, model, 50.0)
+    assert math.exp(model.durations.mean) == pytest.approx(math.sqrt(40.0 * 50.0))
+
+
+def test_recent_event_ids_are_bounded_and_deduplicated() -> None:
+    ids = RecentIds(3)
+    assert [ids.add(k) for k in ("a", "b", "a", "c", "d")] == [True, True, False, True, True]
+    assert len(ids) == 3
+    assert ids.add("b") is True  # the oldest was forgotten ("a" was seen again after it)
+    assert ids.add("d") is False  # remembered now: c, d, b
+    for i in range(10_000):
+        ids.add(f"forged-{i}")
+    assert len(ids) == 3

@@ -6,10 +6,12 @@ Its parts, each importable on its own:
   :class:`SchedulerStatistics`, frozen values;
 - ``_timing``: the timing model, plain functions over small values that decide *when* a task
   is polled next (progress windows, learned durations, backoff), testable without a clock or
-  an event loop;
+  an event loop, and the sparse safety-net schedule of tasks that expect a webhook;
 - ``_learned``: what is learned per provider and model (the completion-time distribution,
   fitted to the finished tasks and the ones still running), also pure;
 - ``_records``: the driver's per-task and per-provider records;
+- ``_wakes``: the rules of :meth:`PollScheduler.wake` (a webhook's wake-up), deduplicated by
+  event id and by task, with a bounded memory of event ids;
 - ``_driver``: :class:`PollScheduler`, the heap, the quantum, the worker pool, the 429 pauses
   and the polls-per-second budget; it asks the timing model and sends the polls.
 

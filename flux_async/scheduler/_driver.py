@@ -7,7 +7,8 @@ then hands the due polls to worker tasks in its own task group, at most ``max_in
 at once. Workers are started only when every one is busy, so there are never more than
 ``max_in_flight`` of them, and they end with the scheduler (handing a poll to a parked worker
 costs a sixth of spawning a task for it). It also owns what is shared by a provider's tasks: the
-429 pause, the polls-per-second budget, the lag figures.
+429 pause, the polls-per-second budget, the lag figures, and the wake-ups (:meth:`wake`: a
+webhook moves a task's next poll to now, deduplicated by event id and by task).
 
 *When* to poll is not decided here: the driver asks the timing model (``_timing``) after every
 answer and only rounds the time it gets to the quantum. Time is injected (``clock``, ``sleep``)
@@ -40,6 +41,7 @@ from ._meters import LagHistogram, PollBudget
 from ._policy import PollPolicy, SchedulerStatistics
 from ._records import DoneCallback, PollOrder, ProviderQueue, Watch
 from ._timing import EPS, learn, next_poll, observe
+from ._wakes import Wakes
 
 __all__ = ["DoneCallback", "PollScheduler"]
 
@@ -112,6 +114,7 @@ class PollScheduler:
         self._gave_up = 0
         self._timed_out = 0
         self._wakeups = 0
+        self._wakes = Wakes()
 
     def __repr__(self) -> str:
         return f"<PollScheduler outstanding={len(self._watches)} in_flight={self._in_flight}>"
@@ -126,6 +129,7 @@ class PollScheduler:
         submitted_at: float | None = None,
         deadline: float | None = None,
         initial: TaskState | None = None,
+        push: bool = False,
     ) -> None:
         """Start watching a task. Sync and cheap: no request is made here.
 
@@ -134,7 +138,9 @@ class PollScheduler:
         that is not retryable, the last error after ``max_poll_errors`` consecutive retryable
         ones, or :class:`~flux_async.errors.TaskTimeoutError` once ``deadline`` (clock time)
         passes. ``submitted_at`` (clock time; default: now) is when the provider accepted the
-        task; ``initial`` is a state already known (e.g. from the submit response).
+        task; ``initial`` is a state already known (e.g. from the submit response). ``push``:
+        a webhook should announce the completion (see :meth:`wake`), so the task is only polled
+        sparsely, as a safety net for a lost webhook (``PollPolicy.push_*``).
 
         Raises ValueError if the task is already watched.
         """
@@ -153,7 +159,10 @@ class PollScheduler:
         t0 = now if submitted_at is None else submitted_at
         rec = Watch(ref, on_done, next(self._seq), queue, km, t0, deadline)
         self._watches[task_id] = rec
-        km.enrol(rec)
+        if push:  # not counted as running: a lost webhook would make it look longer than it is
+            rec.push = True
+        else:
+            km.enrol(rec)
         if initial is not None:
             if initial.terminal:
                 self._ready.append((rec, initial))
@@ -172,6 +181,23 @@ class PollScheduler:
         if rec.due is not None:
             rec.due = None
             rec.queue.stale += 1
+        return True
+
+    def wake(self, task_id: str, *, event_id: str | None = None) -> bool:
+        """Poll a watched task now: its completion was announced (a webhook). Sync, never blocks.
+
+        True if its next poll was brought forward (to the driver's next turn, or ``min_interval``
+        after its latest answer). False, and nothing happens, for a task not watched, a recent
+        ``event_id`` seen again, a wake-up still pending for the task (until the answer of a poll
+        sent after it) or a poll already due as soon. While its poll is in flight: False, and
+        that poll answers it (if it finds the task still running, one more follows it). So a
+        forged or replayed event costs at most one poll, a flood one per ``min_interval``.
+        """
+        rec = self._watches.get(task_id)
+        due = self._wakes.admit(rec, event_id, self.policy, self._clock())
+        if rec is None or due is None:
+            return False
+        self._push(rec, due)
         return True
 
     def outstanding(self) -> list[TaskRef]:
@@ -196,6 +222,9 @@ class PollScheduler:
             lag_p50=self._lag.quantile(0.5),
             lag_p99=self._lag.quantile(0.99),
             max_lag=self._lag.max,
+            wakes_received=self._wakes.moved + self._wakes.ignored,
+            wakes_moved=self._wakes.moved,
+            wakes_ignored=self._wakes.ignored,
         )
 
     async def run(self) -> None:
@@ -336,11 +365,18 @@ class PollScheduler:
         rec.errors = 0
         rec.queue.rate_limit_streak = 0
         observed = 0.5 * (start + now)  # the provider answered somewhere in between
+        announced = None
+        if rec.woken is not None:  # a wake-up is pending
+            announced, follow = Wakes.settle(rec, start, state.terminal, self.policy, now)
+            if follow is not None:
+                observe(rec, state, observed)
+                self._push(rec, follow)
+                return
         if state.terminal:
             self._finish(rec, state)  # first: a finished task no longer counts as running
             if state.status is TaskStatus.SUCCEEDED:
                 km = rec.km
-                learn(rec, km, observed)
+                learn(rec, km, observed, announced)
                 if km.fitted is None:  # the model's first belief may be due: it re-plans
                     self._refresh(km, now)
             return
@@ -380,7 +416,7 @@ class PollScheduler:
         """Ask the timing model when to poll ``rec`` next, refitting what is learned for its
         model first when there is news."""
         policy = self.policy
-        if rec.polls or policy.first_poll is None:  # else the first poll is fixed: no belief read
+        if rec.polls or policy.first_poll is None or rec.push:  # else no belief is read
             self._refresh(rec.km, now)
         self._push(rec, next_poll(rec, rec.km, policy, now, self._rng))
 

@@ -22,6 +22,11 @@ def _optional_positive(obj: object, attribute: attrs.Attribute[Any], value: floa
         _positive(obj, attribute, value)
 
 
+def _open_fraction(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 < value < 1):
+        raise ValueError(f"{attribute.name} must be a number strictly between 0 and 1, got {value!r}")
+
+
 def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
@@ -74,6 +79,28 @@ class PollPolicy:
       it pauses the whole provider instead.
     - ``rate_limit_pause_cap``: the longest pause a 429's ``Retry-After`` (or, without one, a
       doubling backoff) imposes on all polls of that provider.
+
+    Tasks watched with ``push=True`` (the provider was asked to announce the completion with a
+    webhook, which :meth:`PollScheduler.wake` turns into a poll now) are not tracked closely:
+    polling is only their safety net, for a webhook that never arrives. The trade-off is the
+    delay a lost webhook costs against the requests spent on tasks whose webhook does arrive:
+
+    - ``push_safety_quantile``: the first poll of such a task comes at this quantile of the
+      durations learned for its provider and model (0.99: a lost webhook is noticed within the
+      late tail of the durations, and only about one task in a hundred is polled before its
+      webhook could have come). A lower quantile notices lost webhooks sooner and polls more
+      tasks that were about to announce themselves.
+    - ``push_fallback_delay``: seconds after submission of that first poll while nothing is
+      learned yet for the model (generous: 60 s, several times the usual image job).
+    - ``push_max_interval``: after the first poll, the task is polled every quarter of its age
+      (a lost webhook delays its result by at most a quarter of its duration), but never more
+      than this many seconds apart.
+
+    ``first_poll`` does not apply to these tasks; ``min_interval``, ``jitter`` (only ever
+    later, for the first poll) and the deadline do. They teach the learned durations only what
+    they show precisely (a completion a webhook announced, or polls at most a factor of two
+    apart around it), and are not counted among the running tasks the fit reads: a lost
+    webhook would make a finished task look like a long one.
     """
 
     target_delay: float = attrs.field(default=0.5, validator=_positive)
@@ -87,11 +114,19 @@ class PollPolicy:
     max_polls_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
     max_poll_errors: int = attrs.field(default=5, validator=_positive_int)
     rate_limit_pause_cap: float = attrs.field(default=60.0, validator=_positive)
+    push_safety_quantile: float = attrs.field(default=0.99, validator=_open_fraction)
+    push_fallback_delay: float = attrs.field(default=60.0, validator=_positive)
+    push_max_interval: float = attrs.field(default=60.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.min_interval > self.max_interval:
             raise ValueError(
                 f"min_interval ({self.min_interval!r}) must be <= max_interval ({self.max_interval!r})"
+            )
+        if self.min_interval > self.push_max_interval:
+            raise ValueError(
+                f"min_interval ({self.min_interval!r}) must be <= push_max_interval"
+                f" ({self.push_max_interval!r})"
             )
         if self.backoff < 1:
             raise ValueError(f"backoff must be >= 1, got {self.backoff!r}")
@@ -110,6 +145,11 @@ class SchedulerStatistics:
     poll started minus the time it was due (after any provider pause): it includes waiting for
     an in-flight slot or the polls-per-second budget. ``lag_p50`` and ``lag_p99`` come from a
     log-spaced histogram (about 12% resolution).
+
+    ``wakes_received`` counts the calls of :meth:`PollScheduler.wake`; ``wakes_moved`` those that
+    brought a task's poll forward, ``wakes_ignored`` the others: an unknown task, an event id
+    already seen, a wake already pending for the task, a poll already due as soon, or a poll in
+    flight (which answers it; see :meth:`PollScheduler.wake`). The two add up to the first.
     """
 
     outstanding: int
@@ -126,3 +166,6 @@ class SchedulerStatistics:
     lag_p50: float
     lag_p99: float
     max_lag: float
+    wakes_received: int = 0
+    wakes_moved: int = 0
+    wakes_ignored: int = 0

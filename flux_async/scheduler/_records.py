@@ -33,6 +33,7 @@ class Watch(WatchState):
         "queue",
         "ref",
         "seq",
+        "woken",  # when a pending wake-up came (None: none pending); the next answer settles it
     )
 
     def __init__(
@@ -54,6 +55,7 @@ class Watch(WatchState):
         self.deadline = deadline
         self.errors = 0
         self.due: float | None = None
+        self.woken: float | None = None
 
 
 HeapEntry = tuple[float, int, Watch]

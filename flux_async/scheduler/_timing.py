@@ -4,7 +4,9 @@ It owns everything the scheduler knows about *time*: what a task's reported prog
 its completion (:func:`observe`, :func:`window`), the schedule that the completion-time
 distribution learned per provider and model implies (:func:`spacing`, :func:`belief_step`; the
 distribution itself, :class:`~._learned.Learned`, lives in ``_learned`` and is fed here by
-:func:`learn`), and the decision itself (:func:`next_poll`). Each function takes the clock
+:func:`learn`), and the decision itself (:func:`next_poll`), including the sparse safety-net
+schedule of a task whose completion a webhook should announce (:func:`push_poll`) and where a
+wake-up puts its poll (:func:`wake_poll`, :func:`follow_up`). Each function takes the clock
 reading it needs as an argument and the random source for its jitter, so it runs without an
 event loop or a clock and is tested as a plain function.
 
@@ -16,8 +18,10 @@ codecs: it sees a :class:`WatchState`, a :class:`~flux_async.models.TaskState`, 
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+import statistics
 
 from ..models import TaskState
 from ._learned import Learned, LogStats
@@ -29,12 +33,16 @@ __all__ = [
     "LogStats",
     "WatchState",
     "belief_step",
+    "follow_up",
     "hazard_spacing",
     "learn",
     "next_poll",
     "observe",
+    "push_poll",
+    "push_safety",
     "spacing",
     "through",
+    "wake_poll",
     "window",
 ]
 
@@ -59,6 +67,14 @@ _DENSE_Z = -0.3
 _SPARSE = 1.5
 _DENSE = 0.6
 EPS = 1e-9
+# A task whose completion a webhook should announce is polled, after its safety poll, every
+# quarter of its age (at most PollPolicy.push_max_interval apart): a lost webhook delays its
+# result by at most a quarter of its duration, at a number of polls that grows with the log of it.
+_PUSH_AGE_FRACTION = 0.25
+# A webhook comes within one delivery of the completion it announces: a task confirmed by the
+# poll a wake-up brought forward took between this fraction of its age at the announcement and
+# that age (a loose bracket; the poll's own time is a much later upper bound when never polled).
+_ANNOUNCED_LO = 0.9
 
 
 def hazard_spacing(elapsed: float, mu: float, sigma: float, dense: float) -> float:
@@ -135,6 +151,7 @@ class WatchState:
         "live",  # still waited on (see Learned.enrol)
         "miss_t",  # when the task first outlived a prediction
         "polls",  # polls sent so far
+        "push",  # a webhook should announce the completion: polled sparsely (push_poll)
         "t0",  # submission time
         "w_hi",  # end of the completion window predicted by the latest plan
         "z_t",  # latest time the task had certainly not started (progress 0, or submission)
@@ -144,6 +161,7 @@ class WatchState:
         self.t0 = t0
         self.live = False
         self.polls = 0
+        self.push = False
         self.estimate: float | None = None
         self.last_t: float | None = None
         self.z_t: float | None = t0
@@ -223,7 +241,10 @@ def next_poll(
     In order: the window its progress pins down, a narrow belief (a trusted ``estimated_time``),
     the learned distribution of durations, one progress report alone, and otherwise the
     geometric backoff. Records the predicted end of the completion window in ``w.w_hi``.
+    A task that expects a webhook follows :func:`push_poll` instead.
     """
+    if w.push:
+        return push_poll(w, learned, policy, now, rng)
     tau = policy.target_delay
     if w.polls == 0 and policy.first_poll is not None:
         return max(now, w.t0 + policy.first_poll)
@@ -294,13 +315,21 @@ def _floor(
     return now + max(wait, policy.min_interval)
 
 
-def learn(w: WatchState, learned: Learned, done_at: float) -> None:
+def learn(
+    w: WatchState, learned: Learned, done_at: float, announced: float | None = None
+) -> None:
     """Record the duration of a task that just succeeded at ``done_at``, for the next tasks of
-    its model."""
+    its model. ``announced``: when a wake-up (a webhook) announced it, if the poll that found
+    it done was sent after that."""
     hi = done_at - w.t0
+    lo = 0.0 if w.last_t is None else w.last_t - w.t0
+    if announced is not None:
+        hi = min(hi, announced - w.t0)
+        lo = min(hi, max(lo, _ANNOUNCED_LO * hi))
+    elif w.push and lo < 0.5 * hi:
+        return  # found by its safety net long after its lost webhook: only an upper bound
     if hi <= 0:
         return
-    lo = 0.0 if w.last_t is None else w.last_t - w.t0
     # It finished between the last two polls; a first poll that already found it done only
     # bounds it from above: assume it took at least a quarter of that, so the estimate can
     # still move down.
@@ -316,3 +345,63 @@ def learn(w: WatchState, learned: Learned, done_at: float) -> None:
         weight = 1.0 / (1.0 + (width / 0.05) ** 2)
         learned.estimates.add(math.log(duration / w.estimate), done_at, weight, noise)
         learned.estimated.add(math.log(duration), done_at, weight, noise)
+
+
+# -- tasks whose completion a webhook should announce -------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _normal_quantile(q: float) -> float:
+    return statistics.NormalDist().inv_cdf(q)
+
+
+def push_safety(w: WatchState, learned: Learned, policy: PollPolicy) -> float:
+    """Seconds after submission of the safety poll of a task that expects a webhook: the
+    ``push_safety_quantile`` of the durations believed for it (learned for its model, or from
+    its ``estimated_time``), or ``push_fallback_delay`` while nothing is known."""
+    belief = learned.belief(w.estimate)
+    if belief is None:
+        return policy.push_fallback_delay
+    mu, sigma = belief
+    return math.exp(mu + _normal_quantile(policy.push_safety_quantile) * sigma)
+
+
+def push_poll(
+    w: WatchState, learned: Learned, policy: PollPolicy, now: float, rng: random.Random
+) -> float:
+    """When to poll a task that expects a webhook, if no webhook comes (clock time).
+
+    Polling is its safety net, not its way of noticing the completion: one poll at the late
+    tail of its believed duration (:func:`push_safety`; jittered only later, so that it is
+    never repeated because a jitter put it early), then polls every quarter of its age, at
+    most ``push_max_interval`` apart (jittered). Progress is not tracked: it would spend the
+    requests the webhook saves.
+    """
+    safety = w.t0 + push_safety(w, learned, policy)
+    if now < safety:
+        wait = safety - now
+        if policy.jitter:
+            wait *= 1.0 + policy.jitter * rng.random()
+    else:
+        wait = min(policy.push_max_interval, _PUSH_AGE_FRACTION * (now - w.t0))
+        if policy.jitter:
+            wait *= 1.0 + policy.jitter * rng.uniform(-1.0, 1.0)
+        wait = min(policy.push_max_interval, wait)
+    return now + max(wait, policy.min_interval)
+
+
+def wake_poll(w: WatchState, policy: PollPolicy, now: float) -> float:
+    """Where a wake-up puts the task's next poll: now, or ``min_interval`` after its latest
+    answer if that was more recent (a flood of wake-ups costs at most one poll per
+    ``min_interval``)."""
+    last = w.last_t
+    if last is None:
+        return now
+    return max(now, last + policy.min_interval)
+
+
+def follow_up(start: float, policy: PollPolicy, now: float) -> float:
+    """The poll after one that was in flight when a wake-up came and found the task still
+    running (it may have been answered before the announced completion): ``min_interval``
+    after that poll was sent, or now."""
+    return max(now, start + policy.min_interval)
