@@ -145,6 +145,12 @@ class SessionStatistics:
     the jobs left out of the sums because their cost is unknown. They include what the ledger
     held from earlier sessions when this one started (``carried_over_usd`` of it), as the budget
     does; ``max_spend_usd`` is the budget (None: none).
+
+    ``webhooks_received`` counts the webhook events handed to :meth:`Session.notify` (after
+    verification), ``webhooks_refused`` the deliveries :meth:`Session.notify_webhook` refused,
+    and ``webhook_wakes`` the events that moved a task's poll to now (the rest were duplicates,
+    too soon after a poll, or about tasks this session does not watch).
+    ``outage_refusals`` counts the submits refused while the outage breaker was open.
     """
 
     provider: str
@@ -175,6 +181,10 @@ class SessionStatistics:
     unknown_cost_jobs: int = 0
     carried_over_usd: float = 0.0
     max_spend_usd: float | None = None
+    webhooks_received: int = 0
+    webhooks_refused: int = 0
+    webhook_wakes: int = 0
+    outage_refusals: int = 0
 
 
 def _check_seconds(name: str, value: object, unit: str = "seconds") -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 
 import anyio
@@ -41,6 +42,9 @@ from .scheduler import PollScheduler
 __all__ = ["Jobs", "coerce_ref"]
 
 _log = logging.getLogger("flux_async")
+
+#: Webhook events kept for tasks not watched yet (the oldest are forgotten first).
+_EARLY_EVENTS = 1024
 
 #: Errors that end a task for good at the provider: its ledger entry is settled.
 _ENDED_AT_THE_PROVIDER = (TaskFailedError, ModerationError, TaskNotFoundError)
@@ -76,6 +80,11 @@ class Jobs:
         self._slots = anyio.Semaphore(limits.max_concurrent_submits)
         self.watched: dict[str, Job] = {}  # task id -> its job, while it is watched
         self.abandoned: dict[str, TaskRef] = {}
+        #: A webhook was asked for every task: the scheduler polls them sparsely, as a net.
+        self.push = False
+        # Webhook events for tasks not watched yet (a completion pushed before the submit's
+        # answer was read): task id -> event id, replayed as a wake once the task is watched.
+        self._early: OrderedDict[str, str | None] = OrderedDict()
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -206,7 +215,26 @@ class Jobs:
         deadline = None
         if self._job_timeout is not None:
             deadline = self._ctx.now() + self._job_timeout
-        self._scheduler.watch(job.ref, job._on_done, deadline=deadline)
+        self._scheduler.watch(job.ref, job._on_done, deadline=deadline, push=self.push)
+        if self._early:
+            task_id = job.ref.task_id
+            if task_id in self._early and self._scheduler.wake(task_id, event_id=self._early.pop(task_id)):
+                self._counts["webhook_wakes"] += 1
+
+    def notify(self, task_id: str, event_id: str | None) -> bool:
+        """A webhook says ``task_id`` changed: poll it now (True when that moved its poll).
+        An event for a task not watched yet is kept (a bounded number) until it is."""
+        if task_id in self.watched:
+            moved = self._scheduler.wake(task_id, event_id=event_id)
+            if moved:
+                self._counts["webhook_wakes"] += 1
+            return moved
+        early = self._early
+        early[task_id] = event_id
+        early.move_to_end(task_id)
+        while len(early) > _EARLY_EVENTS:
+            early.popitem(last=False)
+        return False
 
     def finished(self, job: Job) -> None:
         """Called once by a job when it ends: free its cap, count it, settle its cost, settle it

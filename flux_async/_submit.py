@@ -103,6 +103,8 @@ class Submitter:
         "job_timeout",
         "resubmit_in_doubt",
         "unrecorded",
+        "webhook_secret",
+        "webhook_url",
     )
 
     def __init__(
@@ -114,6 +116,8 @@ class Submitter:
         resubmit_in_doubt: bool = False,
         breaker: Breaker | None = None,
         job_timeout: float | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         self._ctx = ctx
         self._ledger = ledger
@@ -124,6 +128,9 @@ class Submitter:
         #: A submit refused with 429 is retried until this many seconds after its first
         #: attempt (``Limits.job_timeout``), not only within the retry policy's attempts.
         self.job_timeout = job_timeout
+        #: Sent with every submit in the provider's own fields (``Session(webhook_url=...)``).
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
         # Keys whose POST is on its way here: a second submit with the key waits for the first.
         self._claims: dict[str, asyncio.Future[TaskRef]] = {}
         self._sending: set[str] = set()  # keys whose submit is on its way
@@ -385,7 +392,13 @@ class Submitter:
         started = ctx.now()
         try:
             while True:
-                http = codec.build_submit(request, client_business_id=cbid, idempotency_key=key)
+                http = codec.build_submit(
+                    request,
+                    client_business_id=cbid,
+                    idempotency_key=key,
+                    webhook_url=self.webhook_url,
+                    webhook_secret=self.webhook_secret,
+                )
                 counts["submit_attempts"] += 1
                 sent_at = started if attempt == 0 else ctx.now()
                 if attempt == 0:

@@ -21,6 +21,7 @@ from collections.abc import (
     Callable,
     Iterable,
     Mapping,
+    Sequence,
 )
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +50,8 @@ from .errors import (
     FluxError,
     InsufficientCreditsError,
     LedgerError,
+    ValidationError,
+    WebhookVerificationError,
 )
 from .ledger import Ledger, MemoryLedger
 from .models import (
@@ -61,9 +64,12 @@ from .models import (
     TaskState,
 )
 from .providers import get_codec
+from .providers._build import webhook_target
 from .retry import RetryPolicy
 from .scheduler import PollPolicy, PollScheduler
 from .transport import AiohttpTransport, DownloadLimits, Transport
+from .webhooks import WebhookEvent
+from .webhooks import verify as verify_webhook
 
 __all__ = ["API_KEY_ENV", "Job", "Limits", "Session", "SessionStatistics"]
 
@@ -97,6 +103,8 @@ class Session:
         ledger: Ledger | None = None,
         resubmit_in_doubt: bool = False,
         prices: Mapping[str, float] | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | Sequence[str] | None = None,
     ) -> None:
         if provider not in catalog.PROVIDERS:
             raise ConfigurationError(
@@ -125,6 +133,8 @@ class Session:
         self.ledger: Ledger = MemoryLedger() if ledger is None else ledger
         # What jobs cost and the budget; reads what the ledger holds from earlier sessions.
         self._spend = Spend(provider, self.ledger, prices=prices, max_spend_usd=self.limits.max_spend_usd)
+        self._webhook_secrets = _webhook_secrets(webhook_secret)
+        self._webhook_url = None if webhook_url is None else _webhook_url(webhook_url)
         self._submitter = Submitter(
             ctx,
             self.ledger,
@@ -132,6 +142,8 @@ class Session:
             resubmit_in_doubt=resubmit_in_doubt,
             breaker=Breaker(threshold=limits.outage_streak, pause=limits.outage_pause),
             job_timeout=limits.job_timeout,
+            webhook_url=self._webhook_url,
+            webhook_secret=self._webhook_secrets[0] if self._webhook_secrets else None,
         )
         self._uploads = Uploads(ctx)
         self._jobs = Jobs(
@@ -144,6 +156,7 @@ class Session:
             active_limiter(provider, self.limits),
             self._spend,
         )
+        self._jobs.push = self._webhook_url is not None
         self._download_slots = anyio.Semaphore(self.limits.max_concurrent_downloads)
         self._download_limits = DownloadLimits(
             max_bytes=self.limits.max_download_bytes, max_redirects=self.limits.max_redirects
@@ -332,6 +345,36 @@ class Session:
         self._counts["downloads"] += 1
         return data
 
+    # -- webhooks ------------------------------------------------------------------------------
+
+    def notify(self, event: WebhookEvent) -> bool:
+        """A verified webhook event: poll its task now (a wake-up, never a result).
+
+        The poll confirms the state and the normal path downloads. Deduplicated by event id
+        and by task, so a duplicate or replayed event costs nothing and a flood of them at
+        most one poll per task per ``PollPolicy.min_interval``. Returns True when the event
+        moved a poll; an event of another provider, about no task, or about a task this
+        session does not watch returns False (one about a task not watched *yet* is kept, a
+        bounded number of them, and acted on once it is). Never blocks, never raises for an
+        event; safe to call from any handler on the session's event loop.
+        """
+        if event.provider != self.provider or event.task_id is None:
+            return False
+        self._counts["webhooks_received"] += 1
+        return self._jobs.notify(event.task_id, event.event_id)
+
+    def notify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> WebhookEvent:
+        """Verify one delivery (``flux_async.webhooks.verify`` with the session's provider and
+        ``webhook_secret``) and :meth:`notify` its event. Raises WebhookVerificationError for a
+        delivery to refuse (answer it with a 4xx); nothing is polled then."""
+        try:
+            event = verify_webhook(self.provider, headers, body, secrets=self._webhook_secrets, now=now)
+        except WebhookVerificationError:
+            self._counts["webhooks_refused"] += 1
+            raise
+        self.notify(event)
+        return event
+
     # -- many jobs -----------------------------------------------------------------------------
 
     async def as_completed(
@@ -420,9 +463,32 @@ class Session:
                 if entry.in_doubt and entry.provider == self.provider and not self._submitter.in_flight(entry.key)
             ),
             unrecorded_tasks=tuple(self._submitter.unrecorded),
+            webhooks_received=self._counts["webhooks_received"],
+            webhooks_refused=self._counts["webhooks_refused"],
+            webhook_wakes=self._counts["webhook_wakes"],
+            outage_refusals=self._counts["outage_refusals"],
             **self._spend.statistics(),
         )
 
+
+
+def _webhook_url(url: object) -> str:
+    """The webhook URL, checked before anything is sent (ConfigurationError otherwise)."""
+    try:
+        return webhook_target(url)
+    except ValidationError:
+        raise ConfigurationError("webhook_url must be an absolute http(s) URL with a host") from None
+
+
+def _webhook_secrets(secret: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The webhook secrets (the first is sent to BFL; all verify deliveries)."""
+    if secret is None:
+        return ()
+    secrets = (secret,) if isinstance(secret, str) else tuple(secret)
+    for value in secrets:
+        if not isinstance(value, str) or not value or not value.isprintable():
+            raise ConfigurationError("webhook_secret must be a non-empty printable string (or several)")
+    return secrets
 
 
 def _retryable_download(error: FluxError) -> bool:
