@@ -1,6 +1,7 @@
 """The library names the command line uses, gathered in one place.
 
-The command is built on the public API only: everything comes from the package root.
+The command is built on the public API only: everything comes from the package root, but for
+the webhook receiver of ``flux_async.receivers`` (a public module of its own).
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ from .. import (
     catalog,
     estimate_cost,
 )
+from ..receivers import DEFAULT_PATH as WEBHOOK_PATH
+from ..receivers import serve_webhooks
 
 __all__ = [
     "PROVIDERS",
+    "WEBHOOK_PATH",
     "AuthenticationError",
     "BadRequestError",
     "BudgetExceededError",
@@ -75,4 +79,5 @@ __all__ = [
     "__version__",
     "catalog",
     "estimate_cost",
+    "serve_webhooks",
 ]

@@ -9,14 +9,16 @@ under the shared progress display and Ctrl-C handling of ``_runtime``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
 import click
 
-from ._api import Limits, PollPolicy
+from ._api import WEBHOOK_PATH, Limits, PollPolicy, Session, serve_webhooks
 from ._batch import BatchRunner
 from ._batchentry import Defaults
 from ._batchfile import BatchFileError, CheckReport, check_file, read_entries
@@ -38,6 +40,7 @@ from ._runtime import (
     execute,
     exit_on_error,
     fail,
+    printable,
     report,
     run_command,
     summarize,
@@ -103,6 +106,24 @@ RETRY_KINDS = {
 )  # fmt: skip
 @spend_options
 @click.option(
+    "--webhook-listen", "webhook_listen", metavar="HOST:PORT", default=None,
+    help=(
+        "Receive the provider's webhooks on HOST:PORT (path /flux-async/webhook): a finished job "
+        "is then collected at once, with one status request. Off by default."
+    ),
+)  # fmt: skip
+@click.option(
+    "--webhook-url", "webhook_url", metavar="URL", default=None,
+    help=(
+        "The public URL the provider posts webhooks to, reaching --webhook-listen (default: "
+        "http://HOST:PORT/flux-async/webhook)."
+    ),
+)  # fmt: skip
+@click.option(
+    "--webhook-secret", "webhook_secret", envvar="FLUX_ASYNC_WEBHOOK_SECRET", default=None,
+    show_envvar=True, help="The webhook signing secret (toapis: your key's; BFL: sent with each job).",
+)  # fmt: skip
+@click.option(
     "--no-report", is_flag=True,
     help="Do not write OUTPUT/report.html at the end (flux-async report OUTPUT writes it any time).",
 )  # fmt: skip
@@ -127,6 +148,9 @@ def batch(
     prices_file: Path | None,
     max_spend: float | None,
     dry_run: bool,
+    webhook_listen: str | None,
+    webhook_url: str | None,
+    webhook_secret: str | None,
     no_report: bool,
     provider: str,
     api_key: str | None,
@@ -165,6 +189,7 @@ def batch(
         if resubmit_in_doubt and not resume:
             fail("--resubmit-in-doubt only applies to --resume", EXIT_USAGE)
         retry_kinds = _retry_kinds(retry_failed, resume=resume)
+        listen, webhooks = _webhook_options(webhook_listen, webhook_url, webhook_secret, provider)
         prices = read_prices(price, prices_file, provider)
         # The first pass, before any connection: every line is checked.
         checked = _check_input(out, file, defaults, provider)
@@ -176,7 +201,7 @@ def batch(
 
     async def body() -> int:
         # A missing key stops here, before anything is written.
-        open_session(provider, api_key, base_url, limits, poll_policy=poll_policy)
+        open_session(provider, api_key, base_url, limits, poll_policy=poll_policy, **webhooks)
         header = JournalHeader(
             provider=provider,
             input=input_path,
@@ -196,6 +221,7 @@ def batch(
             resubmit_in_doubt=resubmit_in_doubt,
             prices=prices,
             poll_policy=poll_policy,
+            **webhooks,
         )
         counts = Counts(
             label=file.name,
@@ -208,7 +234,7 @@ def batch(
         # The journal closes after the session: a submit still on the wire when the session
         # shuts down is answered and recorded.
         with closing(journal):
-            async with session:
+            async with _listening(session, listen), session:
                 runner = BatchRunner(
                     session,
                     journal,
@@ -229,6 +255,47 @@ def batch(
         return summary.exit_code
 
     run_command(out, body, verbose=verbose)
+
+
+def _webhook_options(
+    listen: str | None, url: str | None, secret: str | None, provider: str
+) -> tuple[tuple[str, int] | None, dict[str, str]]:
+    """Where to listen for webhooks and the Session's webhook settings (exit 2 when wrong)."""
+    if listen is None:
+        if url is not None:
+            fail("--webhook-url needs --webhook-listen: this process must receive the webhooks", EXIT_USAGE)
+        return None, {}
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        fail(f"--webhook-listen: expected HOST:PORT, got {printable(listen)!r}", EXIT_USAGE)
+    if secret is None and provider in ("toapis", "bfl"):
+        fail(
+            f"--webhook-listen on {provider} needs --webhook-secret (or FLUX_ASYNC_WEBHOOK_SECRET): "
+            "its webhooks are signed, and unsigned ones are refused",
+            EXIT_USAGE,
+        )
+    port = int(port_text)
+    shown = f"[{host}]" if ":" in host else host
+    webhooks = {"webhook_url": url or f"http://{shown}:{port}{WEBHOOK_PATH}"}
+    if secret is not None:
+        webhooks["webhook_secret"] = secret
+    return (host, port), webhooks
+
+
+@contextlib.asynccontextmanager
+async def _listening(session: Session, listen: tuple[str, int] | None) -> AsyncIterator[None]:
+    """Receive the session's webhooks while the block runs (nothing without ``listen``)."""
+    if listen is None:
+        yield
+        return
+    host, port = listen
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(serve_webhooks(session, host, port))
+        except OSError as exc:
+            fail(f"--webhook-listen: cannot listen on {host}:{port} ({exc.strerror or exc})", EXIT_USAGE)
+        yield
 
 
 def _retry_kinds(option: str | None, *, resume: bool) -> frozenset[str]:
