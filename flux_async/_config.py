@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 import attrs
 
+from ._checks import check_int, check_number, check_seconds
 from .errors import ConfigurationError
 from .ledger import LedgerEntry
 from .models import TaskRef
@@ -85,19 +86,19 @@ class Limits:
         # Checked here, before a session can send anything: a job_timeout of 0 would pay for a
         # task and give it up at once; max_redirects of -1 would fail every download.
         for name in ("max_concurrent_submits", "max_outstanding", "max_connections", "max_concurrent_downloads"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("max_download_bytes", self.max_download_bytes, 1)
-        _check_int("max_redirects", self.max_redirects, 0)
-        _check_seconds("connect_timeout", self.connect_timeout)
-        _check_seconds("read_timeout", self.read_timeout)
+            check_int("Limits", name, getattr(self, name), 1)
+        check_int("Limits", "max_download_bytes", self.max_download_bytes, 1)
+        check_int("Limits", "max_redirects", self.max_redirects, 0)
+        check_seconds("Limits", "connect_timeout", self.connect_timeout)
+        check_seconds("Limits", "read_timeout", self.read_timeout)
         if self.job_timeout is not None:
-            _check_seconds("job_timeout", self.job_timeout)
+            check_seconds("Limits", "job_timeout", self.job_timeout)
         if self.max_active_tasks is not None:
-            _check_int("max_active_tasks", self.max_active_tasks, 0)
+            check_int("Limits", "max_active_tasks", self.max_active_tasks, 0)
         if self.max_submits_per_second is not None:
-            _check_seconds("max_submits_per_second", self.max_submits_per_second, "submits per second")
-        _check_int("outage_streak", self.outage_streak, 0)
-        _check_seconds("outage_pause", self.outage_pause)
+            check_number("Limits", "max_submits_per_second", self.max_submits_per_second, above=True)
+        check_int("Limits", "outage_streak", self.outage_streak, 0)
+        check_seconds("Limits", "outage_pause", self.outage_pause)
         cap = self.max_spend_usd
         if cap is not None and (
             isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 0
@@ -185,16 +186,6 @@ class SessionStatistics:
     webhooks_refused: int = 0
     webhook_wakes: int = 0
     outage_refusals: int = 0
-
-
-def _check_seconds(name: str, value: object, unit: str = "seconds") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ConfigurationError(f"Limits.{name} must be a number of {unit} above 0, got {value!r}")
-
-
-def _check_int(name: str, value: object, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigurationError(f"Limits.{name} must be a whole number of at least {least}, got {value!r}")
 
 
 def resolve_api_key(provider: str, api_key: str | None) -> str:

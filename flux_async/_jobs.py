@@ -34,6 +34,7 @@ from .errors import (
     SubmissionUncertainError,
     TaskFailedError,
     TaskNotFoundError,
+    ValidationError,
 )
 from .ledger import Ledger
 from .models import Cost, GenerationRequest, TaskRef
@@ -284,11 +285,14 @@ class Jobs:
 
 def coerce_ref(provider: str, ref: TaskRef | str) -> TaskRef:
     """The ref a caller means: a ``TaskRef`` of ``provider``, a task id (aggregators), or a BFL
-    ``polling_url``. Raises ConfigurationError otherwise."""
+    ``polling_url``. Raises ConfigurationError for another provider's task or a BFL id without
+    its polling URL, ValidationError for an id that is not one (it would go into a URL)."""
     if isinstance(ref, TaskRef):
         if ref.provider != provider:
             raise ConfigurationError(f"task {ref.task_id} belongs to {ref.provider!r}, not {provider!r}")
         return ref
+    if not isinstance(ref, str):
+        raise ValidationError("task_id", ref, "a TaskRef or a task id (str)", reason=f"not a task reference but {type(ref).__name__}")
     if provider == "bfl":
         if ref.startswith(("http://", "https://")) and "id=" in ref:
             task_id = ref.split("id=", 1)[1].split("&", 1)[0]

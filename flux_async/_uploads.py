@@ -85,6 +85,7 @@ class Uploads:
         provider = self._ctx.provider
         if provider == "bfl":
             raise ConfigurationError("BFL has no upload API: pass the bytes or path in `images` and they are sent inline")
+        catalog.check_upload(provider, source)  # a path's file looked at before it is read
         data = source if isinstance(source, bytes) else await anyio.Path(os.fspath(source)).read_bytes()
         # A request's images were checked by catalog.validate; a direct upload is checked here.
         limit = catalog.max_upload_bytes(provider)

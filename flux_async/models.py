@@ -16,6 +16,9 @@ from typing import Any, ClassVar, Literal, Required, TypeAlias, TypedDict
 
 import attrs
 
+from ._checks import check_task_id
+from .errors import ValidationError
+
 __all__ = [
     "Cost",
     "CostSource",
@@ -225,12 +228,24 @@ class TaskRef:
 
     ``polling_url`` is BFL's poll URL, kept verbatim (it names the region). ``model`` lets a
     resumed task count against the right limits and timing estimates.
+
+    ``task_id`` goes into URLs, so it is checked here: 1 to 256 characters from ``A-Z a-z 0-9``
+    and ``. _ ~ : -``, not only dots; anything else is a ValidationError naming ``task_id``.
     """
 
     provider: str
     task_id: str
     polling_url: str | None = None
     model: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.provider, str) or not self.provider:
+            raise ValidationError("provider", self.provider, "a provider's name", reason="not a provider")
+        check_task_id(self.task_id)
+        for name in ("polling_url", "model"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(name, value, "a str or None", reason=f"not a str but {type(value).__name__}")
 
     def to_dict(self) -> dict[str, str]:
         """A JSON-ready dict (only the fields that are set)."""

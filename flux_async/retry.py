@@ -17,11 +17,19 @@ import random
 import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
-from .errors import APIError, ProtocolError, RateLimitError, ServerError, TransportError
+from ._checks import check_int, check_number, check_seconds
+from .errors import (
+    APIError,
+    ConfigurationError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
 
 __all__ = [
     "RetryBudget",
@@ -36,16 +44,6 @@ __all__ = [
     "retry_delay",
     "should_retry",
 ]
-
-
-def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive finite number, got {value!r}")
-
-
-def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -65,39 +63,40 @@ class RetryPolicy:
     - ``deadline``: the total time, in seconds, one operation may spend retrying (None: no limit).
     - ``budget_ratio`` and ``budget_floor``: the session-wide :class:`RetryBudget`: retries may
       be at most ``budget_ratio`` of first attempts, plus ``budget_floor`` in reserve.
+
+    A field out of its range (a bool where a number goes, a delay of 0, ``max_delay`` below
+    ``base_delay``, NaN or infinity) is a ConfigurationError naming ``RetryPolicy.<field>``.
     """
 
-    max_attempts: int = attrs.field(default=5)
-    base_delay: float = attrs.field(default=0.5, validator=_positive)
-    max_delay: float = attrs.field(default=30.0, validator=_positive)
-    multiplier: float = attrs.field(default=2.0, validator=_positive)
-    jitter: Literal["full", "equal", "none"] = attrs.field(
-        default="equal", validator=attrs.validators.in_(("full", "equal", "none"))
-    )
-    max_retry_after: float = attrs.field(default=120.0, validator=_non_negative)
-    deadline: float | None = attrs.field(default=300.0)
-    budget_ratio: float = attrs.field(default=0.2, validator=_non_negative)
-    budget_floor: float = attrs.field(default=10.0, validator=_non_negative)
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    multiplier: float = 2.0
+    jitter: Literal["full", "equal", "none"] = "equal"
+    max_retry_after: float = 120.0
+    deadline: float | None = 300.0
+    budget_ratio: float = 0.2
+    budget_floor: float = 10.0
 
-    @max_attempts.validator
-    def _check_attempts(self, _: attrs.Attribute[int], value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"max_attempts must be an integer >= 1, got {value!r}")
+    def __attrs_post_init__(self) -> None:
+        check_int(_OWNER, "max_attempts", self.max_attempts, 1)
+        check_seconds(_OWNER, "base_delay", self.base_delay)
+        check_seconds(_OWNER, "max_delay", self.max_delay)
+        if self.max_delay < self.base_delay:
+            raise ConfigurationError(
+                f"RetryPolicy.max_delay ({self.max_delay!r}) must be at least base_delay ({self.base_delay!r})"
+            )
+        check_number(_OWNER, "multiplier", self.multiplier, least=1)
+        if self.jitter not in ("full", "equal", "none"):
+            raise ConfigurationError(f"RetryPolicy.jitter must be 'full', 'equal' or 'none', got {self.jitter!r}")
+        check_number(_OWNER, "max_retry_after", self.max_retry_after)
+        if self.deadline is not None:
+            check_seconds(_OWNER, "deadline", self.deadline)
+        check_number(_OWNER, "budget_ratio", self.budget_ratio)
+        check_number(_OWNER, "budget_floor", self.budget_floor)
 
-    @deadline.validator
-    def _check_deadline(self, attribute: attrs.Attribute[Any], value: float | None) -> None:
-        if value is not None:
-            _positive(self, attribute, value)
 
-    @multiplier.validator
-    def _check_multiplier(self, _: attrs.Attribute[float], value: float) -> None:
-        if value < 1:
-            raise ValueError(f"multiplier must be >= 1, got {value!r}")
-
-    @max_delay.validator
-    def _check_max_delay(self, _: attrs.Attribute[float], value: float) -> None:
-        if value < self.base_delay:
-            raise ValueError(f"max_delay ({value!r}) must be >= base_delay ({self.base_delay!r})")
+_OWNER = "RetryPolicy"
 
 
 def backoff_bounds(policy: RetryPolicy, attempt: int) -> tuple[float, float]:

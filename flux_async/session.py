@@ -34,6 +34,7 @@ from anyio.abc import TaskGroup
 from . import catalog
 from ._active import active_limiter
 from ._as_completed import Batch, Outbox
+from ._checks import check_base_url
 from ._config import API_KEY_ENV, Limits, SessionStatistics, resolve_api_key
 from ._context import NOT_OPEN, Context
 from ._hosts import HostPolicy
@@ -82,6 +83,8 @@ class Session:
     Cheap to keep for the life of an application and safe to share between concurrent tasks:
     they all ride the same scheduler and connection pool. Configuration is keyword-only.
 
+    ``base_url`` (else ``FLUX_ASYNC_BASE_URL``, else the provider's) must be ``http(s)://host``
+    with an optional port and path: no credentials, query or fragment (ConfigurationError).
     ``prices`` (model -> US dollars per image) overrides the catalog's price table
     (``catalog.PRICES``) for the jobs' costs and the budget (``Limits.max_spend_usd``).
     """
@@ -112,7 +115,12 @@ class Session:
             )
         self.provider = provider
         codec = get_codec(provider, api_key=resolve_api_key(provider, api_key))
-        self._base_url = (base_url or os.environ.get("FLUX_ASYNC_BASE_URL") or codec.default_base_url).rstrip("/")
+        if base_url:
+            self._base_url = check_base_url(base_url)
+        elif os.environ.get("FLUX_ASYNC_BASE_URL"):
+            self._base_url = check_base_url(os.environ["FLUX_ASYNC_BASE_URL"], "FLUX_ASYNC_BASE_URL")
+        else:
+            self._base_url = codec.default_base_url
         self.poll_policy = poll_policy or PollPolicy()
         self.retry_policy = retry_policy or RetryPolicy()
         self.limits = limits or Limits()

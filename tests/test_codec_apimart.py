@@ -145,9 +145,10 @@ def test_build_poll_and_no_lookup(codec: ApimartCodec) -> None:
         HEADERS,
         None,
     )
-    assert (
-        codec.build_poll(TaskRef(provider="apimart", task_id="a b/c")).url == "/v1/tasks/a%20b%2Fc"
-    )
+    odd = TaskRef(provider="apimart", task_id="ok")
+    object.__setattr__(odd, "task_id", "a b/c")  # altered after it was made: never encoded through
+    with pytest.raises(ValidationError, match="task_id"):
+        codec.build_poll(odd)
     assert codec.build_lookup("job-1") is None
     assert codec.parse_lookup(response("poll_completed.json"), model="m") is None
 

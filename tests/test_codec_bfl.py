@@ -243,10 +243,11 @@ def test_poll_uses_the_polling_url_verbatim(codec: BflCodec, polling_url: str) -
 
 
 def test_poll_of_a_bare_id_falls_back_to_get_result(codec: BflCodec) -> None:
-    assert (
-        codec.build_poll(TaskRef(provider="bfl", task_id="a/b c")).url
-        == "/v1/get_result?id=a%2Fb%20c"
-    )
+    assert codec.build_poll(TaskRef(provider="bfl", task_id="b9b1-x")).url == "/v1/get_result?id=b9b1-x"
+    odd = TaskRef(provider="bfl", task_id="ok")
+    object.__setattr__(odd, "task_id", "a&b=c")  # altered after it was made: refused all the same
+    with pytest.raises(ValidationError, match="task_id"):
+        codec.build_poll(odd)
 
 
 READY_URL = "https://delivery-us1.bfl.ai/..."

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import string
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,7 +145,10 @@ responses = st.builds(HttpResponse, status=statuses, headers=headers, body=bodie
 refs = st.builds(
     TaskRef,
     provider=st.just("x"),
-    task_id=st.text(min_size=1, max_size=20),
+    # What a TaskRef takes as a task id (anything else is refused when the ref is made).
+    task_id=st.text(string.ascii_letters + string.digits + "._~:-", min_size=1, max_size=20).filter(
+        lambda text: text.strip(".") != ""
+    ),
     polling_url=st.none() | st.just("https://api.us1.bfl.ai/v1/get_result?id=abc"),
     model=st.none() | st.sampled_from(["flux-kontext-pro", "grok-4-1-image"]),
 )

@@ -278,8 +278,14 @@ def test_build_poll(codec: ToapisCodec) -> None:
         HEADERS,
         None,
     )
-    odd = TaskRef(provider="toapis", task_id="a/../b?c")
-    assert codec.build_poll(odd).url == "/v1/images/generations/a%2F..%2Fb%3Fc"
+    # An id that would change the URL is refused when the ref is made, and again (a ref
+    # altered after it was made) before the URL is built: nothing is percent-encoded through.
+    with pytest.raises(ValidationError, match="task_id"):
+        TaskRef(provider="toapis", task_id="a/../b?c")
+    odd = TaskRef(provider="toapis", task_id="ok")
+    object.__setattr__(odd, "task_id", "..")
+    with pytest.raises(ValidationError, match="task_id"):
+        codec.build_poll(odd)
     with pytest.raises(ValueError, match="bfl"):
         codec.build_poll(TaskRef(provider="bfl", task_id="x"))
 

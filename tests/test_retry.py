@@ -90,7 +90,7 @@ def test_default_policy() -> None:
     ],
 )
 def test_policy_refuses_nonsense(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - attrs validators raise plain ValueError
+    with pytest.raises(ConfigurationError, match=r"^RetryPolicy\.\w+"):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 

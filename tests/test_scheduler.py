@@ -24,6 +24,7 @@ from vtime import VirtualTime
 
 from flux_async.errors import (
     AuthenticationError,
+    ConfigurationError,
     NotFoundError,
     ProtocolError,
     RateLimitError,
@@ -247,7 +248,7 @@ def fixed_poller(jobs: dict[str, Job], interval: float, latency: float) -> tuple
     ],
 )
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+    with pytest.raises(ConfigurationError, match=r"^PollPolicy\.\w+"):
         PollPolicy(**kwargs)  # type: ignore[arg-type]
 
 

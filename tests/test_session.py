@@ -535,7 +535,7 @@ async def test_a_caller_supplied_aiohttp_session_is_used_and_left_open(emulator:
 @pytest.mark.anyio
 async def test_a_direct_upload_is_checked_before_anything_is_sent(emulator: Emulator) -> None:
     async with session_for(emulator, "toapis") as session:
-        with pytest.raises(ValidationError, match="not a supported image"):
+        with pytest.raises(ValidationError, match="not a recognised image"):
             await session.upload(b"plain text, not an image")
         url = await session.upload(_png_bytes())
         assert url.startswith("http://127.0.0.1")

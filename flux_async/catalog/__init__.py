@@ -40,7 +40,7 @@ from ._prices import (
     unit_price,
 )
 from ._specs import PROVIDERS, ModelSpec, max_upload_bytes, model_spec, models_for
-from ._validate import validate
+from ._validate import check_upload, validate
 
 __all__ = [
     "PRICES",
@@ -49,6 +49,7 @@ __all__ = [
     "ImageKind",
     "ModelEstimate",
     "ModelSpec",
+    "check_upload",
     "classify_image",
     "estimate_cost",
     "from_micros",

@@ -72,6 +72,9 @@ def classify_image(value: object, *, index: int = 0) -> ImageKind:
     if isinstance(value, bytes):
         return "bytes"
     if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        if (b"\0" if isinstance(path, bytes) else "\0") in path:
+            raise ValidationError(field, value, _IMAGE_ALLOWED, reason="the path contains a NUL byte")
         return "path"
     if not isinstance(value, str):
         reason = f"unsupported image type {type(value).__name__}"
@@ -88,6 +91,8 @@ def classify_image(value: object, *, index: int = 0) -> ImageKind:
             reason="base64/data URIs are not accepted; pass bytes or a path",
         )
     if "://" not in value:
+        if "\0" in value:  # no file can be named so; os.stat would raise ValueError
+            raise ValidationError(field, value, _IMAGE_ALLOWED, reason="the path contains a NUL byte")
         return "path"
     try:
         parts = urlsplit(value)

@@ -17,8 +17,10 @@ from ..errors import ConfigurationError, ValidationError
 from ._images import GIF, JPEG, PNG, WEBP
 
 __all__ = [
+    "MAX_PROMPT_BYTES",
     "MIB",
     "PROVIDERS",
+    "UPLOAD_TYPES",
     "ModelSpec",
     "max_upload_bytes",
     "model_spec",
@@ -37,6 +39,12 @@ MIB = 1024 * 1024
 _UPLOAD_LIMITS: Mapping[str, int] = MappingProxyType(
     {"toapis": 10 * MIB, "apimart": 20 * MIB, "bfl": 20 * MIB}
 )
+
+#: The largest prompt sent to any model, in bytes of UTF-8, where the provider documents no
+#: lower limit (only Grok's is documented: 1000 characters). 32 KiB is some 5,000 words: far
+#: beyond what an image model reads, small enough that a prompt pasted by mistake (a file, a
+#: log) is refused before it is put into a request body.
+MAX_PROMPT_BYTES = 32 * 1024
 
 #: Request fields every model takes; the optional ones are answered by ``ModelSpec.takes``.
 _ALWAYS_TAKEN = frozenset({"model", "prompt", "size", "images"})
@@ -57,6 +65,13 @@ class ModelSpec:
     option is not taken); ``safety_tolerance`` and ``seed`` are inclusive ranges (None = not
     taken). ``image_types`` and ``max_image_bytes`` bound local files and bytes (URLs are
     passed on unchecked).
+
+    ``max_prompt_chars`` is the provider's documented prompt limit, in characters (None: none
+    documented); ``max_prompt_bytes`` is this library's cap on the prompt's UTF-8 size, which
+    applies to every model (:data:`MAX_PROMPT_BYTES` unless a table says otherwise).
+    ``wire_fields`` names the body fields the library itself writes from the request, in the
+    provider's spelling (toapis' options inside ``metadata`` as ``metadata.<name>``): ``extra``
+    may not set them.
     """
 
     provider: str
@@ -71,12 +86,14 @@ class ModelSpec:
     default_n: int | None = None
     max_images: int
     max_prompt_chars: int | None = None
+    max_prompt_bytes: int = MAX_PROMPT_BYTES
     response_formats: tuple[str, ...] = ()
     safety_tolerance: tuple[int, int] | None = None
     prompt_upsampling: bool = False
     seed: tuple[int, int] | None = None
     image_types: frozenset[str]
     max_image_bytes: int
+    wire_fields: frozenset[str] = frozenset()
 
     def takes(self, field: str) -> bool:
         """True when this model takes the request field ``field``."""
@@ -92,7 +109,8 @@ class ModelSpec:
 
 _KONTEXT_MODELS = ("flux-kontext-pro", "flux-kontext-max")
 _GROK_MODELS = ("grok-4-1-image", "grok-4-2-image")
-_UPLOAD_TYPES = frozenset({JPEG, PNG, WEBP, GIF})
+#: The image types the aggregators' upload APIs take.
+UPLOAD_TYPES = frozenset({JPEG, PNG, WEBP, GIF})
 
 _KONTEXT = ModelSpec(
     provider="toapis",
@@ -105,8 +123,12 @@ _KONTEXT = ModelSpec(
     response_formats=("png", "jpeg"),
     safety_tolerance=(0, 6),
     prompt_upsampling=True,
-    image_types=_UPLOAD_TYPES,
+    image_types=UPLOAD_TYPES,
     max_image_bytes=_UPLOAD_LIMITS["toapis"],
+    wire_fields=frozenset(
+        {"model", "prompt", "size", "image_urls", "client_business_id"}
+        | {f"metadata.{name}" for name in ("response_format", "safety_tolerance", "prompt_upsampling")}
+    ),
 )
 
 _GROK = ModelSpec(
@@ -121,6 +143,7 @@ _GROK = ModelSpec(
     max_prompt_chars=1000,
     image_types=frozenset({JPEG, PNG, WEBP}),
     max_image_bytes=10 * MIB,
+    wire_fields=_KONTEXT.wire_fields | {"n"},
 )
 
 
@@ -133,6 +156,10 @@ _APIMART_KONTEXT = attrs.evolve(
     provider="apimart",
     size_aliases={"auto": "match_input_image"},
     max_image_bytes=_UPLOAD_LIMITS["apimart"],
+    # The options sit at the top level on apimart.
+    wire_fields=frozenset(
+        {"model", "prompt", "size", "image_urls", "response_format", "safety_tolerance", "prompt_upsampling"}
+    ),
 )
 
 _BFL_KONTEXT = attrs.evolve(
@@ -145,6 +172,10 @@ _BFL_KONTEXT = attrs.evolve(
     # The formats BFL's examples use; GIF is not promised for inline images.
     image_types=frozenset({JPEG, PNG, WEBP}),
     max_image_bytes=_UPLOAD_LIMITS["bfl"],
+    wire_fields=frozenset(
+        {"prompt", "input_image", "input_image_2", "input_image_3", "input_image_4", "aspect_ratio"}
+        | {"output_format", "seed", "safety_tolerance", "prompt_upsampling"}
+    ),
 )
 
 _CATALOG: Mapping[str, Mapping[str, ModelSpec]] = MappingProxyType(

@@ -10,6 +10,7 @@ local files are looked at last. What it normalises is described in the package d
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -22,9 +23,9 @@ import attrs
 from ..errors import ValidationError
 from ..models import GenerationRequest
 from ._images import SNIFF_BYTES, classify_image, error_value, sniff_image_type
-from ._specs import MIB, ModelSpec, model_spec
+from ._specs import MIB, UPLOAD_TYPES, ModelSpec, max_upload_bytes, model_spec
 
-__all__ = ["validate"]
+__all__ = ["check_upload", "validate"]
 
 #: Caller spellings of a response format -> the provider-neutral one.
 _FORMAT_ALIASES: Mapping[str, str] = MappingProxyType({"jpg": "jpeg"})
@@ -80,27 +81,35 @@ def _check_size(spec: ModelSpec, size: object, *, has_image: bool) -> str:
 
 def _check_prompt(spec: ModelSpec, prompt: object) -> None:
     limit = spec.max_prompt_chars
+    cap = spec.max_prompt_bytes
     if (
         isinstance(prompt, str)
+        and len(prompt) <= cap  # first: nothing below scans a huge prompt
         and prompt
         and (limit is None or len(prompt) <= limit)
         and prompt.isascii()
         and not prompt.isspace()
     ):
-        return  # the common case: plain text of a sane length (ASCII always encodes)
-    allowed = "a non-empty str" + (f" of at most {limit} characters" if limit else "")
+        return  # the common case: plain text of a sane length (ASCII always encodes, 1 byte each)
+    chars = f" of at most {limit} characters and" if limit else " of at most"
+    allowed = f"a non-empty str{chars} {cap} bytes of UTF-8"
     if not isinstance(prompt, str):
         raise ValidationError("prompt", prompt, allowed, reason="the prompt must be a str")
+    if limit is not None and len(prompt) > limit:
+        reason = f"{len(prompt)} characters is over {spec.model}'s limit of {limit}"
+        raise ValidationError("prompt", prompt, allowed, reason=reason)
+    over = f"is over the limit of {cap} bytes of UTF-8 for a prompt to {spec.model} on {spec.provider}"
+    if len(prompt) > cap:  # UTF-8 takes at least a byte a character: refused without encoding it
+        raise ValidationError("prompt", prompt, allowed, reason=f"{len(prompt)} characters {over}")
     if not prompt.strip():
         raise ValidationError("prompt", prompt, allowed, reason="the prompt is empty")
-    if limit is not None and len(prompt) > limit:
-        reason = f"{len(prompt)} characters is over {spec.model}'s limit"
-        raise ValidationError("prompt", prompt, allowed, reason=reason)
     try:
-        prompt.encode("utf-8")
+        size = len(prompt.encode("utf-8"))
     except UnicodeEncodeError:
         reason = "the prompt holds characters that cannot be sent as UTF-8 (lone surrogates)"
         raise ValidationError("prompt", prompt, allowed, reason=reason) from None
+    if size > cap:
+        raise ValidationError("prompt", prompt, allowed, reason=f"{size} bytes {over}")
 
 
 def _check_int(field: str, value: object, allowed_values: str, ok: bool) -> None:
@@ -134,42 +143,129 @@ def _check_format(spec: ModelSpec, value: object) -> str | None:
 
 
 def _check_extra(spec: ModelSpec, extra: object) -> None:
-    allowed = "a mapping with str keys, for options this library does not know"
+    allowed = "a mapping with str keys and JSON values, for options this library does not know"
     if not isinstance(extra, Mapping):
         raise ValidationError("extra", extra, allowed, reason="extra must be a mapping")
-    for key in extra:
+    for key, value in extra.items():
         if not isinstance(key, str):
-            raise ValidationError("extra", key, allowed, reason="extra's keys must be str")
+            raise ValidationError(f"extra.{key!r}", key, allowed, reason="extra's keys must be str")
+        field = f"extra.{key}"
         if key in _OWNED_BY_THE_LIBRARY:
             # The library sends its own id there and looks a lost submit up by it: an id from
             # extra would replace it, the lookup would find nothing, and the job be paid twice.
             raise ValidationError(
-                f"extra.{key}",
-                extra[key],
+                field,
+                value,
                 "no value: the library sets it from the request's idempotency_key",
                 reason=f"{key} is owned by the library: pass GenerationRequest(idempotency_key=...) instead",
             )
         if spec.takes(key):
             # The field is validated; letting extra override it would undo that silently.
             reason = f"{key!r} is a request field for {spec.model}: set it there, not in extra"
-            raise ValidationError("extra", key, allowed, reason=reason)
+            raise ValidationError(field, value, allowed, reason=reason)
+        _check_wire_field(spec, field, key, value, allowed)
+        _check_json(field, value, allowed, 0)
+
+
+def _check_wire_field(spec: ModelSpec, field: str, key: str, value: object, allowed: str) -> None:
+    """Refuse a key of ``extra`` that names a body field the library writes from the request
+    (in the provider's spelling: ``image_urls``, BFL's ``aspect_ratio``...): it would replace
+    a value that was checked, or one the caller did not mean to change."""
+    where = f"{spec.provider}'s {key!r}"
+    if key in spec.wire_fields:
+        reason = f"{where} is written by the library from the request's fields: set those instead"
+        raise ValidationError(field, value, allowed, reason=reason)
+    nested = [name for name in spec.wire_fields if name.startswith(f"{key}.")]
+    if not nested:
+        return
+    if not isinstance(value, Mapping):
+        # An object the library fills (toapis' metadata) would be replaced whole.
+        reason = f"{where} is an object the library fills: give extra options in it as a mapping"
+        raise ValidationError(field, value, allowed, reason=reason)
+    for name in nested:
+        if name.partition(".")[2] in value:
+            reason = f"{spec.provider}'s {name!r} is written by the library from the request's fields"
+            raise ValidationError(f"extra.{name}", value, allowed, reason=reason)
+
+
+#: How deep ``extra``'s values may nest (a value that holds itself would never end).
+_MAX_JSON_DEPTH = 32
+#: Integers this wide always convert to text (Python limits the digits it writes out).
+_MAX_INT_BITS = 1024
+
+
+def _check_json(field: str, value: object, allowed: str, depth: int) -> None:
+    """``value`` must be JSON: None, bool, str, a 64-bit integer, a finite float, a list or
+    tuple of JSON values, or a mapping from str to JSON values."""
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:
+            try:
+                str(value)
+            except ValueError:  # more digits than Python will write out
+                raise ValidationError(field, value, allowed, reason="the integer is too long to write as JSON") from None
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(field, value, allowed, reason=f"{value!r} is not a JSON number")
+        return
+    if depth >= _MAX_JSON_DEPTH:
+        raise ValidationError(field, value, allowed, reason=f"nested more than {_MAX_JSON_DEPTH} levels deep")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(f"{field}.{key!r}", key, allowed, reason="JSON object keys must be str")
+            _check_json(f"{field}.{key}", item, allowed, depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json(f"{field}[{index}]", item, allowed, depth + 1)
+        return
+    kind = type(value).__name__
+    raise ValidationError(field, error_value(value), allowed, reason=f"not a JSON value (a {kind})")
 
 
 def _check_idempotency_key(key: object) -> None:
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
+    # Not only dots: on toapis the key goes into a URL path to look a lost submit up.
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or not key.strip("."):
         raise ValidationError(
             "idempotency_key",
             key,
-            "1 to 128 characters from A-Z a-z 0-9 and . _ : -",
+            "1 to 128 characters from A-Z a-z 0-9 and . _ : -, not only dots",
             reason="not a usable idempotency key",
         )
 
 
 def _check_local_image(spec: ModelSpec, image: str | os.PathLike[str] | bytes, field: str) -> None:
+    """Size and format of a path or bytes image of a request."""
+    where = f"{spec.model} on {spec.provider}"
+    limit_of = f"{spec.provider}'s limit for {spec.model}"
+    _check_image_file(image, field, limit=spec.max_image_bytes, types=spec.image_types, where=where, limit_of=limit_of)
+
+
+def check_upload(provider: str, source: object) -> None:
+    """What ``Session.upload`` is given: a local image (path or bytes) ``provider``'s upload
+    API takes, else ValidationError naming ``source``. Looks at the file like :func:`validate`
+    (``os.stat`` and the first bytes), never further."""
+    allowed = "a local image: a path (str or os.PathLike) or bytes"
+    if isinstance(source, str) and ("://" in source or source[:5].lower() == "data:"):
+        raise ValidationError("source", source, allowed, reason="a URL needs no upload: pass it in images as it is")
+    try:
+        classify_image(source)  # the type, an empty string, a NUL byte in a path
+    except ValidationError as exc:
+        raise ValidationError("source", exc.value, allowed, reason=exc.reason) from None
+    if isinstance(source, (str, bytes, os.PathLike)):  # always, once classify_image passed it
+        limit = max_upload_bytes(provider)
+        where = f"{provider}'s upload"
+        _check_image_file(source, "source", limit=limit, types=UPLOAD_TYPES, where=where, limit_of=f"{where} limit")
+
+
+def _check_image_file(
+    image: str | os.PathLike[str] | bytes, field: str, *, limit: int, types: frozenset[str], where: str, limit_of: str
+) -> None:
     """Size and format of a path or bytes image (the one place this module touches files)."""
-    limit = spec.max_image_bytes
-    types = ", ".join(sorted(spec.image_types))
-    allowed = f"an image ({types}) of at most {limit // MIB} MiB ({limit} bytes)"
+    allowed = f"an image ({', '.join(sorted(types))}) of at most {limit // MIB} MiB ({limit} bytes)"
     shown = error_value(image)
 
     def refuse(reason: str) -> ValidationError:
@@ -183,8 +279,8 @@ def _check_local_image(spec: ModelSpec, image: str | os.PathLike[str] | bytes, f
         except FileNotFoundError:
             url_hint = "" if isinstance(image, os.PathLike) else " (for a URL, include https://)"
             raise refuse(f"no such file{url_hint}") from None
-        except OSError as exc:
-            raise refuse(f"cannot stat: {exc.strerror}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a name no file can have
+            raise refuse(f"cannot stat: {getattr(exc, 'strerror', None) or exc}") from None
         if not stat.S_ISREG(info.st_mode):
             # Never open it: a FIFO or device would block or stream forever.
             raise refuse("not a regular file")
@@ -192,7 +288,7 @@ def _check_local_image(spec: ModelSpec, image: str | os.PathLike[str] | bytes, f
     if size == 0:
         raise refuse("the image is empty")
     if size > limit:
-        raise refuse(f"{size} bytes is over {spec.provider}'s limit for {spec.model}")
+        raise refuse(f"{size} bytes is over {limit_of}")
     if isinstance(image, bytes):
         head = image[:SNIFF_BYTES]
     else:
@@ -202,9 +298,9 @@ def _check_local_image(spec: ModelSpec, image: str | os.PathLike[str] | bytes, f
         except OSError as exc:
             raise refuse(f"cannot read: {exc.strerror}") from None
     mime = sniff_image_type(head)
-    if mime not in spec.image_types:
+    if mime not in types:
         found = f"the content is {mime}" if mime else "the content is not a recognised image"
-        raise refuse(f"{found}, which {spec.model} on {spec.provider} does not take")
+        raise refuse(f"{found}, which {where} does not take")
 
 
 def validate(request: GenerationRequest, provider: str) -> GenerationRequest:

@@ -11,11 +11,11 @@ carry, so nothing the caller asked for is dropped silently.
 from __future__ import annotations
 
 import base64
-import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from .._checks import check_task_id
 from ..errors import ValidationError
 from ..models import GenerationRequest
 
@@ -124,16 +124,12 @@ def inline_image(image: object, index: int) -> str:
     )
 
 
-def path_segment(value: str) -> str:
-    """``value`` percent-encoded as one URL path segment (``/`` included)."""
-    if value in ("", ".", ".."):
-        raise ValueError(f"not usable in a URL path: {value!r}")
-    if _UNRESERVED(value):
-        return value  # nothing to encode (the usual task id)
-    return urllib.parse.quote(value, safe="")
-
-
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
+def path_segment(value: str, field: str = "task_id") -> str:
+    """``value`` as one URL path segment or query value, as it is: it must be a usable task id
+    (unreserved characters only, not only dots; see ``_checks.check_task_id``), so nothing in
+    it can be read as ``/``, ``?``, ``#``, ``%`` or a dot segment. Anything else is a
+    ValidationError naming ``field``, raised before a request is built."""
+    return check_task_id(value, field)
 
 
 def webhook_target(url: object) -> str:

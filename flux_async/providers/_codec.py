@@ -18,8 +18,9 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import cattrs
 
+from .._checks import task_id_problem
 from .._http import HttpRequest, HttpResponse
-from ..errors import APIError, ConfigurationError, ProtocolError
+from ..errors import APIError, ConfigurationError, ProtocolError, ValidationError
 from ..models import TaskFailure, TaskRef, TaskState, TaskStatus
 from ._convert import describe_structure_error
 from ._errors import body_text, clip, error_from_response, is_success, redact
@@ -132,21 +133,19 @@ class BaseCodec:
         )
 
     def _task_id(self, value: object, response: HttpResponse) -> str:
-        """A usable task id: a non-empty printable string, safe as one URL path segment."""
-        if (
-            not isinstance(value, str)
-            or not value.strip()
-            or value in (".", "..")
-            or len(value) > 1000
-            or not value.isprintable()
-        ):
+        """A usable task id (``_checks.check_task_id``: what can go into a URL as it is), else
+        ProtocolError: an id that could not be polled is as good as none."""
+        problem = task_id_problem(value)
+        if problem is not None or not isinstance(value, str):
             shown = clip(repr(value), 80)
-            raise self._protocol_error(response, f"no usable task id in response ({shown})")
+            raise self._protocol_error(response, f"no usable task id in response ({shown}: {problem})")
         return value
 
     def _check_ref(self, ref: TaskRef) -> None:
         if ref.provider != self.name:
-            raise ValueError(f"a {ref.provider!r} task cannot be polled on {self.name!r}")
+            raise ValidationError(
+                "provider", ref.provider, repr(self.name), reason=f"a {ref.provider!r} task cannot be polled on {self.name!r}"
+            )
 
     def _failure(self, failure: TaskFailure | None, default: str) -> TaskFailure:
         """The failure as reported (its message redacted), or ``default`` when none was."""

@@ -235,7 +235,7 @@ class BflCodec(BaseCodec):
         merge_extra(body, request.extra)
         return HttpRequest(
             method="POST",
-            url=f"/v1/{path_segment(request.model)}",
+            url=f"/v1/{path_segment(request.model, 'model')}",
             headers=self._headers(),
             json=body,
         )

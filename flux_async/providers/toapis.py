@@ -209,7 +209,7 @@ class ToapisCodec(BaseCodec):
     def build_lookup(self, client_business_id: str) -> HttpRequest | None:
         """``GET /v1/images/generations/{client_business_id}``: toapis finds a task by the id
         the client gave it at submit time, which recovers a task whose submit reply was lost."""
-        return self._get(f"{_GENERATIONS}/{path_segment(client_business_id)}")
+        return self._get(f"{_GENERATIONS}/{path_segment(client_business_id, 'client_business_id')}")
 
     def parse_lookup(self, response: HttpResponse, *, model: str) -> TaskRef | None:
         """The task (with its real task id) found by a lookup, or None on 404."""

@@ -1,35 +1,19 @@
 """The scheduler's configuration and its counters: :class:`PollPolicy` and
 :class:`SchedulerStatistics`, frozen values with no behaviour of their own.
 
-Pure: no I/O, no clock, no event loop; imports only attrs and the retry module's validators.
+Pure: no I/O, no clock, no event loop; imports only attrs, the errors and the shared checks.
 The timing model (``_timing``) reads a policy; the driver (``_driver``) reads it and fills the
 statistics.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
-from ..retry import _non_negative, _positive
+from .._checks import check_int, check_number, check_seconds
+from ..errors import ConfigurationError
 
 __all__ = ["PollPolicy", "SchedulerStatistics"]
-
-
-def _optional_positive(obj: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None:
-        _positive(obj, attribute, value)
-
-
-def _open_fraction(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0 < value < 1):
-        raise ValueError(f"{attribute.name} must be a number strictly between 0 and 1, got {value!r}")
-
-
-def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -101,37 +85,56 @@ class PollPolicy:
     they show precisely (a completion a webhook announced, or polls at most a factor of two
     apart around it), and are not counted among the running tasks the fit reads: a lost
     webhook would make a finished task look like a long one.
+
+    A field out of its range (a bool where a number goes, 0 or a negative number of seconds,
+    ``min_interval`` above ``max_interval``, NaN or infinity) is a ConfigurationError naming
+    ``PollPolicy.<field>``.
     """
 
-    target_delay: float = attrs.field(default=0.5, validator=_positive)
-    first_poll: float | None = attrs.field(default=None, validator=_optional_positive)
-    min_interval: float = attrs.field(default=0.2, validator=_positive)
-    max_interval: float = attrs.field(default=10.0, validator=_positive)
-    backoff: float = attrs.field(default=1.5, validator=_positive)
-    jitter: float = attrs.field(default=0.1, validator=_non_negative)
-    quantum: float = attrs.field(default=0.02, validator=_non_negative)
-    max_in_flight: int = attrs.field(default=32, validator=_positive_int)
-    max_polls_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
-    max_poll_errors: int = attrs.field(default=5, validator=_positive_int)
-    rate_limit_pause_cap: float = attrs.field(default=60.0, validator=_positive)
-    push_safety_quantile: float = attrs.field(default=0.99, validator=_open_fraction)
-    push_fallback_delay: float = attrs.field(default=60.0, validator=_positive)
-    push_max_interval: float = attrs.field(default=60.0, validator=_positive)
+    target_delay: float = 0.5
+    first_poll: float | None = None
+    min_interval: float = 0.2
+    max_interval: float = 10.0
+    backoff: float = 1.5
+    jitter: float = 0.1
+    quantum: float = 0.02
+    max_in_flight: int = 32
+    max_polls_per_second: float | None = None
+    max_poll_errors: int = 5
+    rate_limit_pause_cap: float = 60.0
+    push_safety_quantile: float = 0.99
+    push_fallback_delay: float = 60.0
+    push_max_interval: float = 60.0
 
     def __attrs_post_init__(self) -> None:
+        for name in ("target_delay", "min_interval", "max_interval", "rate_limit_pause_cap"):
+            check_seconds(_OWNER, name, getattr(self, name))
+        if self.first_poll is not None:
+            check_seconds(_OWNER, "first_poll", self.first_poll)
         if self.min_interval > self.max_interval:
-            raise ValueError(
-                f"min_interval ({self.min_interval!r}) must be <= max_interval ({self.max_interval!r})"
+            raise ConfigurationError(
+                f"PollPolicy.min_interval ({self.min_interval!r}) must be at most "
+                f"max_interval ({self.max_interval!r})"
             )
+        check_number(_OWNER, "backoff", self.backoff, least=1)
+        check_number(_OWNER, "jitter", self.jitter, below=1)
+        check_number(_OWNER, "quantum", self.quantum)
+        check_int(_OWNER, "max_in_flight", self.max_in_flight, 1)
+        if self.max_polls_per_second is not None:
+            check_number(_OWNER, "max_polls_per_second", self.max_polls_per_second, above=True)
+        check_int(_OWNER, "max_poll_errors", self.max_poll_errors, 1)
+        quantile = self.push_safety_quantile
+        check_number(_OWNER, "push_safety_quantile", quantile, above=True, below=1)
+        for name in ("push_fallback_delay", "push_max_interval"):
+            check_seconds(_OWNER, name, getattr(self, name))
         if self.min_interval > self.push_max_interval:
-            raise ValueError(
-                f"min_interval ({self.min_interval!r}) must be <= push_max_interval"
-                f" ({self.push_max_interval!r})"
+            raise ConfigurationError(
+                f"PollPolicy.min_interval ({self.min_interval!r}) must be at most "
+                f"push_max_interval ({self.push_max_interval!r})"
             )
-        if self.backoff < 1:
-            raise ValueError(f"backoff must be >= 1, got {self.backoff!r}")
-        if self.jitter >= 1:
-            raise ValueError(f"jitter must be < 1, got {self.jitter!r}")
+
+
+_OWNER = "PollPolicy"
 
 
 @attrs.frozen(kw_only=True)
