@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flux_async.errors import ConfigurationError
 from flux_async.models import TaskState, TaskStatus
 from flux_async.scheduler import PollPolicy
 from flux_async.scheduler._learned import fit, refit
@@ -421,7 +422,7 @@ def pushed(t0: float) -> WatchState:
     ],
 )
 def test_push_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+    with pytest.raises(ConfigurationError, match=r"PollPolicy\.(push_|min_interval)"):
         PollPolicy(**kwargs)  # type: ignore[arg-type]
 
 
