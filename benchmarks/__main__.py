@@ -1,6 +1,6 @@
-"""``python -m benchmarks overhead|polling|scale|completion|instructions|all [--quick] [--reps N] [--no-pin]``.
+"""``python -m benchmarks overhead|polling|scale|completion|webhooks|instructions|all [--quick] [--reps N] [--jobs N] [--no-pin]``.
 
-Runs the chosen scenarios (``all``: overhead, polling, scale, completion, in that order; ``instructions``,
+Runs the chosen scenarios (``all``: overhead, polling, scale, completion, webhooks, in that order; ``instructions``,
 which needs valgrind, only when named), prints each one's
 table on stdout (progress goes to stderr) and writes every raw figure, with the machine it ran
 on, to ``benchmarks/results/<scenario>-<date>.json``.
@@ -16,7 +16,9 @@ from typing import Any
 
 from . import _harness as h
 
-SCENARIOS = ("overhead", "polling", "scale", "completion")
+SCENARIOS = ("overhead", "polling", "scale", "completion", "webhooks")
+#: Scenarios whose workload size ``--jobs`` sets.
+SIZED = ("webhooks",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         help=(
             "measured repetitions after one warm-up (default: overhead 5; polling 3 for the "
             "library and the 0.5 s poller, 1 for the others; scale 3 measurement windows; "
-            "completion 3; "
+            "completion 3; webhooks 1; "
             "--quick: 1)"
         ),
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="jobs per provider (webhooks only; default 1000, --quick 60)",
     )
     parser.add_argument(
         "--no-pin",
@@ -48,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
+    if args.jobs is not None and (args.jobs < 1 or args.scenario not in SIZED):
+        parser.error(f"--jobs must be at least 1 and is for {', '.join(SIZED)} only")
 
     placement = h.Placement(pin=not args.no_pin)
     placement.pin_self()
@@ -64,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         reps = args.reps if args.reps is not None else (1 if args.quick else module.DEFAULT_REPS)
         t0 = time.monotonic()
         record = h.machine(placement)
+        sized = {"jobs": args.jobs} if name in SIZED and args.jobs is not None else {}
         result = module.run(
-            quick=args.quick, reps=reps, placement=placement, reps_given=args.reps is not None
+            quick=args.quick,
+            reps=reps,
+            placement=placement,
+            reps_given=args.reps is not None,
+            **sized,
         )
         record["loadavg_at_end"] = h.loadavg()
         # Other people may edit the library while a benchmark runs: say if it changed meanwhile.
