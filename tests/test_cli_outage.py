@@ -75,6 +75,8 @@ def test_an_outage_stops_the_batch_and_resume_finishes_it_paying_once(
     assert "stopped submitting" in stderr
     assert "503" in stderr
     assert "--resume" in stderr
+    assert "failed during the outage without creating a task" in stderr
+    assert "(line " not in stderr  # counted, not listed one by one
     assert "Traceback" not in stderr
     assert results(out) == []  # nothing settled: --resume sends every request again
     assert summary["succeeded"] == summary["failed"] == 0

@@ -158,6 +158,11 @@ class BatchRunner:
         return len(self._in_flight)
 
     @property
+    def unresolved_tasks(self) -> int:
+        """Jobs of this run that failed without being settled while their task exists."""
+        return self._unresolved_tasks
+
+    @property
     def left_accepted(self) -> int:
         """Accepted tasks without a result line: what ``--resume`` will re-attach."""
         return len(self._in_flight) + self._unresolved_tasks

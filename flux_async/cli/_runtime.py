@@ -395,11 +395,19 @@ def report(out: Output, summary: RunSummary, runs: Sequence[Run], *, title: str,
             "twice), rerun with --resume --resubmit-in-doubt"
         )
     unresolved = [item for run in runs for item in run.runner.unresolved]
+    listed = summary.unresolved
+    if summary.outage_stopped:
+        # The outage line above says why: the submits it made fail are counted, not listed.
+        unresolved = [item for item in unresolved if item[2] is not None]
+        listed = sum(r.runner.unresolved_tasks for r in runs)
+        outage_failures = summary.unresolved - listed
+        if outage_failures:
+            out.error(f"{outage_failures} submit(s) failed during the outage without creating a task (no result line)")
     for index, line, task_id, error in unresolved[:_LISTED_UNRESOLVED]:
         task = f" (task {task_id})" if task_id else ""
         out.error(f"request {index} (line {line}){task}: {type(error).__name__}: {error}")
-    if summary.unresolved > _LISTED_UNRESOLVED:
-        out.error(f"... and {summary.unresolved - _LISTED_UNRESOLVED} more")
+    if listed > _LISTED_UNRESOLVED:
+        out.error(f"... and {listed - _LISTED_UNRESOLVED} more")
     if summary.left_accepted or summary.not_submitted:
         how = "--resume and a larger --max-spend" if summary.budget_stopped else "--resume"
         if summary.outage_stopped:
