@@ -325,17 +325,19 @@ JOBS = 40
 
 @pytest.mark.anyio
 async def test_total_rate_limiting_slows_the_session_instead_of_storming() -> None:
-    # Every submit answered 429 with "Retry-After: 0" for a second: without the session's
-    # pacing, 40 submitters retrying every 1-2 ms would send thousands of POSTs. With it, the
-    # submit rate is halved at each round of 429s, and each job fails only at its deadline.
+    # Every submit answered 429 with "Retry-After: 0": without the session's pacing, 40
+    # submitters retrying every 1-2 ms would send thousands of POSTs. With it, the submit rate
+    # is halved at each round of 429s (the waits run on a clock that moves only when the
+    # session sleeps), and each job fails only at its deadline.
     policy = RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.002)
+    time = AutoClock()
     with anyio.fail_after(15):
         async with Emulator(Scenario(api_keys=(KEY,))) as emu:
             emu.fail_next("submit", "status", status=429, retry_after=0, count=100_000)
-            # All of them are sent at once, before the first answer: then each is paced.
             async with _session(
                 emu, "apimart", retry_policy=policy,
                 limits=Limits(job_timeout=1.0, max_concurrent_submits=JOBS),
+                clock=time.clock, sleep=time.sleep,
             ) as session:
                 outcomes = await _run(session, _requests(JOBS, "storm"))
                 stats = session.statistics()
@@ -343,9 +345,12 @@ async def test_total_rate_limiting_slows_the_session_instead_of_storming() -> No
     assert len(outcomes) == JOBS
     assert all(isinstance(o.error, RateLimitError) for o in outcomes)
     posts = data["requests"]["submit"]
-    assert JOBS < posts <= 2 * JOBS
+    assert JOBS <= posts <= 2 * JOBS
     assert stats.rate_limited == posts
     assert data["tasks_created"] == 0
+    # Paced: the later submits waited for their turn (the waits grow as the rate is cut).
+    waits = [w for w in time.waits if w <= time.forever]
+    assert max(waits) > 100 * min(waits)
 
 
 @pytest.mark.anyio
