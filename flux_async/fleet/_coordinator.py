@@ -1,0 +1,547 @@
+"""The account-wide primitives every process of one account shares through Redis
+(:class:`RedisCoordinator`): process leases, active-task slots, the budget's reservations,
+idempotency-key claims and task ownership with orphan adoption. Every decision two processes
+could race on is one Lua script (``_scripts``), run atomically on the server with EVALSHA; this
+module only calls them, waits, and keeps its process's lease alive. It must not import the
+session, the money path, the scheduler, the transport or the codecs; ``redis`` (the optional
+extra) is imported only when a coordinator is built (``_connect``).
+
+How the session is meant to use it (it replaces the in-process pieces, behind the same seam):
+
+- ``Session(coordinator=...)`` enters the coordinator with the session (its heartbeat and
+  wake-up listener run in the coordinator's own task group) and leaves it on close.
+- ``_jobs.Jobs.submit``: ``limiter.acquire(model)`` becomes ``acquire_active(provider, model,
+  total=..., per_model=..., token=key)`` (the submit's idempotency key is the token);
+  ``limiter.release(model)`` on a failed or deduplicated submit becomes ``release_active``; once
+  accepted, ``bind_active(key, task_id)`` and ``own(ref.to_dict() | {"key": key})``.
+  ``Jobs.attach`` (``limiter.force``) takes a slot with no caps and binds it (one slot per task
+  even when two processes attach it); ``Jobs.finished`` calls ``release_task(task_id)`` and,
+  once the job is settled, ``disown(task_id)``.
+- ``_submit.Submitter._submit``: the budget check of ``Spend.reserve`` becomes ``reserve(provider,
+  key, usd, cap=max_spend_usd)`` (False: BudgetExceededError, with ``spend(provider)``'s
+  figures), ``Spend.release`` also calls ``release``, and ``Spend.settle`` calls ``settle_spend``
+  (0 for a job not charged). ``Spend`` keeps the session's own totals for ``statistics()``.
+- Idempotency keys: beside the in-process ``_claims`` futures, ``claim(key, ttl=...)`` before the
+  intent; a False claim waits with ``wait_for`` (a ref: attach it, paying nothing; None: claim
+  again); ``claim.set_result`` becomes ``publish(key, ref)``, a failure ``drop_claim(key)`` (a
+  submit in doubt is then guarded by its ledger intent).
+- Orphans: a loop in the session's task group calls ``orphans()`` every lease period and, for
+  each task it ``adopt``\\ s, attaches it (``Jobs.attach``) so it is polled, downloaded and settled.
+- A CoordinatorError from ``acquire_active``, ``reserve`` or ``claim`` fails that submit before
+  anything is sent; tasks already accepted are still watched and settled locally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup, TaskStatus
+
+from ..catalog import from_micros, to_micros
+from ..errors import ConfigurationError, CoordinatorError
+from . import _scripts
+from ._connect import connect, coordinator_error, redacted_url, require_redis, scrub
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["CoordinatorStatistics", "RedisCoordinator"]
+
+_log = logging.getLogger("flux_async")
+
+#: A namespace or account goes into every key name; braces would break the hash tag.
+_NAME = re.compile(r"[A-Za-z0-9._:@-]{1,100}")
+
+
+@attrs.frozen(kw_only=True)
+class CoordinatorStatistics:
+    """Counters of one coordinator since it was entered."""
+
+    process_id: str
+    calls: int  #: scripts run on the server
+    failures: int  #: calls that raised CoordinatorError
+    slot_waits: int  #: times an acquire found the caps full and waited
+    wake_ups: int  #: release and claim notifications received
+    lease_renewals: int
+    lease_losses: int  #: times the lease had expired and a new process id was taken
+
+
+class RedisCoordinator:
+    """Caps, budget, idempotency claims and task ownership shared by every process of one
+    account through Redis (see the module docstring). Use as ``async with``; every call raises
+    CoordinatorError when Redis fails, and never returns a success it could not check."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "flux-async",
+        account: str = "default",
+        lease_ttl: float = 15.0,
+        timeout: float = 5.0,
+        poll_interval: float = 1.0,
+        claim_retention: float = 86400.0,
+    ) -> None:
+        for name, value in (("namespace", namespace), ("account", account)):
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
+                raise ConfigurationError(
+                    f"RedisCoordinator {name} must be 1 to 100 characters from "
+                    f"A-Z a-z 0-9 . _ : @ -, not {value!r}"
+                )
+        for name, number in (
+            ("lease_ttl", lease_ttl), ("timeout", timeout),
+            ("poll_interval", poll_interval), ("claim_retention", claim_retention),
+        ):  # fmt: skip
+            if not number > 0:
+                raise ConfigurationError(f"RedisCoordinator {name} must be more than 0 seconds")
+        require_redis()
+        self._url = url
+        self.namespace = namespace
+        self.account = account
+        self.lease_ttl = lease_ttl
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.claim_retention = claim_retention
+        # One hash tag per account: all its keys share one Redis Cluster slot.
+        self._prefix = prefix = f"{namespace}:{{{account}}}:"
+        self._procs = prefix + "procs"
+        self._slots = prefix + "slots"
+        self._slot_tasks = prefix + "slot-tasks"
+        self._tasks = prefix + "tasks"
+        self._owners = prefix + "task-owners"
+        self._owned = prefix + "owned:"
+        self._active_channel = prefix + "wake:active"
+        self._claims_channel = prefix + "wake:claims"
+        self._pid = _new_process_id()
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._tg: TaskGroup | None = None
+        self._background: list[anyio.CancelScope] = []
+        self._dead = False
+        self._relive = anyio.Lock()
+        # Waking waiters: a generation counter and an event replaced at each release.
+        self._active_gen = 0
+        self._active_event = anyio.Event()
+        self._kind_locks: dict[tuple[str, str], anyio.Lock] = {}
+        self._failed_at: dict[tuple[str, str], int] = {}
+        self._claim_events: dict[str, anyio.Event] = {}
+        self._claim_waiters: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisCoordinator({redacted_url(self._url)!r}, namespace={self.namespace!r}, "
+            f"account={self.account!r}, process_id={self._pid!r})"
+        )
+
+    @property
+    def process_id(self) -> str:
+        """This process's id in the account (a new one if its lease was ever lost)."""
+        return self._pid
+
+    def statistics(self) -> CoordinatorStatistics:
+        """A snapshot of this coordinator's counters."""
+        c = self._counts
+        return CoordinatorStatistics(
+            process_id=self._pid, calls=c["calls"], failures=c["failures"],
+            slot_waits=c["slot_waits"], wake_ups=c["wake_ups"],
+            lease_renewals=c["lease_renewals"], lease_losses=c["lease_losses"],
+        )  # fmt: skip
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RedisCoordinator:
+        if self._client is not None:
+            raise RuntimeError("a RedisCoordinator can be entered only once at a time")
+        client = self._client = connect(self._url, timeout=self.timeout)
+        self._scripts = {
+            name: client.register_script(getattr(_scripts, name)) for name in _scripts.__all__
+        }
+        try:
+            await self._lease("start", "register this process")
+            tg = anyio.create_task_group()
+            await tg.__aenter__()
+        except BaseException:
+            self._client = None
+            await client.aclose()
+            raise
+        self._tg = tg
+        try:
+            await tg.start(self._listen)
+            await tg.start(self._heartbeat)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        tg, self._tg = self._tg, None
+        for scope in self._background:
+            scope.cancel()
+        self._background.clear()
+        try:
+            if tg is not None:
+                await tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self._client is not None and not self._dead:
+                    try:
+                        await self._lease("stop", "end this process's lease")
+                    except CoordinatorError as exc:
+                        _log.warning("%s; it expires by itself in %.0f s", exc, self.lease_ttl)
+                client, self._client = self._client, None
+                if client is not None:
+                    await client.aclose()
+
+    def _simulate_death(self) -> None:
+        """Stop renewing the lease and listening, and leave everything in Redis on exit, as a
+        killed process would (for tests of lease expiry)."""
+        self._dead = True
+        for scope in self._background:
+            scope.cancel()
+
+    async def _heartbeat(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as scope:
+            self._background.append(scope)
+            task_status.started()
+            failing = False
+            while True:
+                await anyio.sleep(self.lease_ttl / 3)
+                pid = self._pid
+                try:
+                    renewed = await self._lease("renew", "renew this process's lease")
+                except CoordinatorError as exc:
+                    if not failing:
+                        _log.warning("%s; trying again every %.1f s", exc, self.lease_ttl / 3)
+                    failing = True
+                    continue
+                if failing:
+                    _log.warning("the coordinator renewed this process's lease again")
+                    failing = False
+                if renewed:
+                    self._counts["lease_renewals"] += 1
+                else:
+                    try:
+                        await self._relive_as_new(pid)
+                    except CoordinatorError as exc:
+                        _log.warning("%s", exc)
+
+    async def _lease(self, mode: str, action: str) -> bool:
+        ttl = str(round(self.lease_ttl * 1000))
+        args = [self._pid, ttl, mode, self._owned, self._active_channel, self._claims_channel]
+        return bool(await self._call("LEASE", [self._procs], args, action))
+
+    async def _relive_as_new(self, old_pid: str) -> None:
+        """The lease of ``old_pid`` expired (its slots, claims and tasks count as a dead
+        process's): carry on under a new process id."""
+        async with self._relive:
+            if self._pid != old_pid:
+                return  # another call did it already
+            self._pid = _new_process_id()
+            self._counts["lease_losses"] += 1
+            _log.warning(
+                "the coordinator lease of process %s expired (not renewed within %.1f s): its "
+                "slots, claims and tasks now count as a dead process's; continuing as %s",
+                old_pid, self.lease_ttl, self._pid,
+            )  # fmt: skip
+            await self._lease("start", "register this process again")
+
+    async def _listen(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Wake waiters on release and claim notifications; resubscribe after a failure (the
+        waiters' bounded polls cover the gap)."""
+        with anyio.CancelScope() as scope:
+            self._background.append(scope)
+            started = False
+            while True:
+                pubsub = self._require_client().pubsub()
+                try:
+                    await pubsub.subscribe(self._active_channel, self._claims_channel)
+                    if not started:
+                        task_status.started()
+                        started = True
+                    self._wake_everyone()  # whatever was missed while not subscribed
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self.timeout
+                        )
+                        if message is not None:
+                            self._on_message(str(message["channel"]), str(message["data"]))
+                except Exception as exc:
+                    if not started:
+                        raise coordinator_error("listen for releases", self._url, exc) from exc
+                    _log.debug("coordinator notifications lost (%s)", scrub(repr(exc), self._url))
+                    await anyio.sleep(min(self.poll_interval, 1.0))
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_message(self, channel: str, data: str) -> None:
+        self._counts["wake_ups"] += 1
+        if channel == self._active_channel:
+            self._wake_active()
+            if data != "*":
+                return
+        if data == "*":
+            for key in list(self._claim_events):
+                self._claim_events.pop(key).set()
+        else:
+            event = self._claim_events.pop(data, None)
+            if event is not None:
+                event.set()
+
+    def _wake_active(self) -> None:
+        self._active_gen += 1
+        event, self._active_event = self._active_event, anyio.Event()
+        event.set()
+
+    def _wake_everyone(self) -> None:
+        self._on_message(self._claims_channel, "*")
+        self._wake_active()
+
+    # -- calling scripts -----------------------------------------------------------------------
+
+    def _require_client(self) -> Redis:
+        if self._client is None:
+            raise RuntimeError("use the RedisCoordinator inside 'async with' (it is not open)")
+        return self._client
+
+    async def _call(self, name: str, keys: list[str], args: list[str], action: str) -> Any:
+        script = self._scripts[name]
+        self._require_client()
+        self._counts["calls"] += 1
+        try:
+            return await script(keys=keys, args=args)
+        except Exception as exc:
+            self._counts["failures"] += 1
+            raise coordinator_error(action, self._url, exc) from exc
+
+    async def _as_live(
+        self, name: str, keys: list[str], args: Callable[[str], list[str]], action: str
+    ) -> Any:
+        """Run a script that needs this process alive (-1: its lease expired): once more under
+        a new process id after such an answer."""
+        for _ in range(2):
+            pid = self._pid
+            result = await self._call(name, keys, args(pid), action)
+            status = result[0] if isinstance(result, list) else result
+            if status != -1:
+                return result
+            await self._relive_as_new(pid)
+        raise CoordinatorError(
+            f"the coordinator could not {action}: this process's lease keeps expiring",
+            action=action,
+        )
+
+    # -- active-task caps ----------------------------------------------------------------------
+
+    async def acquire_active(
+        self, provider: str, model: str, *, total: int | None, per_model: int | None, token: str
+    ) -> tuple[int, int]:
+        """Wait until a task of ``model`` fits under the account's caps (``total`` for the
+        provider, ``per_model`` for the model; None: no cap) and take a slot for ``token``,
+        held while this process lives or until released. Returns the provider's and the
+        model's slot counts just after taking it. Waits on release notifications, polling at
+        most every ``poll_interval`` (dead processes' slots are freed by that poll)."""
+        kind = (provider, model)
+        lock = self._kind_locks.setdefault(kind, anyio.Lock())
+        action = f"take an active-task slot for {provider} {model}"
+        keys = [self._procs, self._slots, self._slot_tasks]
+        caps = ["-1" if total is None else str(total), "-1" if per_model is None else str(per_model)]
+        polled = False
+        while True:
+            gen = self._active_gen
+            # Waiters of one kind try one at a time, and not again until something changes:
+            # a release wakes one script call per kind and process, not one per waiter.
+            async with lock:
+                if polled or self._failed_at.get(kind) != gen:
+                    result = await self._as_live(
+                        "ACQUIRE", keys,
+                        lambda pid: [pid, token, provider, model, *caps, self._active_channel],
+                        action,
+                    )  # fmt: skip
+                    if result[0] == 1:
+                        return int(result[1]), int(result[2])
+                    self._failed_at[kind] = gen
+                    self._counts["slot_waits"] += 1
+            polled = not await self._wait_active(gen)
+
+    async def _wait_active(self, gen: int) -> bool:
+        """Wait for a release after generation ``gen``; False when the poll interval ran out."""
+        if self._active_gen != gen:
+            return True
+        event = self._active_event
+        with anyio.move_on_after(self.poll_interval):
+            await event.wait()
+            return True
+        return False
+
+    async def release_active(self, provider: str, model: str, token: str) -> bool:
+        """Free ``token``'s slot (its submit failed or was deduplicated); False when it held
+        none. ``provider`` and ``model`` name it in errors."""
+        action = f"free the active-task slot of a {provider} {model} submit"
+        keys = [self._slots, self._slot_tasks]
+        return bool(await self._call("RELEASE_ACTIVE", keys, [token, self._active_channel], action))
+
+    async def bind_active(self, token: str, task_id: str) -> bool:
+        """Bind ``token``'s slot to the accepted task, so whichever process sees it end frees it
+        with :meth:`release_task`. False when the token holds no slot, or when the task holds
+        another live slot already (then ``token``'s is freed: a task counts once)."""
+        keys = [self._procs, self._slots, self._slot_tasks]
+        args = [token, task_id, self._active_channel]
+        return int(await self._call("BIND", keys, args, f"bind a slot to task {task_id}")) == 1
+
+    async def release_task(self, task_id: str) -> bool:
+        """Free the slot bound to ``task_id`` (it ended); False when none is bound."""
+        keys = [self._slots, self._slot_tasks]
+        args = [task_id, self._active_channel]
+        return bool(await self._call("RELEASE_TASK", keys, args, f"free the slot of task {task_id}"))
+
+    # -- the shared budget ---------------------------------------------------------------------
+
+    def _money_keys(self, provider: str) -> list[str]:
+        return [f"{self._prefix}spend:{provider}", f"{self._prefix}reservations:{provider}"]
+
+    async def reserve(self, provider: str, key: str, usd: float, *, cap: float | None) -> bool:
+        """Reserve ``usd`` for the job under ``key`` when what the account has settled, plus
+        every open reservation, plus ``usd`` stays within ``cap`` (None: no cap); False when it
+        would not (nothing is held). A key that holds a reservation already keeps it (True).
+        Reservations outlive their process: a dead process's submit may have been charged."""
+        args = [key, str(to_micros(usd)), "-1" if cap is None else str(to_micros(cap))]
+        action = f"reserve ${usd:.4f} for a {provider} job"
+        result = await self._call("RESERVE", self._money_keys(provider), args, action)
+        return int(result[0]) != 0
+
+    async def settle_spend(
+        self, provider: str, key: str, usd: float | None, *, model: str | None = None
+    ) -> bool:
+        """Turn ``key``'s reservation into settled spend: ``usd`` (the provider's reported
+        cost; 0 when nothing was charged), or None for what it reserved. False when ``key``
+        holds no reservation (settled or released already: nothing changes)."""
+        args = [key, "-1" if usd is None else str(to_micros(usd)), model or ""]
+        action = f"settle the spend of a {provider} job"
+        return bool(await self._call("SETTLE", self._money_keys(provider), args, action))
+
+    async def release(self, provider: str, key: str) -> bool:
+        """Drop ``key``'s reservation: no task was made. False when it held none."""
+        action = f"release the reservation of a {provider} job"
+        return bool(await self._call("RELEASE_RESERVATION", self._money_keys(provider), [key], action))
+
+    async def spend(self, provider: str) -> tuple[float, float]:
+        """What the account has settled and what its open reservations hold, in US dollars."""
+        client = self._require_client()
+        try:
+            values = await client.hmget(self._money_keys(provider)[0], ["settled", "reserved"])
+        except Exception as exc:
+            raise coordinator_error(f"read the {provider} spend", self._url, exc) from exc
+        settled, reserved = (from_micros(int(v or 0)) for v in values)
+        return settled, reserved
+
+    # -- idempotency claims --------------------------------------------------------------------
+
+    def _claim_keys(self, key: str) -> list[str]:
+        return [self._procs, f"{self._prefix}claim:{key}", f"{self._prefix}claimed:{key}"]
+
+    async def claim(self, key: str, *, ttl: float) -> bool:
+        """Claim idempotency key ``key`` before its submit: True for the first claimant (the
+        claim lives while this process's lease does, at most ``ttl`` seconds); False when a
+        live process holds it or a task is published under it (see :meth:`wait_for`)."""
+        ttl_ms = str(max(1, round(ttl * 1000)))
+        result = await self._as_live(
+            "CLAIM", self._claim_keys(key), lambda pid: [pid, ttl_ms], f"claim idempotency key {key!r}"
+        )
+        return int(result) == 1
+
+    async def publish(self, key: str, task_ref: Mapping[str, str]) -> None:
+        """Publish the task accepted under ``key`` (kept ``claim_retention`` seconds), end this
+        process's claim and wake the processes waiting for it."""
+        keys = self._claim_keys(key)[1:]
+        ref = json.dumps(dict(task_ref), sort_keys=True)
+        args = [self._pid, ref, str(round(self.claim_retention * 1000)), self._claims_channel, key]
+        await self._call("PUBLISH_CLAIM", keys, args, f"publish the task of idempotency key {key!r}")
+
+    async def drop_claim(self, key: str) -> bool:
+        """End this process's claim on ``key`` without a task (nothing was sent); its waiters
+        get None. False when this process did not hold it."""
+        keys = self._claim_keys(key)[1:2]
+        args = [self._pid, self._claims_channel, key]
+        return bool(await self._call("DROP_CLAIM", keys, args, f"drop the claim on key {key!r}"))
+
+    # A timeout argument rather than the caller's own fail_after: a timed-out wait is a claim
+    # still held, which the session answers differently from a cancellation.
+    async def wait_for(
+        self, key: str, *, timeout: float | None  # noqa: ASYNC109
+    ) -> dict[str, str] | None:
+        """Wait for the task published under ``key``: its ref, or None when nobody holds the
+        claim without a task (dropped, expired, its process dead: claim it again). Raises
+        TimeoutError when a live process still holds it after ``timeout`` seconds."""
+        action = f"look up idempotency key {key!r}"
+        self._claim_waiters[key] += 1
+        try:
+            with anyio.fail_after(timeout):
+                while True:
+                    # Registered before the look-up: a publish in between still wakes us.
+                    event = self._claim_events.setdefault(key, anyio.Event())
+                    state, value = await self._call("CLAIM_STATE", self._claim_keys(key), [], action)
+                    if state == "done":
+                        ref: dict[str, str] = json.loads(value)
+                        return ref
+                    if state == "free":
+                        return None
+                    with anyio.move_on_after(self.poll_interval):
+                        await event.wait()
+        finally:
+            self._claim_waiters[key] -= 1
+            if not self._claim_waiters[key]:
+                del self._claim_waiters[key]
+                self._claim_events.pop(key, None)
+
+    # -- task ownership and orphans ------------------------------------------------------------
+
+    async def own(self, task_ref: Mapping[str, str]) -> bool:
+        """Record that this process watches the task (``task_ref`` holds its ``task_id``; any
+        other str fields are kept with it). False when another live process owns it."""
+        task_id = task_ref["task_id"]
+        ref = json.dumps(dict(task_ref), sort_keys=True)
+        keys = [self._procs, self._tasks, self._owners]
+        result = await self._as_live(
+            "OWN", keys, lambda pid: [pid, task_id, ref, self._owned], f"own task {task_id}"
+        )
+        return int(result) == 1
+
+    async def disown(self, task_id: str) -> bool:
+        """Forget the task (settled); False when nobody owned it."""
+        keys = [self._tasks, self._owners]
+        return bool(await self._call("DISOWN", keys, [task_id, self._owned], f"disown task {task_id}"))
+
+    async def orphans(self, *, limit: int = 100) -> list[dict[str, str]]:
+        """Up to ``limit`` tasks (their refs) whose owner's lease has expired."""
+        if limit < 1:
+            return []
+        keys = [self._procs, self._tasks]
+        found = await self._call("ORPHANS", keys, [str(limit), self._owned], "list orphaned tasks")
+        return [json.loads(ref) for ref in found]
+
+    async def adopt(self, task_id: str) -> bool:
+        """Take over the task when its owner is still dead and nobody adopted it first."""
+        keys = [self._procs, self._owners]
+        result = await self._as_live(
+            "ADOPT", keys, lambda pid: [pid, task_id, self._owned], f"adopt task {task_id}"
+        )
+        return int(result) == 1
+
+
+def _new_process_id() -> str:
+    """A process id: the OS pid (for people reading Redis) and 48 random bits."""
+    return f"{os.getpid()}-{os.urandom(6).hex()}"
