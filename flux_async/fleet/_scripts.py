@@ -77,30 +77,33 @@ return 1
 #: model cap (-1: none), active channel.
 #: Frees every slot whose process is dead (and wakes waiters if it freed any), counts the
 #: provider's slots and the model's, and takes one for ``token`` when both counts are under
-#: their caps. Returns {status, provider count, model count}: status 1 taken (or ``token`` held
-#: one already; the counts include it), 0 full (nothing taken), -1 the caller's own lease has
-#: expired (nothing taken).
+#: their caps. Returns {status, provider count, model count}: status 1 taken (or the caller
+#: held ``token``'s already; the counts include it), 0 full (nothing taken), -1 the caller's
+#: own lease has expired (nothing taken), -2 another live process holds ``token``.
 ACQUIRE = _COMMON + """
 local procs, slots, tasks = KEYS[1], KEYS[2], KEYS[3]
 local pid, token, provider, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local total_cap, model_cap = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
 local all = redis.call('HGETALL', slots)
-local total, per_model, freed, mine = 0, 0, 0, false
+local total, per_model, freed, holder = 0, 0, 0, nil
 for i = 1, #all, 2 do
   local slot = cjson.decode(all[i + 1])
   if not alive(procs, slot.p, now) then
     redis.call('HDEL', slots, all[i])
     if slot.t and redis.call('HGET', tasks, slot.t) == all[i] then redis.call('HDEL', tasks, slot.t) end
     freed = freed + 1
-  elseif slot.v == provider then
-    total = total + 1
-    if slot.m == model then per_model = per_model + 1 end
-    if all[i] == token then mine = true end
+  else
+    if slot.v == provider then
+      total = total + 1
+      if slot.m == model then per_model = per_model + 1 end
+    end
+    if all[i] == token then holder = slot.p end
   end
 end
 if freed > 0 then redis.call('PUBLISH', ARGV[7], 'freed') end
-if mine then return {1, total, per_model} end
+if holder == pid then return {1, total, per_model} end
+if holder then return {-2, total, per_model} end
 if not alive(procs, pid, now) then return {-1, total, per_model} end
 if (total_cap >= 0 and total >= total_cap) or (model_cap >= 0 and per_model >= model_cap) then
   return {0, total, per_model}
@@ -109,14 +112,15 @@ redis.call('HSET', slots, token, cjson.encode({p = pid, v = provider, m = model}
 return {1, total + 1, per_model + 1}
 """
 
-#: KEYS: slots, slot-tasks. ARGV: token, active channel.
-#: Frees ``token``'s slot and wakes waiters; 1, or 0 when it held none (released already, or
-#: freed as a dead process's).
+#: KEYS: slots, slot-tasks. ARGV: token, active channel, pid.
+#: Frees the caller's slot ``token`` and wakes waiters; 1, or 0 when the caller holds no such
+#: slot (released already, freed as a dead process's, or another process's).
 RELEASE_ACTIVE = """
 local slots, tasks, token = KEYS[1], KEYS[2], ARGV[1]
 local raw = redis.call('HGET', slots, token)
 if not raw then return 0 end
 local slot = cjson.decode(raw)
+if slot.p ~= ARGV[3] then return 0 end
 redis.call('HDEL', slots, token)
 if slot.t and redis.call('HGET', tasks, slot.t) == token then redis.call('HDEL', tasks, slot.t) end
 redis.call('PUBLISH', ARGV[2], 'released')
