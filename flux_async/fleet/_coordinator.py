@@ -11,8 +11,14 @@ How the session is meant to use it (it replaces the in-process pieces, behind th
 
 - ``Session(coordinator=...)`` enters the coordinator with the session (its heartbeat and
   wake-up listener run in the coordinator's own task group) and leaves it on close.
+- Idempotency keys come first: in ``_submit.Submitter.existing``, beside the in-process
+  ``_claims`` futures, ``claim(key, ttl=...)``; a False claim waits with ``wait_for`` (a ref:
+  attach it and pay nothing; None: claim again). Only the claimant of a key takes a slot or a
+  reservation for it, and only it releases them. ``claim.set_result`` in ``Submitter._submit``
+  becomes ``publish(key, ref)`` too, every failure ``drop_claim(key)`` (a submit in doubt is
+  then guarded by its ledger intent).
 - ``_jobs.Jobs.submit``: ``limiter.acquire(model)`` becomes ``acquire_active(provider, model,
-  total=..., per_model=..., token=key)`` (the submit's idempotency key is the token);
+  total=..., per_model=..., token=key)`` (the caps of ``_active.active_limiter``'s table);
   ``limiter.release(model)`` on a failed or deduplicated submit becomes ``release_active``; once
   accepted, ``bind_active(key, task_id)`` and ``own(ref.to_dict() | {"key": key})``.
   ``Jobs.attach`` (``limiter.force``) takes a slot with no caps and binds it (one slot per task
@@ -20,15 +26,12 @@ How the session is meant to use it (it replaces the in-process pieces, behind th
   once the job is settled, ``disown(task_id)``.
 - ``_submit.Submitter._submit``: the budget check of ``Spend.reserve`` becomes ``reserve(provider,
   key, usd, cap=max_spend_usd)`` (False: BudgetExceededError, with ``spend(provider)``'s
-  figures), ``Spend.release`` also calls ``release``, and ``Spend.settle`` calls ``settle_spend``
-  (0 for a job not charged). ``Spend`` keeps the session's own totals for ``statistics()``.
-- Idempotency keys: beside the in-process ``_claims`` futures, ``claim(key, ttl=...)`` before the
-  intent; a False claim waits with ``wait_for`` (a ref: attach it, paying nothing; None: claim
-  again); ``claim.set_result`` becomes ``publish(key, ref)``, a failure ``drop_claim(key)`` (a
-  submit in doubt is then guarded by its ledger intent).
-- Orphans: a loop in the session's task group calls ``orphans()`` every lease period and, for
-  each task it ``adopt``\\ s, attaches it (``Jobs.attach``) so it is polled, downloaded and settled.
-- A CoordinatorError from ``acquire_active``, ``reserve`` or ``claim`` fails that submit before
+  figures); ``Spend.release`` also calls ``release`` (also after a ``reserve`` that raised: it may
+  have been held), and ``Spend.settle`` calls ``settle_spend`` (0 for a job not charged, the
+  reported cost where known). ``Spend`` keeps the session's own totals for ``statistics()``.
+- Orphans: a loop in the session's task group calls ``orphans()`` every lease period and
+  attaches (``Jobs.attach``) each task that ``adopt`` gives it: polled, downloaded, settled.
+- A CoordinatorError from ``claim``, ``acquire_active`` or ``reserve`` fails that submit before
   anything is sent; tasks already accepted are still watched and settled locally.
 """
 
@@ -144,7 +147,8 @@ class RedisCoordinator(Presence):
         """Reserve ``usd`` for the job under ``key`` when what the account has settled, plus
         every open reservation, plus ``usd`` stays within ``cap`` (None: no cap); False when it
         would not (nothing is held). A key that holds a reservation already keeps it (True).
-        Reservations outlive their process: a dead process's submit may have been charged."""
+        Reservations outlive their process: a dead process's submit may have been charged.
+        One that raised may still have been held: release it if nothing is sent."""
         args = [key, str(to_micros(usd)), "-1" if cap is None else str(to_micros(cap))]
         action = f"reserve ${usd:.4f} for a {provider} job"
         result = await self._call("RESERVE", self._money_keys(provider), args, action)
