@@ -21,6 +21,7 @@ understood, and chain their cause (``raise X(...) from exc``). No error ever hol
     │   └── ServerError (5xx)
     ├── SubmissionUncertainError      the POST may have created a paid task; carries what is known
     ├── LedgerError                   the ledger could not record a paid action (nothing more is sent)
+    ├── CoordinatorError              the shared coordinator (Redis) could not do what was asked
     ├── BudgetExceededError           a submit would pass the spending cap (nothing was sent)
     ├── OutageError                   submits kept failing: submission is paused (nothing was sent)
     ├── DownloadError                 a result could not be fetched safely
@@ -47,6 +48,7 @@ __all__ = [
     "BadRequestError",
     "BudgetExceededError",
     "ConfigurationError",
+    "CoordinatorError",
     "DownloadError",
     "FluxError",
     "InsufficientCreditsError",
@@ -272,6 +274,22 @@ class LedgerError(FluxError):
     def __init__(self, message: str, *, key: str | None = None, ref: TaskRef | None = None) -> None:
         self.key = key
         self.ref = ref
+        super().__init__(message)
+
+
+class CoordinatorError(FluxError):
+    """The coordinator that every process of one account shares (Redis) could not do what was
+    asked: it could not be reached, did not answer in time, or refused the command.
+
+    ``action`` says what could not be done (take an active-task slot, reserve a job's cost,
+    claim an idempotency key...). A submit that needed that slot, reservation or claim is not
+    sent. When only the answer was lost, the server may have taken it all the same: it then
+    errs on the safe side (it counts until it is released, or its process's lease expires).
+    The message never holds the server's password.
+    """
+
+    def __init__(self, message: str, *, action: str) -> None:
+        self.action = action
         super().__init__(message)
 
 
