@@ -15,7 +15,7 @@ import anyio
 
 from ._config import Limits
 
-__all__ = ["ActiveLimiter", "active_limiter"]
+__all__ = ["ActiveLimiter", "active_limiter", "provider_caps"]
 
 #: Documented active-task caps: provider -> (cap for the account, caps per model).
 _PROVIDER_CAPS: Mapping[str, tuple[int | None, Mapping[str, int]]] = {
@@ -60,11 +60,17 @@ class ActiveLimiter:
         self._changed = anyio.Event()
 
 
-def active_limiter(provider: str, limits: Limits) -> ActiveLimiter | None:
-    """The limiter for ``provider``'s documented caps as ``limits`` adjust them (None: no cap)."""
+def provider_caps(provider: str, limits: Limits) -> tuple[int | None, Mapping[str, int]]:
+    """``provider``'s documented caps as ``limits`` adjust them: for the account, per model."""
     total_cap, model_caps = _PROVIDER_CAPS.get(provider, (None, {}))
     if limits.max_active_tasks is not None:
         total_cap = limits.max_active_tasks
     if limits.max_active_per_model is not None:
         model_caps = limits.max_active_per_model
+    return total_cap, model_caps
+
+
+def active_limiter(provider: str, limits: Limits) -> ActiveLimiter | None:
+    """The limiter for ``provider``'s documented caps as ``limits`` adjust them (None: no cap)."""
+    total_cap, model_caps = provider_caps(provider, limits)
     return ActiveLimiter(total_cap, model_caps) if (total_cap or model_caps) else None

@@ -152,6 +152,9 @@ class SessionStatistics:
     and ``webhook_wakes`` the events that moved a task's poll to now (the rest were duplicates,
     too soon after a poll, or about tasks this session does not watch).
     ``outage_refusals`` counts the submits refused while the outage breaker was open.
+    Under a coordinator, ``adopted_tasks`` counts the tasks taken over from processes that
+    stopped, and ``coordinator_failures`` the calls to it that failed after a task was accepted
+    (logged; the task was watched and settled here all the same).
     """
 
     provider: str
@@ -186,6 +189,8 @@ class SessionStatistics:
     webhooks_refused: int = 0
     webhook_wakes: int = 0
     outage_refusals: int = 0
+    adopted_tasks: int = 0
+    coordinator_failures: int = 0
 
 
 def resolve_api_key(provider: str, api_key: str | None) -> str:

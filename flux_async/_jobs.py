@@ -24,6 +24,7 @@ import attrs
 from ._active import ActiveLimiter
 from ._config import Limits
 from ._context import Context
+from ._fleet import Fleet
 from ._job import Job
 from ._spend import Spend
 from ._submit import Submitter, request_digest
@@ -83,6 +84,8 @@ class Jobs:
         self.abandoned: dict[str, TaskRef] = {}
         #: A webhook was asked for every task: the scheduler polls them sparsely, as a net.
         self.push = False
+        #: The coordinator shared with other processes (``Session(coordinator=...)``), if any.
+        self.fleet: Fleet | None = None
         # Webhook events for tasks not watched yet (a completion pushed before the submit's
         # answer was read): task id -> event id, replayed as a wake once the task is watched.
         self._early: OrderedDict[str, str | None] = OrderedDict()
@@ -127,11 +130,55 @@ class Jobs:
             # 128 random bits in hex, like uuid4().hex, without building a UUID object.
             key = os.urandom(16).hex()
         else:
+            fleet = self.fleet
+            if fleet is not None:
+                return await self._submit_claimed(fleet, request, checked, key, on_accept, gone)
             digest = request_digest(checked)
             known = await self._submitter.existing(checked, digest)
             if known is not None:
                 self._counts["deduplicated"] += 1
                 return self.attach(known, request, key, on_accept)
+        return await self._submit_new(request, checked, key, digest, on_accept, gone)
+
+    async def _submit_claimed(
+        self,
+        fleet: Fleet,
+        request: GenerationRequest,
+        checked: GenerationRequest,
+        key: str,
+        on_accept: Callable[[Job], None] | None,
+        gone: Callable[[], bool] | None,
+    ) -> Job:
+        """A caller's key under a coordinator: claimed account-wide first, so that a second
+        process with the key waits for this one's task instead of paying for another."""
+        found = await fleet.claim(key)
+        if found is not None:
+            self._counts["deduplicated"] += 1
+            return self.attach(found, request, key, on_accept)
+        try:
+            digest = request_digest(checked)
+            known = await self._submitter.existing(checked, digest)
+            if known is not None:
+                self._counts["deduplicated"] += 1
+                job = self.attach(known, request, key, on_accept)
+            else:
+                job = await self._submit_new(request, checked, key, digest, on_accept, gone)
+        except BaseException:
+            await fleet.drop(key)  # nothing of ours under it; a POST in doubt has its intent
+            raise
+        await fleet.publish(key, job.ref)
+        return job
+
+    async def _submit_new(
+        self,
+        request: GenerationRequest,
+        checked: GenerationRequest,
+        key: str,
+        digest: str,
+        on_accept: Callable[[Job], None] | None,
+        gone: Callable[[], bool] | None,
+    ) -> Job:
+        fleet = self.fleet
         slots = self._slots
         try:
             slots.acquire_nowait()  # no trip through the event loop when a slot is free
@@ -144,17 +191,27 @@ class Jobs:
             limiter = self.limiter
             if limiter is not None:
                 await limiter.acquire(model)
+            shared_slot = fleet is not None and fleet.capped
             try:
+                if shared_slot:
+                    assert fleet is not None
+                    await fleet.acquire(model, key)
                 if gone is not None and gone():
                     raise CallerGoneError  # nothing sent, nothing written
                 ref, fresh, cost = await self._submitter.submit(checked, key, digest)
             except BaseException:
                 if limiter is not None:
                     limiter.release(model)
+                if shared_slot:
+                    assert fleet is not None
+                    await fleet.release_slot(model, key)
                 raise
             if not fresh:
                 if limiter is not None:
                     limiter.release(model)
+                if shared_slot:
+                    assert fleet is not None
+                    await fleet.release_slot(model, key)
                 self._counts["deduplicated"] += 1
                 return self.attach(ref, request, key, on_accept)
             # No checkpoint between acceptance and registration: a cancelled caller cannot
@@ -187,6 +244,8 @@ class Jobs:
             if self.limiter is not None:
                 self.limiter.force(ref.model or "")
             self.watch(job)
+            if self.fleet is not None:
+                self.fleet.attached(ref, key)
         if on_accept is not None:
             on_accept(job)
         return job
@@ -256,13 +315,16 @@ class Jobs:
             result = state.result
             if error is None and result is not None and cost is not result.cost:
                 job._state = attrs.evolve(state, result=attrs.evolve(result, cost=cost))
+        settled = error is None or isinstance(error, _ENDED_AT_THE_PROVIDER)
         if job.key is not None:
             if error is None:
                 self._spend.settle(job.key, "succeeded", cost=job.cost)
-            elif isinstance(error, _ENDED_AT_THE_PROVIDER):
+            elif settled:
                 self._spend.settle(job.key, "failed", error=type(error).__name__, cost=job.cost)
             # Anything else (a timeout, polls that kept failing) may leave the task running:
             # it stays accepted (and its reservation held), for recovery to re-attach.
+        if self.fleet is not None:
+            self.fleet.finished(job.ref.task_id, settled=settled)
 
     def abandon(self, ref: TaskRef) -> None:
         """Keep an accepted task nobody waits for on the list (``abandoned_tasks``)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from . import catalog
 from ._config import ModelSpend
@@ -54,6 +54,14 @@ class _Account:
         self.unknown_settled = 0
 
 
+class SpendObserver(Protocol):
+    """Told of every release and settlement (the coordinator shared with other processes)."""
+
+    def released(self, key: str) -> None: ...
+
+    def settled(self, key: str, model: str | None, usd: float | None, charged: bool) -> None: ...
+
+
 class Spend:
     """Reservations, settlements and the budget of one session (see the module docstring).
 
@@ -72,6 +80,7 @@ class Spend:
         "_prices",
         "budget_usd",
         "carried_over",
+        "observer",
         "provider",
         "reserved",
         "spent",
@@ -87,6 +96,8 @@ class Spend:
     ) -> None:
         self.provider = provider
         self._ledger = ledger
+        #: Told of releases and settlements (a coordinator shared with other processes).
+        self.observer: SpendObserver | None = None
         self._prices = catalog.price_table(provider, prices)
         self.budget_usd = max_spend_usd
         self._budget = None if max_spend_usd is None else to_micros(max_spend_usd)
@@ -206,6 +217,8 @@ class Spend:
     def release(self, key: str) -> None:
         """Drop ``key``'s reservation: nothing was sent for it."""
         self._drop(key)
+        if self.observer is not None:
+            self.observer.released(key)
 
     def accepted(self, key: str, reported_usd: float) -> Cost:
         """The provider said at acceptance what the task costs (BFL): the reservation becomes
@@ -240,6 +253,9 @@ class Spend:
         changes nothing here)."""
         self._ledger.settle(key, status, error=error, cost=cost)
         account = self._drop(key)
+        if self.observer is not None:
+            model = None if account is None else account.model
+            self.observer.settled(key, model, None if cost is None else cost.usd, cost is not None)
         if account is None or cost is None:
             return
         account.settled_jobs += 1

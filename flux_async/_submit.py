@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 import anyio
 
 from ._context import Context
+from ._fleet import Fleet
 from ._http import HttpResponse
 from ._spend import Spend
 from ._throttle import Breaker
@@ -100,6 +101,7 @@ class Submitter:
         "_spend",
         "breaker",
         "broken",
+        "fleet",
         "job_timeout",
         "resubmit_in_doubt",
         "unrecorded",
@@ -131,6 +133,8 @@ class Submitter:
         #: Sent with every submit in the provider's own fields (``Session(webhook_url=...)``).
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
+        #: The coordinator shared with other processes, if any (``_fleet``).
+        self.fleet: Fleet | None = None
         # Keys whose POST is on its way here: a second submit with the key waits for the first.
         self._claims: dict[str, asyncio.Future[TaskRef]] = {}
         self._sending: set[str] = set()  # keys whose submit is on its way
@@ -242,6 +246,14 @@ class Submitter:
         reserved = spend.reserve(key, request.model, images)
         mine = reserved is not None  # else the key held one already (an earlier session's)
         cost = reserved if reserved is not None else spend.cost_of(key, request.model)
+        fleet = self.fleet
+        if fleet is not None and mine:
+            # The account's budget, shared by every process: checked after this session's.
+            try:
+                await fleet.reserve(key, request.model, cost.usd)
+            except BaseException:
+                spend.release(key)  # nothing was written or sent
+                raise
         written = False
         claim: asyncio.Future[TaskRef] | None = None
         if user_key:
@@ -365,7 +377,8 @@ class Submitter:
         return found
 
     async def _record_acceptance(self, key: str, ref: TaskRef) -> None:
-        """Write the acceptance; on failure, stop sending and make the task impossible to miss."""
+        """Write the acceptance; on failure, stop sending and make the task impossible to miss.
+        Under a coordinator, the task is then owned account-wide (its slot bound to it)."""
         try:
             await self._ledger.accept(key, ref)
         except Exception as exc:
@@ -379,6 +392,9 @@ class Submitter:
                 exc,
                 json.dumps(ref.to_dict(), sort_keys=True),
             )
+        if self.fleet is not None:
+            await self.fleet.accepted(key, ref)
+
 
     async def _send(self, request: GenerationRequest, key: str) -> tuple[TaskRef, float | None]:
         """POST the request, retrying only where no task can exist; resolve ambiguity safely.

@@ -12,6 +12,7 @@ CLI (the batch machinery and jobs see it only for typing).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 from collections.abc import (
@@ -25,18 +26,19 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, Unpack, overload
+from typing import TYPE_CHECKING, Any, Self, Unpack, overload
 
 import aiohttp
 import anyio
 from anyio.abc import TaskGroup
 
 from . import catalog
-from ._active import active_limiter
+from ._active import active_limiter, provider_caps
 from ._as_completed import Batch, Outbox
 from ._checks import check_base_url
 from ._config import API_KEY_ENV, Limits, SessionStatistics, resolve_api_key
 from ._context import NOT_OPEN, Context
+from ._fleet import Fleet
 from ._hosts import HostPolicy
 from ._job import Job
 from ._jobs import Jobs, coerce_ref
@@ -71,6 +73,11 @@ from .scheduler import PollPolicy, PollScheduler
 from .transport import AiohttpTransport, DownloadLimits, Transport
 from .webhooks import WebhookEvent
 from .webhooks import verify as verify_webhook
+
+if TYPE_CHECKING:
+    from .fleet import RedisCoordinator
+
+logger = logging.getLogger("flux_async")
 
 __all__ = ["API_KEY_ENV", "Job", "Limits", "Session", "SessionStatistics"]
 
@@ -108,6 +115,8 @@ class Session:
         prices: Mapping[str, float] | None = None,
         webhook_url: str | None = None,
         webhook_secret: str | Sequence[str] | None = None,
+        coordinator: RedisCoordinator | None = None,
+        adopt_download_to: str | os.PathLike[str] | None = None,
     ) -> None:
         if provider not in catalog.PROVIDERS:
             raise ConfigurationError(
@@ -165,6 +174,21 @@ class Session:
             self._spend,
         )
         self._jobs.push = self._webhook_url is not None
+        self._fleet: Fleet | None = None
+        if coordinator is not None:
+            total_cap, model_caps = provider_caps(provider, self.limits)
+            self._fleet = fleet = Fleet(
+                coordinator,
+                provider,
+                total_cap=total_cap,
+                model_caps=model_caps,
+                max_spend_usd=self.limits.max_spend_usd,
+                adopt_download_to=None if adopt_download_to is None else Path(adopt_download_to),
+            )
+            self._jobs.fleet = self._submitter.fleet = fleet
+            self._spend.observer = fleet
+        elif adopt_download_to is not None:
+            raise ConfigurationError("adopt_download_to needs a coordinator (orphaned tasks are adopted through it)")
         self._download_slots = anyio.Semaphore(self.limits.max_concurrent_downloads)
         self._download_limits = DownloadLimits(
             max_bytes=self.limits.max_download_bytes, max_redirects=self.limits.max_redirects
@@ -196,10 +220,20 @@ class Session:
                 self._base_url, allow_private=self.limits.allow_private_result_hosts
             ),
         )
+        fleet = self._fleet
+        if fleet is not None and not fleet.coordinator.is_open:
+            try:
+                await fleet.coordinator.__aenter__()
+            except BaseException:
+                await self._close_transport()
+                raise
+            fleet.entered = True
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self._scheduler.run)
+        if fleet is not None:
+            tg.start_soon(fleet.run, self._attach_adopted, self._download_adopted)
         return self
 
     async def __aexit__(
@@ -221,11 +255,44 @@ class Session:
             for batch in list(self._batches):
                 batch.stop()
             self._jobs.abandon_running(self._scheduler.outstanding())
-            transport = self._ctx.transport
-            if transport is not None:
-                await transport.aclose()
-                if self._transport_arg is None:
-                    self._ctx.transport = None
+            fleet = self._fleet
+            if fleet is not None:
+                # What the jobs' ends left to say (slots, ownership, spend), then the lease: a
+                # task still running is an orphan another process adopts.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10.0):
+                    await fleet.flush()
+                if fleet.entered:
+                    # Not inside a scope of ours: the coordinator leaves its own task group.
+                    fleet.entered = False
+                    await fleet.coordinator.__aexit__(None, None, None)
+            await self._close_transport()
+
+    async def _close_transport(self) -> None:
+        transport = self._ctx.transport
+        if transport is not None:
+            await transport.aclose()
+            if self._transport_arg is None:
+                self._ctx.transport = None
+
+    def _attach_adopted(self, ref: TaskRef, key: str | None) -> Job:
+        return self._jobs.attach(ref, None, key)
+
+    async def _download_adopted(self, job: Job) -> None:
+        """An adopted task's images, once it ends, into ``adopt_download_to``."""
+        fleet = self._fleet
+        assert fleet is not None
+        assert fleet.adopt_download_to is not None
+        await job.wait()
+        if job.error is not None:
+            return
+        result = await job.result()
+        for k, image in enumerate(result.images):
+            suffix = "" if len(result.images) == 1 else f"-{k}"
+            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.task_id)[:120]
+            try:
+                await self.download(image, fleet.adopt_download_to / f"{name}{suffix}.img")
+            except FluxError as exc:
+                logger.error("could not download adopted task %s: %s", job.task_id, exc)
 
     def _task_group(self) -> TaskGroup:
         if self._tg is None:
@@ -298,6 +365,9 @@ class Session:
         ``resubmit_in_doubt=True``. Never sends a submit.
         """
         self._task_group()
+        if self._fleet is not None:
+            # Shared by live processes: only the tasks of processes that stopped are taken.
+            return await self._fleet.adopt_orphans(self._attach_adopted, self._download_adopted)
         return await self._jobs.recover()
 
     def resume(self, ref: TaskRef | str) -> Job:
@@ -475,6 +545,8 @@ class Session:
             webhooks_refused=self._counts["webhooks_refused"],
             webhook_wakes=self._counts["webhook_wakes"],
             outage_refusals=self._counts["outage_refusals"],
+            adopted_tasks=0 if self._fleet is None else self._fleet.adopted,
+            coordinator_failures=0 if self._fleet is None else self._fleet.failures,
             **self._spend.statistics(),
         )
 

@@ -128,6 +128,11 @@ class Presence:
         )
 
     @property
+    def is_open(self) -> bool:
+        """True between entering and leaving the coordinator."""
+        return self._tg is not None
+
+    @property
     def process_id(self) -> str:
         """This process's id in the account (a new one if its lease was ever lost)."""
         return self._pid
