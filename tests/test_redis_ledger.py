@@ -36,7 +36,7 @@ from flux_async import (
 )
 from flux_async.emulator import DEFAULT_API_KEY, Duration, Emulator, Scenario
 from flux_async.fleet import RedisLedger
-from flux_async.fleet._ledger import redacted_url
+from flux_async.fleet._redis_url import redacted_url
 from flux_async.scheduler import PollPolicy
 from flux_async.session import Session
 

@@ -45,49 +45,38 @@ ask the server.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import random
 import re
 import secrets
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup
 
 from .._ledger_entries import (
-    SETTLED,
     Entries,
     LedgerEntry,
     Record,
     SettledSpend,
     SettledStatus,
-    parse_amount,
-    parse_cost,
 )
 from ..errors import ConfigurationError, LedgerError
 from ..ledger import Ledger
 from ..models import Cost, TaskRef
 from . import _ledger_scripts
+from ._ledger_codec import num, pairs, parse_entry, text_map
+from ._ledger_writer import Settlement, SettlementWriter
+from ._redis_url import connect, describe, redacted_url, scrub, url_secrets
 
-try:
-    from redis import exceptions as redis_errors
+if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
     from redis.commands.core import AsyncScript
-except ImportError as exc:  # the optional extra
-    raise ImportError(
-        'flux_async.fleet needs the redis package: pip install "flux-async[redis]"'
-    ) from exc
 
 __all__ = ["RedisLedger", "RedisLedgerStatistics"]
 
@@ -95,17 +84,7 @@ _log = logging.getLogger("flux_async")
 
 _NAME: Final = re.compile(r"[A-Za-z0-9._:@-]{1,100}")
 _MIRROR_SETTLED: Final = 1_000  # settled entries kept in the view (for a second settlement)
-_BATCH: Final = 64  # settlements per round trip of the writer
-_MAX_DELAY: Final = 5.0  # the writer's longest wait between attempts
 _SPENT_FIELDS: Final = ("jobs", "micros", "unpriced_jobs", "unpriced_images")
-# Failures worth another attempt: the server was not reached, or could not write just now.
-_TRANSIENT: Final = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,
-    redis_errors.TryAgainError,
-    OSError,
-)
 
 
 @attrs.frozen(kw_only=True)
@@ -121,16 +100,6 @@ class RedisLedgerStatistics:
     write_failures: int  #: attempts of the writer that failed (each one retried)
     pending: int  #: settlements queued and not yet written
     refreshes: int
-
-
-@attrs.frozen
-class _Settlement:
-    seq: int
-    key: str
-    status: SettledStatus
-    at: float
-    error: str | None
-    cost: Cost | None
 
 
 class RedisLedger:
@@ -178,12 +147,12 @@ class RedisLedger:
         self.retry_delay = retry_delay
         if isinstance(url_or_client, str):
             self._where = redacted_url(url_or_client)
-            self._secrets = _url_secrets(url_or_client)
-            self._client = _connect(url_or_client, timeout=timeout, where=self._where, hidden=self._secrets)
+            self._secrets = url_secrets(url_or_client)
+            self._client = connect(url_or_client, timeout=timeout, where=self._where, hidden=self._secrets)
             self._owned = True
         else:
             kwargs = url_or_client.connection_pool.connection_kwargs
-            self._where = _describe(kwargs)
+            self._where = describe(kwargs)
             password = kwargs.get("password")
             self._secrets = [password] if isinstance(password, str) and password else []
             self._client = url_or_client
@@ -200,26 +169,15 @@ class RedisLedger:
         self._entries: Entries | None = None  # the view: None until opened
         self._tg: TaskGroup | None = None
         self._closed = False
-        self._closing = False
-        self._queue: deque[_Settlement] = deque()
-        self._latest: dict[str, _Settlement] = {}  # the last queued settlement of each key
-        self._next_seq = 1
-        self._done_seq = 0  # every settlement up to this one is written or dropped
-        self._wake = anyio.Event()
-        self._progress = anyio.Event()
         self._io = anyio.Lock()  # a refresh's snapshot and the writer's batches never overlap
-        self._rng = random.Random()
-        self._counts = dict.fromkeys(
-            ("intents", "claims_lost", "acceptances", "settlements_queued", "settlements_written",
-             "settlements_dropped", "write_failures", "refreshes"),
-            0,
-        )  # fmt: skip
+        self._writer = SettlementWriter(self._send, where=self._where, hidden=self._secrets, retry_delay=retry_delay)
+        self._counts = dict.fromkeys(("intents", "claims_lost", "acceptances", "settlements_queued", "refreshes"), 0)
 
     def __repr__(self) -> str:
         state = "open" if self._tg is not None else ("closed" if self._closed else "not open")
         return (
             f"RedisLedger({self._where!r}, namespace={self.namespace!r}, name={self.name!r}, "
-            f"{state}, pending={len(self._queue)})"
+            f"{state}, pending={len(self._writer.queue)})"
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -238,7 +196,8 @@ class RedisLedger:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        tg.start_soon(self._write_loop)
+        self._writer.running = True
+        tg.start_soon(self._writer.run)
         return self
 
     async def __aenter__(self) -> Self:
@@ -261,15 +220,13 @@ class RedisLedger:
         self._closed = True
         try:
             if tg is not None:
-                self._closing = True
-                self._wake.set()
+                self._writer.close()
                 with anyio.move_on_after(self.flush_timeout):
-                    await self._wait_done(self._next_seq - 1)
+                    await self._writer.wait_done()
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(None, None, None)
         finally:
-            if self._queue:
-                self._drop_queue(f"the ledger closed before Redis at {self._where} took them")
+            self._writer.drop_all(f"the ledger closed before Redis at {self._where} took them")
             if self._owned:
                 await self._client.aclose()
 
@@ -290,24 +247,24 @@ class RedisLedger:
         recorded under it (a settled ``not_submitted`` entry is replaced). Raises LedgerError
         when Redis does not acknowledge it (nothing may then be sent)."""
         entries = self._require_open()
-        earlier = self._latest.get(key)
+        earlier = self._writer.latest(key)
         if earlier is not None:  # this process settled the key: that settlement goes first
             with anyio.move_on_after(self.timeout):
-                await self._wait_done(earlier.seq)
-            if self._done_seq < earlier.seq:
+                await self._writer.wait_done(earlier.seq)
+            if self._writer.done_seq < earlier.seq:
                 raise LedgerError(f"an earlier settlement of the key is not written to Redis at {self._where}", key=key)
         claim = secrets.token_hex(8)
-        args = [key, provider, model, digest, _num(at), "" if reserved_usd is None else _num(reserved_usd),
+        args = [key, provider, model, digest, num(at), "" if reserved_usd is None else num(reserved_usd),
                 str(images), claim]  # fmt: skip
         try:
             reply, replicas = await self._run(self._intend, [self._entry_key(key), self._unsettled_key], args)
         except Exception as exc:
             raise self._error("record the intent", exc, key=key) from exc
         if reply is not None:
-            fields = _pairs(reply)
+            fields = pairs(reply)
             if fields.get("claim") != claim:
                 self._counts["claims_lost"] += 1
-                return _parse_entry(fields, self._entry_key(key))
+                return parse_entry(fields, self._entry_key(key))
         self._counts["intents"] += 1
         entries.put(Record(key, provider, model, digest, at, reserved_usd, images))
         if replicas is not None and replicas < self.wait_replicas:
@@ -320,7 +277,7 @@ class RedisLedger:
         Redis before it returns; LedgerError otherwise)."""
         entries = self._require_open()
         at = time.time()
-        args = [json.dumps(ref.to_dict(), sort_keys=True), _num(at)]
+        args = [json.dumps(ref.to_dict(), sort_keys=True), num(at)]
         try:
             reply, replicas = await self._run(self._accept, [self._entry_key(key)], args)
         except Exception as exc:
@@ -328,8 +285,8 @@ class RedisLedger:
         self._counts["acceptances"] += 1
         if entries.get(key) is not None:
             entries.accept(key, ref, at)
-        elif key not in self._latest:
-            entries.put(Record.of(_parse_entry(_pairs(reply), self._entry_key(key))))
+        elif self._writer.latest(key) is None:
+            entries.put(Record.of(parse_entry(pairs(reply), self._entry_key(key))))
         if replicas is not None and replicas < self.wait_replicas:
             raise LedgerError(self._unreplicated("acceptance", replicas), key=key, ref=ref)
 
@@ -341,20 +298,8 @@ class RedisLedger:
         at = time.time()
         if self._entries is not None:
             self._entries.settle(key, status, error, at, cost)
-        settlement = _Settlement(self._next_seq, key, status, at, error, cost)
-        self._next_seq += 1
         self._counts["settlements_queued"] += 1
-        if self._tg is None:
-            self._done_seq = settlement.seq
-            self._counts["settlements_dropped"] += 1
-            _log.error(
-                "the Redis ledger at %s is not open: the settlement of %s (%s) is not written "
-                "(a status check on recovery will find it)", self._where, key, status,
-            )  # fmt: skip
-            return
-        self._queue.append(settlement)
-        self._latest[key] = settlement
-        self._wake.set()
+        self._writer.put(key, status, at, error, cost)
 
     async def get(self, key: str) -> LedgerEntry | None:
         """The entry of ``key`` as Redis holds it (with this process's settlement of it, when
@@ -366,8 +311,8 @@ class RedisLedger:
             raise self._error("read an entry", exc, key=key) from exc
         if not raw:
             return None
-        entry = _parse_entry(_text_map(raw), self._entry_key(key))
-        queued = self._latest.get(key)
+        entry = parse_entry(text_map(raw), self._entry_key(key))
+        queued = self._writer.latest(key)
         if queued is not None:
             entry = attrs.evolve(
                 entry, status=queued.status, error=queued.error, settled_at=queued.at, cost=queued.cost
@@ -400,11 +345,18 @@ class RedisLedger:
     async def wait_flushed(self) -> None:
         """Return once every settlement queued before this call is written to Redis (or
         dropped: refused by the server, or the ledger closed)."""
-        await self._wait_done(self._next_seq - 1)
+        await self._writer.wait_done()
 
     def statistics(self) -> RedisLedgerStatistics:
         """A snapshot of the ledger's counters."""
-        return RedisLedgerStatistics(pending=len(self._queue), **self._counts)
+        writer = self._writer
+        return RedisLedgerStatistics(
+            settlements_written=writer.written,
+            settlements_dropped=writer.dropped,
+            write_failures=writer.failures,
+            pending=len(writer.queue),
+            **self._counts,
+        )
 
     # -- inside ------------------------------------------------------------------------------------
 
@@ -454,7 +406,7 @@ class RedisLedger:
         raw = await self._load(keys=[self._unsettled_key, self._spent_key], args=[self._entry_prefix])
         entries = Entries(_MIRROR_SETTLED)
         spent: dict[tuple[str, str], dict[str, int]] = {}
-        for field, value in _pairs(raw[0]).items():
+        for field, value in pairs(raw[0]).items():
             provider, _, rest = field.partition(":")
             model, _, what = rest.rpartition(":")
             if what in _SPENT_FIELDS:
@@ -463,223 +415,31 @@ class RedisLedger:
             entries.count_spent(provider, model, **counts)
         for item in raw[1:]:
             if item:
-                fields = _pairs(item)
-                entries.put(Record.of(_parse_entry(fields, self._entry_key(fields.get("key", "?")))))
-        for s in self._queue:
+                fields = pairs(item)
+                entries.put(Record.of(parse_entry(fields, self._entry_key(fields.get("key", "?")))))
+        for s in self._writer.queue:
             entries.settle(s.key, s.status, s.error, s.at, s.cost)
         self._entries = entries
 
-    async def _write_loop(self) -> None:
-        queue = self._queue
-        streak = 0
-        while True:
-            if not queue:
-                if self._closing:
-                    return
-                self._wake = anyio.Event()
-                await self._wake.wait()
-                continue
-            batch = list(itertools.islice(queue, _BATCH))
-            try:
-                async with self._io:
-                    results = await self._send(batch)
-            except _TRANSIENT as exc:
-                streak += 1
-                self._counts["write_failures"] += 1
-                if streak == 1 or streak % 50 == 0:
-                    _log.warning(
-                        "the Redis ledger at %s could not write %d settlement(s) (%s); trying "
-                        "again (attempt %d)", self._where, len(queue),
-                        scrub(f"{type(exc).__name__}: {exc}", self._secrets), streak + 1,
-                    )  # fmt: skip
-                delay = min(self.retry_delay * 2.0 ** min(streak - 1, 30), _MAX_DELAY)
-                await anyio.sleep(delay * self._rng.uniform(0.5, 1.0))
-                continue
-            except Exception as exc:
-                results = [exc] * len(batch)
-            if streak:
-                _log.info("the Redis ledger at %s is written again after %d failed attempts", self._where, streak)
-                streak = 0
-            for settlement, result in zip(batch, results, strict=True):
-                queue.popleft()
-                if isinstance(result, Exception):
-                    self._counts["settlements_dropped"] += 1
-                    _log.error(
-                        "Redis at %s refused the settlement of %s (%s): it is not written (a "
-                        "status check on recovery will find it)", self._where, settlement.key,
-                        scrub(f"{type(result).__name__}: {result}", self._secrets),
-                    )  # fmt: skip
-                else:
-                    self._counts["settlements_written"] += 1
-                self._settled(settlement)
-
-    async def _send(self, batch: list[_Settlement]) -> list[Any]:
+    async def _send(self, batch: list[Settlement]) -> list[Any]:
+        """Write ``batch`` in one round trip (the writer's ``send``)."""
         ttl = "0" if self.settled_ttl is None else str(max(1, round(self.settled_ttl * 1000)))
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self._io, self._client.pipeline(transaction=False) as pipe:
             return await self._send_on(pipe, batch, ttl)
 
-    async def _send_on(self, pipe: Pipeline, batch: list[_Settlement], ttl: str) -> list[Any]:
+    async def _send_on(self, pipe: Pipeline, batch: list[Settlement], ttl: str) -> list[Any]:
         for s in batch:
             cost = s.cost
             args = [
-                s.key, s.status, _num(s.at), "0" if s.error is None else "1", s.error or "",
+                s.key, s.status, num(s.at), "0" if s.error is None else "1", s.error or "",
                 "" if cost is None else cost.source,
-                "" if cost is None or cost.usd is None else _num(cost.usd),
+                "" if cost is None or cost.usd is None else num(cost.usd),
                 "" if cost is None or cost.usd is None else str(round(cost.usd * 1_000_000)),
                 ttl,
             ]  # fmt: skip
             await self._settle(keys=[self._entry_key(s.key), self._unsettled_key, self._spent_key], args=args, client=pipe)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
-
-    def _settled(self, settlement: _Settlement) -> None:
-        """``settlement`` left the queue (written or dropped): wake whoever waits for it."""
-        if self._latest.get(settlement.key) is settlement:
-            del self._latest[settlement.key]
-        self._done_seq = settlement.seq
-        self._progress.set()
-        self._progress = anyio.Event()
-
-    def _drop_queue(self, why: str) -> None:
-        dropped = list(self._queue)
-        self._queue.clear()
-        self._counts["settlements_dropped"] += len(dropped)
-        shown = ", ".join(s.key for s in dropped[:10]) + (", ..." if len(dropped) > 10 else "")
-        _log.error(
-            "%d settlement(s) not written: %s (%s); a status check on recovery will find them",
-            len(dropped), why, shown,
-        )
-        for settlement in dropped:
-            self._settled(settlement)
-
-    async def _wait_done(self, seq: int) -> None:
-        while self._done_seq < seq:
-            await self._progress.wait()
-
-
-# -- values on the wire ----------------------------------------------------------------------------
-
-
-def _num(value: float) -> str:
-    """A number as stored: Python's repr of the float, which reads back exactly."""
-    return repr(float(value))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: Sequence[object]) -> dict[str, str]:
-    """HGETALL's flat list of pairs as a dict of text."""
-    it = iter(flat)
-    return {_text(field): _text(value) for field, value in zip(it, it, strict=True)}
-
-
-def _text_map(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(field): _text(value) for field, value in raw.items()}
-
-
-def _parse_entry(fields: Mapping[str, str], where: str) -> LedgerEntry:
-    """The entry a hash holds; ConfigurationError naming the Redis key when it is not one."""
-    try:
-        status = fields.get("status")
-        if status is not None and status not in SETTLED:
-            raise ValueError(f"unknown status {status!r}")
-        images = int(fields.get("images", "1"))
-        if images < 1:
-            raise ValueError(f"bad images {images!r}")
-        source = fields.get("cost_source")
-        ref = fields.get("ref")
-        return LedgerEntry(
-            key=fields["key"],
-            provider=fields["provider"],
-            model=fields["model"],
-            digest=fields["digest"],
-            intended_at=float(fields["intended_at"]),
-            ref=None if ref is None else TaskRef.from_dict(json.loads(ref)),
-            accepted_at=_float(fields.get("accepted_at")),
-            status=status,  # type: ignore[arg-type]  # checked above
-            error=fields.get("error"),
-            settled_at=_float(fields.get("settled_at")),
-            reserved_usd=parse_amount(_float(fields.get("reserved_usd"))),
-            images=images,
-            cost=None if source is None else parse_cost(_float(fields.get("cost_usd")), source),
-        )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ConfigurationError(f"{where} is not a flux-async ledger entry ({exc})") from None
-
-
-def _float(value: str | None) -> float | None:
-    return None if value is None else float(value)
-
-
-# -- where, without secrets ------------------------------------------------------------------------
-
-
-def redacted_url(url: str) -> str:
-    """``url`` with any password (``user:password@``, ``?password=``) shown as ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<a Redis URL that cannot be read>"
-    netloc = parts.netloc
-    if password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{hostport}"
-    query = "&".join(
-        f"{name}=***" if name.lower() == "password" else f"{name}={value}"
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
-def _url_secrets(url: str) -> list[str]:
-    found: set[str] = set()
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            found.update({parts.password, unquote(parts.password)})
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name.lower() == "password" and value:
-                found.add(value)
-    except ValueError:
-        found.add(url)
-    return sorted(found, key=len, reverse=True)
-
-
-def scrub(text: str, hidden: Sequence[str]) -> str:
-    """``text`` with every one of ``hidden`` replaced by ``***``."""
-    for secret in hidden:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _describe(kwargs: Mapping[str, Any]) -> str:
-    """Where a caller's client points, without its password."""
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
-def _connect(url: str, *, timeout: float, where: str, hidden: Sequence[str]) -> Redis:
-    """A client for ``url``: text replies, connects and replies bounded by ``timeout``, and one
-    immediate retry on a lost connection (every script is safe to send twice)."""
-    try:
-        client: Redis = Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"not a Redis URL: {where} ({scrub(str(exc), hidden)}); expected "
-            "redis://[user:password@]host[:port][/db], rediss://... or unix://..."
-        ) from None
-    return client
 
 
 if TYPE_CHECKING:  # the type checker holds RedisLedger to the protocol
