@@ -8,6 +8,7 @@ import the session, the transport, the scheduler, the codecs or the catalog.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
@@ -15,14 +16,26 @@ from typing import Final, Literal
 
 import attrs
 
-from .models import Cost, TaskRef
+from .models import Cost, CostSource, TaskRef
 
-__all__ = ["SETTLED", "Entries", "LedgerEntry", "Record", "SettledSpend", "SettledStatus"]
+__all__ = [
+    "COST_SOURCES",
+    "SETTLED",
+    "Entries",
+    "LedgerEntry",
+    "Record",
+    "SettledSpend",
+    "SettledStatus",
+    "parse_amount",
+    "parse_cost",
+]
 
 #: How a job ended, as the ledger records it. ``not_submitted``: no task exists (the provider
 #: refused the submit, or a lookup proved that the POST created none).
 SettledStatus = Literal["succeeded", "failed", "not_submitted"]
 SETTLED: Final = frozenset({"succeeded", "failed", "not_submitted"})
+#: Where a recorded cost comes from (:class:`~flux_async.Cost`'s ``source``).
+COST_SOURCES: Final = frozenset({"reported", "price_table", "unknown"})
 
 _MICROS: Final = 1_000_000
 
@@ -86,6 +99,25 @@ class SettledSpend:
     unpriced_images: int = 0
 
 
+def parse_amount(value: object) -> float | None:
+    """A recorded amount of US dollars: a finite number of at least 0, or null (ValueError
+    otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"bad amount {value!r}")
+    return float(value)
+
+
+def parse_cost(usd: object, source: object) -> Cost:
+    """A recorded cost: ``source`` one of :data:`COST_SOURCES`, ``usd`` an amount (null exactly
+    when the source is ``unknown``); ValueError otherwise."""
+    if source not in COST_SOURCES:
+        raise ValueError(f"unknown cost source {source!r}")
+    known: CostSource = source  # type: ignore[assignment]  # checked just above
+    return Cost(parse_amount(usd), known)
+
+
 class Record:
     """One key's entry while a ledger holds it: mutable, so a record costs no copy per step."""
 
@@ -128,6 +160,21 @@ class Record:
         self.error: str | None = None
         self.settled_at: float | None = None
         self.cost: Cost | None = None
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> Record:
+        """A record holding what ``entry`` says."""
+        record = cls(
+            entry.key, entry.provider, entry.model, entry.digest, entry.intended_at,
+            entry.reserved_usd, entry.images,
+        )  # fmt: skip
+        record.ref = entry.ref
+        record.accepted_at = entry.accepted_at
+        record.status = entry.status
+        record.error = entry.error
+        record.settled_at = entry.settled_at
+        record.cost = entry.cost
+        return record
 
     def entry(self) -> LedgerEntry:
         return LedgerEntry(
@@ -208,6 +255,34 @@ class Entries:
             return existing
         self._open[key] = Record(key, provider, model, digest, at, reserved_usd, images)
         return None
+
+    def put(self, record: Record) -> None:
+        """Hold ``record`` as its key's entry, replacing any other (the totals are left as
+        they are: a ledger that loads its entries from elsewhere loads its totals too)."""
+        key = record.key
+        self._open.pop(key, None)
+        self._settled.pop(key, None)
+        if record.status is None:
+            self._open[key] = record
+            return
+        settled = self._settled
+        settled[key] = record
+        limit = self._settled_limit
+        if limit is not None and len(settled) > limit:
+            settled.popitem(last=False)
+
+    def count_spent(
+        self, provider: str, model: str, *, jobs: int, micros: int, unpriced_jobs: int, unpriced_images: int
+    ) -> None:
+        """Add settlements counted elsewhere to the totals of ``provider`` and ``model``."""
+        models = self._spent.setdefault(provider, {})
+        spent = models.get(model)
+        if spent is None:
+            spent = models[model] = _Spent()
+        spent.jobs += jobs
+        spent.micros += micros
+        spent.unpriced_jobs += unpriced_jobs
+        spent.unpriced_images += unpriced_images
 
     def accept(self, key: str, ref: TaskRef, at: float) -> None:
         record = self.get(key)

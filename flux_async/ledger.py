@@ -32,7 +32,6 @@ must not import the session, the transport, the scheduler or the codecs.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -40,7 +39,15 @@ from pathlib import Path
 from typing import IO, Any, Final, Protocol, Self, runtime_checkable
 
 from ._jsonl import complete_last_line, write_line
-from ._ledger_entries import SETTLED, Entries, LedgerEntry, SettledSpend, SettledStatus
+from ._ledger_entries import (
+    SETTLED,
+    Entries,
+    LedgerEntry,
+    SettledSpend,
+    SettledStatus,
+    parse_amount,
+    parse_cost,
+)
 from .errors import ConfigurationError
 from .models import Cost, TaskRef
 
@@ -54,7 +61,6 @@ __all__ = [
 ]
 
 _KIND: Final = "flux-async ledger"
-_COST_SOURCES: Final = frozenset({"reported", "price_table", "unknown"})
 _VERSION: Final = 1
 
 
@@ -337,7 +343,7 @@ class FileLedger:
                 str(record["model"]),
                 str(record["digest"]),
                 at,
-                _amount(record.get("reserved_usd")),
+                parse_amount(record.get("reserved_usd")),
                 images,
             )
         elif op == "accept":
@@ -349,21 +355,10 @@ class FileLedger:
             error = record.get("error")
             cost = record.get("cost")
             if cost is not None:
-                if cost["source"] not in _COST_SOURCES:
-                    raise ValueError(f"unknown cost source {cost['source']!r}")
-                cost = Cost(_amount(cost["usd"]), cost["source"])
+                cost = parse_cost(cost["usd"], cost["source"])
             self._entries.settle(key, status, None if error is None else str(error), at, cost)
         else:
             raise ValueError(f"unknown op {op!r}")
-
-
-def _amount(value: object) -> float | None:
-    """A recorded amount of US dollars: a finite number of at least 0, or null."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"bad amount {value!r}")
-    return float(value)
 
 
 def _fsync_dir(path: Path) -> None:
