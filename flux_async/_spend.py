@@ -93,6 +93,7 @@ class Spend:
         *,
         prices: Mapping[str, float] | None = None,
         max_spend_usd: float | None = None,
+        load: bool = True,
     ) -> None:
         self.provider = provider
         self._ledger = ledger
@@ -108,6 +109,13 @@ class Spend:
         self._held: dict[str, int] = {}
         self.spent = 0
         self.reserved = 0
+        self.carried_over = 0
+        if load:
+            self.load()
+
+    def load(self) -> None:
+        """Count what the ledger holds from earlier sessions (once; at construction, or once a
+        ledger that must be opened first is open)."""
         self._load()
         self.carried_over = self.spent + self.reserved
 

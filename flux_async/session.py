@@ -147,9 +147,21 @@ class Session:
             retry_budget=ctx.budget,
         )
         #: Where every paid action is written ahead (intent, acceptance, settlement).
-        self.ledger: Ledger = MemoryLedger() if ledger is None else ledger
+        if ledger is None:
+            # Under a coordinator the ledger is shared too: every process sees every entry.
+            ledger = MemoryLedger() if coordinator is None else coordinator.ledger()
+        self.ledger: Ledger = ledger
+        # A ledger that must be opened (a RedisLedger not opened yet) is opened with the session,
+        # and read then; any other is read now.
+        self._ledger_to_open: Any = ledger if getattr(ledger, "is_open", True) is False else None
         # What jobs cost and the budget; reads what the ledger holds from earlier sessions.
-        self._spend = Spend(provider, self.ledger, prices=prices, max_spend_usd=self.limits.max_spend_usd)
+        self._spend = Spend(
+            provider,
+            self.ledger,
+            prices=prices,
+            max_spend_usd=self.limits.max_spend_usd,
+            load=self._ledger_to_open is None,
+        )
         self._webhook_secrets = _webhook_secrets(webhook_secret)
         self._webhook_url = None if webhook_url is None else _webhook_url(webhook_url)
         self._submitter = Submitter(
@@ -221,13 +233,19 @@ class Session:
             ),
         )
         fleet = self._fleet
-        if fleet is not None and not fleet.coordinator.is_open:
-            try:
+        to_open = self._ledger_to_open
+        try:
+            if to_open is not None and not to_open.is_open:
+                await to_open.open()
+                self._spend.load()
+            if fleet is not None and not fleet.coordinator.is_open:
                 await fleet.coordinator.__aenter__()
-            except BaseException:
-                await self._close_transport()
-                raise
-            fleet.entered = True
+                fleet.entered = True
+        except BaseException:
+            if to_open is not None and to_open.is_open:
+                await to_open.aclose()
+            await self._close_transport()
+            raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -265,6 +283,9 @@ class Session:
                     # Not inside a scope of ours: the coordinator leaves its own task group.
                     fleet.entered = False
                     await fleet.coordinator.__aexit__(None, None, None)
+            to_open = self._ledger_to_open
+            if to_open is not None and to_open.is_open:
+                await to_open.aclose()  # its queued settlements written, within its bound
             await self._close_transport()
 
     async def _close_transport(self) -> None:

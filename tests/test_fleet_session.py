@@ -20,6 +20,7 @@ from flux_async import (
     BudgetExceededError,
     CoordinatorError,
     GenerationRequest,
+    LedgerError,
     Limits,
     PollPolicy,
     Session,
@@ -189,7 +190,8 @@ async def test_a_coordinator_that_cannot_reach_redis_stops_the_session_before_an
                 "bfl", api_key=DEFAULT_API_KEY, base_url=emu.base_url("bfl"),
                 coordinator=RedisCoordinator(url, timeout=1.0),
             )
-            with anyio.fail_after(20), pytest.raises(CoordinatorError) as caught:
+            # The shared ledger is opened first: it is the one to say Redis cannot be reached.
+            with anyio.fail_after(20), pytest.raises((CoordinatorError, LedgerError)) as caught:
                 async with session:
                     pass
             assert "s3cret" not in str(caught.value)
@@ -213,3 +215,26 @@ class _ClosedPort:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+async def test_a_session_opens_and_closes_the_shared_ledger_and_counts_what_it_holds(redis_url: str) -> None:
+    # A first process spends; a second one's session, on the same account, starts with it.
+    scenario = Scenario(seed=2, duration=Duration.fixed(0.05))
+    async with Emulator(scenario) as emu:
+        for round_ in range(2):
+            coordinator = RedisCoordinator(redis_url, poll_interval=0.05)
+            session = Session(
+                "bfl", api_key=DEFAULT_API_KEY, base_url=emu.base_url("bfl"), poll_policy=FAST,
+                coordinator=coordinator,
+            )
+            ledger = session.ledger
+            assert not getattr(ledger, "is_open")  # noqa: B009 - a RedisLedger, not opened yet
+            async with session:
+                assert getattr(ledger, "is_open")  # noqa: B009
+                if round_ == 0:
+                    await session.generate(model="flux-kontext-pro", prompt="a kite")
+                else:
+                    stats = session.statistics()
+            assert not getattr(ledger, "is_open")  # noqa: B009
+    # The first round's job, settled in the shared ledger, is counted by the second session.
+    assert stats.carried_over_usd > 0

@@ -44,6 +44,7 @@ import anyio
 
 from ..catalog import from_micros, to_micros
 from ._connect import coordinator_error
+from ._ledger import RedisLedger
 from ._presence import CoordinatorStatistics, Presence
 
 __all__ = ["CoordinatorStatistics", "RedisCoordinator"]
@@ -62,6 +63,12 @@ class RedisCoordinator(Presence):
     comes (a dead process never sends one). ``claim_retention``: how long a task published
     under an idempotency key is kept for other processes.
     """
+
+    def ledger(self, name: str | None = None) -> RedisLedger:
+        """A :class:`RedisLedger` on the same server and namespace, named after the account
+        (or ``name``): what ``Session(coordinator=...)`` records to when no ledger is given.
+        Not open yet: the session opens and closes it."""
+        return RedisLedger(self._url, namespace=self.namespace, name=name or self.account, timeout=self.timeout)
 
     # -- active-task caps ----------------------------------------------------------------------
 

@@ -182,6 +182,11 @@ class RedisLedger:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`aclose`."""
+        return self._tg is not None
+
     async def open(self) -> Self:
         """Load the unsettled entries and the spend totals, and start the settlement writer.
         Raises LedgerError when Redis cannot be read."""
