@@ -6,6 +6,8 @@ results as they finish, with the fewest requests and never a job lost or paid fo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._config import ModelSpend
 from .catalog import PRICES, PROVIDERS, CostEstimate, ModelEstimate, estimate_cost, validate
 from .errors import (
@@ -52,7 +54,23 @@ from .retry import RetryPolicy
 from .scheduler import PollPolicy, SchedulerStatistics
 from .session import Job, Limits, Session, SessionStatistics
 
+if TYPE_CHECKING:
+    from .fleet import RedisCoordinator as RedisCoordinator
+    from .fleet import RedisLedger as RedisLedger
+
 __version__ = "0.1.0.dev0"
+
+#: Names of the optional ``redis`` extra, imported on first use (``import flux_async`` never
+#: imports redis). Not in ``__all__``: ``from flux_async import *`` works without the extra.
+_FLEET = ("RedisCoordinator", "RedisLedger")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FLEET:
+        from . import fleet
+
+        return getattr(fleet, name)
+    raise AttributeError(f"module 'flux_async' has no attribute {name!r}")
 
 __all__ = [
     "PRICES",
