@@ -307,6 +307,12 @@ class Session:
         if job.error is not None:
             return
         result = await job.result()
+        directory = fleet.adopt_download_to
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logger.error("could not create %s for adopted task %s: %s", directory, job.task_id, exc)
+            return
         for k, image in enumerate(result.images):
             suffix = "" if len(result.images) == 1 else f"-{k}"
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.task_id)[:120]
