@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from ._job import Job
 from ._parking import Parking
+from ._submit import submitting_task
 from .errors import BudgetExceededError, OutageError, SubmissionUncertainError
 from .models import GenerationRequest, Outcome, TaskRef
 
@@ -225,34 +226,38 @@ class Batch:
 
     async def _submitter(self) -> None:
         try:
-            while not self.stopped:
-                item = self._next()
-                if item is None:
-                    if self.input_done and not self.queue:
-                        return
-                    await self.idle.wait()
-                    continue
-                if self.free and not self.idle and not self.input_done:
-                    # More input may be ready and no submitter is free to take it: the pool
-                    # grows (up to its bound) while the input keeps every submitter busy.
-                    self._start_submitter()
-                index, request = item
-                if self.stop_error is not None:  # the batch stopped submitting
-                    self._deliver(Outcome(index=index, request=request, error=self.stop_error))
-                    continue
-                try:
-                    await self.session._submit(request, on_accept=self._accepted(index))
-                except Exception as exc:
-                    if isinstance(exc, (BudgetExceededError, OutageError)) and self.stop_error is None:
-                        # Nothing more is read or sent: what was read is delivered (with this
-                        # error: it was not sent), then this is raised.
-                        self.stop_error = exc
-                        self._end_input(None)
-                        self.feeder.wake_all()
-                    cost = exc.cost if isinstance(exc, SubmissionUncertainError) else None
-                    self._deliver(Outcome(index=index, request=request, error=exc, cost=cost))
+            with submitting_task():  # its POSTs share one cancel scope, shielded in turn
+                await self._submit_inputs()
         finally:
             self.submitters -= 1
+
+    async def _submit_inputs(self) -> None:
+        while not self.stopped:
+            item = self._next()
+            if item is None:
+                if self.input_done and not self.queue:
+                    return
+                await self.idle.wait()
+                continue
+            if self.free and not self.idle and not self.input_done:
+                # More input may be ready and no submitter is free to take it: the pool
+                # grows (up to its bound) while the input keeps every submitter busy.
+                self._start_submitter()
+            index, request = item
+            if self.stop_error is not None:  # the batch stopped submitting
+                self._deliver(Outcome(index=index, request=request, error=self.stop_error))
+                continue
+            try:
+                await self.session._submit(request, on_accept=self._accepted(index))
+            except Exception as exc:
+                if isinstance(exc, (BudgetExceededError, OutageError)) and self.stop_error is None:
+                    # Nothing more is read or sent: what was read is delivered (with this
+                    # error: it was not sent), then this is raised.
+                    self.stop_error = exc
+                    self._end_input(None)
+                    self.feeder.wake_all()
+                cost = exc.cost if isinstance(exc, SubmissionUncertainError) else None
+                self._deliver(Outcome(index=index, request=request, error=exc, cost=cost))
 
     def _accepted(self, index: int) -> Callable[[Job], None]:
         def accepted(job: Job) -> None:

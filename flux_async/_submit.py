@@ -27,7 +27,11 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import TracebackType
 
 import anyio
 
@@ -57,9 +61,62 @@ from .retry import (
     should_retry,
 )
 
-__all__ = ["Submitter", "request_digest"]
+__all__ = ["Submitter", "request_digest", "submitting_task"]
 
 logger = logging.getLogger("flux_async")
+
+class _TaskShield:
+    """The one cancel scope of a task that sends many submits (see :func:`submitting_task`),
+    used as a POST's shield: entering raises the scope's shield, leaving lowers it again."""
+
+    __slots__ = ("scope", "task")
+
+    def __init__(self, scope: anyio.CancelScope, task: asyncio.Task[object] | None) -> None:
+        self.scope = scope
+        self.task = task
+
+    def __enter__(self) -> None:
+        self.scope.shield = True
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Lowered, a cancellation that came while it was raised is delivered at the task's
+        # next checkpoint, as it would be on leaving a shielded scope of its own.
+        self.scope.shield = False
+
+
+_TASK_SHIELD: ContextVar[_TaskShield | None] = ContextVar("flux_async_task_shield", default=None)
+
+
+@contextmanager
+def submitting_task() -> Iterator[None]:
+    """Run the calling task's submits under one cancel scope of its own.
+
+    For a task that sends many submits one after another (a batch's submitter). Each POST then
+    raises this scope's shield while it is on the wire, and lowers it after, instead of
+    entering a shielded scope of its own (whose entry and exit cost about 2% of a job's CPU).
+    The guarantee is the same: no cancellation reaches the POST, and one that came meanwhile
+    is delivered at the next checkpoint after it. It relies on the POST running directly in
+    this scope (no cancel scope of its own in between); anywhere else, and in any other task,
+    each POST enters a shielded scope of its own.
+    """
+    with anyio.CancelScope() as scope:
+        token = _TASK_SHIELD.set(_TaskShield(scope, asyncio.current_task()))
+        try:
+            yield
+        finally:
+            _TASK_SHIELD.reset(token)
+
+
+def _post_shield() -> AbstractContextManager[object]:
+    """What shields a POST: the submitting task's own scope when it has one that is not
+    shielded already (see :func:`submitting_task`), else a shielded scope of its own."""
+    held = _TASK_SHIELD.get()
+    if held is not None and held.task is asyncio.current_task() and not held.scope.shield:
+        return held
+    return anyio.CancelScope(shield=True)
+
 
 def request_digest(request: GenerationRequest) -> str:
     """SHA-256 of what a request asks for (its idempotency key aside): the same key sent with
@@ -423,7 +480,7 @@ class Submitter:
                 try:
                     # The POST is shielded: once it is on the wire its answer is awaited (within
                     # the read timeout) and its task recorded even if the caller is cancelled.
-                    with anyio.CancelScope(shield=True):
+                    with _post_shield():
                         response = await (ctx.transport or ctx.net()).send(http)
                         ref = self._parse_submit(response, request.model)
                         await self._record_acceptance(key, ref)

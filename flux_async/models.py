@@ -242,10 +242,11 @@ class TaskRef:
         if not isinstance(self.provider, str) or not self.provider:
             raise ValidationError("provider", self.provider, "a provider's name", reason="not a provider")
         check_task_id(self.task_id)
-        for name in ("polling_url", "model"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise ValidationError(name, value, "a str or None", reason=f"not a str but {type(value).__name__}")
+        # Written out rather than looped over the names: every accepted task makes a ref.
+        if self.polling_url is not None and not isinstance(self.polling_url, str):
+            raise _not_str("polling_url", self.polling_url)
+        if self.model is not None and not isinstance(self.model, str):
+            raise _not_str("model", self.model)
 
     def to_dict(self) -> dict[str, str]:
         """A JSON-ready dict (only the fields that are set)."""
@@ -265,6 +266,10 @@ class TaskRef:
             polling_url=None if data.get("polling_url") is None else str(data["polling_url"]),
             model=None if data.get("model") is None else str(data["model"]),
         )
+
+
+def _not_str(name: str, value: object) -> ValidationError:
+    return ValidationError(name, value, "a str or None", reason=f"not a str but {type(value).__name__}")
 
 
 @attrs.frozen(kw_only=True)

@@ -153,6 +153,56 @@ async def test_cancelling_the_session_with_submits_on_the_wire_records_them(prov
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("how", ["cancel the consumer", "cancel the session"])
+async def test_stopping_a_batch_with_its_submits_on_the_wire_records_them(provider: str, how: str) -> None:
+    # The batch's submitters shield their POSTs with one cancel scope each (raised per POST):
+    # stopped while all four POSTs are in flight, each is still answered and its task listed.
+    scenario = Scenario(seed=2, api_keys=(KEY,), latency=0.05, duration=Duration.fixed(30))
+    clock = ManualClock()
+    before = _pending_tasks()
+    with anyio.fail_after(15):
+        async with Emulator(scenario, clock=clock) as emu:
+            session = Session(provider, api_key=KEY, base_url=emu.base_url(provider),
+                              poll_policy=FAST, limits=Limits(max_concurrent_submits=4))
+            with anyio.CancelScope() as session_scope:
+                async with session, anyio.create_task_group() as tg:
+                    transport = session._net()
+                    send = transport.send
+                    posts = 0
+                    all_sent = anyio.Event()
+
+                    async def spy(request: Any, **kwargs: Any) -> Any:
+                        nonlocal posts
+                        if request.method == "POST":
+                            posts += 1
+                            if posts == 4:
+                                all_sent.set()
+                        return await send(request, **kwargs)
+
+                    transport.send = spy  # type: ignore[method-assign]
+                    consumer = anyio.CancelScope()
+
+                    async def consume() -> None:
+                        with consumer:
+                            async for _ in session.as_completed(_requests(4, "batch-wire")):
+                                pass
+
+                    tg.start_soon(consume)
+                    await all_sent.wait()
+                    if how == "cancel the consumer":
+                        consumer.cancel()
+                    else:
+                        session_scope.cancel()
+        data = emu.stats()
+    assert data["tasks_created"] == 4
+    _check_accounting(data, set(), session)
+    assert len(session.statistics().abandoned_tasks) == 4
+    assert transport.statistics().open_connections == 0
+    assert not _pending_tasks() - before
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_a_cancelled_generate_call_leaves_its_task_listed(provider: str) -> None:
     clock = ManualClock()
     scenario = Scenario(seed=1, api_keys=(KEY,), duration=Duration.fixed(10))

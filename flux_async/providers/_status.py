@@ -54,7 +54,9 @@ def map_status(provider: str, raw: str, table: Mapping[str, TaskStatus]) -> Task
     ``"in_progress"``; no spelling can change meaning that way. Anything not in ``table`` is
     treated as still running and logged once.
     """
-    status = table.get("_".join(raw.lower().replace("-", " ").replace("_", " ").split()))
+    status = table.get(raw)  # the spelling the provider documents: no normalising needed
+    if status is None:
+        status = table.get("_".join(raw.lower().replace("-", " ").replace("_", " ").split()))
     if status is None:
         warn_unknown_status(provider, raw)
         return TaskStatus.RUNNING
