@@ -1,7 +1,7 @@
-"""``python -m benchmarks overhead|polling|scale|completion|webhooks|instructions|all [--quick] [--reps N] [--jobs N] [--no-pin]``.
+"""``python -m benchmarks overhead|polling|scale|completion|webhooks|instructions|fleet|all [--quick] [--reps N] [--jobs N] [--no-pin]``.
 
 Runs the chosen scenarios (``all``: overhead, polling, scale, completion, webhooks, in that order; ``instructions``,
-which needs valgrind, only when named), prints each one's
+which needs valgrind, and ``fleet``, which needs redis-server, only when named), prints each one's
 table on stdout (progress goes to stderr) and writes every raw figure, with the machine it ran
 on, to ``benchmarks/results/<scenario>-<date>.json``.
 """
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n\n")[1]
     )
-    parser.add_argument("scenario", choices=(*SCENARIOS, "instructions", "all"))
+    parser.add_argument("scenario", choices=(*SCENARIOS, "instructions", "fleet", "all"))
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         help=(
             "measured repetitions after one warm-up (default: overhead 5; polling 3 for the "
             "library and the 0.5 s poller, 1 for the others; scale 3 measurement windows; "
-            "completion 3; webhooks 1; "
+            "completion 3; webhooks 1; fleet 3; "
             "--quick: 1)"
         ),
     )
