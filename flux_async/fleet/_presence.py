@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..errors import ConfigurationError, CoordinatorError
 from . import _scripts
-from ._connect import connect, coordinator_error, redacted_url, require_redis, scrub
+from ._connect import connect, coordinator_error, redacted_url, scrub
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -76,7 +76,6 @@ class Presence:
         ):  # fmt: skip
             if not number > 0:
                 raise ConfigurationError(f"RedisCoordinator {name} must be more than 0 seconds")
-        require_redis()
         self._url = url
         self.namespace = namespace
         self.account = account
