@@ -68,6 +68,7 @@ class Fleet:
         model_caps: Mapping[str, int],
         max_spend_usd: float | None,
         adopt_download_to: Path | None = None,
+        adopt: bool = True,
     ) -> None:
         self.coordinator = coordinator
         self.provider = provider
@@ -77,6 +78,9 @@ class Fleet:
         self.capped = self.total_cap is not None or bool(self.model_caps)
         self.max_spend_usd = max_spend_usd
         self.adopt_download_to = adopt_download_to
+        #: False: this session never takes over other processes' tasks (its own are still owned,
+        #: so others can adopt them).
+        self.adopt = adopt
         self.entered = False  # the session entered the coordinator (and leaves it)
         self._pending: deque[tuple[str, Callable[[], Awaitable[object]]]] = deque()
         self._wake = anyio.Event()
@@ -200,7 +204,8 @@ class Fleet:
         """Send the queued calls in order and adopt orphaned tasks, until cancelled (the
         session's task group owns this)."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._adopt_loop, attach, download)
+            if self.adopt:
+                tg.start_soon(self._adopt_loop, attach, download)
             while True:
                 await self.flush()
                 self._wake = anyio.Event()

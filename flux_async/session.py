@@ -117,6 +117,7 @@ class Session:
         webhook_secret: str | Sequence[str] | None = None,
         coordinator: RedisCoordinator | None = None,
         adopt_download_to: str | os.PathLike[str] | None = None,
+        adopt_orphans: bool = True,
     ) -> None:
         if provider not in catalog.PROVIDERS:
             raise ConfigurationError(
@@ -196,6 +197,7 @@ class Session:
                 model_caps=model_caps,
                 max_spend_usd=self.limits.max_spend_usd,
                 adopt_download_to=None if adopt_download_to is None else Path(adopt_download_to),
+                adopt=adopt_orphans,
             )
             self._jobs.fleet = self._submitter.fleet = fleet
             self._spend.observer = fleet
@@ -394,6 +396,8 @@ class Session:
         self._task_group()
         if self._fleet is not None:
             # Shared by live processes: only the tasks of processes that stopped are taken.
+            if not self._fleet.adopt:
+                return []
             return await self._fleet.adopt_orphans(self._attach_adopted, self._download_adopted)
         return await self._jobs.recover()
 

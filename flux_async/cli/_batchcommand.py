@@ -15,10 +15,11 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ._api import WEBHOOK_PATH, Limits, PollPolicy, Session, serve_webhooks
+from ._api import WEBHOOK_PATH, ConfigurationError, Limits, PollPolicy, Session, serve_webhooks
 from ._batch import BatchRunner
 from ._batchentry import Defaults
 from ._batchfile import BatchFileError, CheckReport, check_file, read_entries
@@ -106,6 +107,14 @@ RETRY_KINDS = {
 )  # fmt: skip
 @spend_options
 @click.option(
+    "--redis", "redis_url", metavar="URL", envvar="FLUX_ASYNC_REDIS_URL", default=None,
+    help=(
+        "Share the account with every other process using this Redis server (pip install "
+        "\"flux-async[redis]\"): the provider's active-task caps, --max-spend and idempotency "
+        "keys hold for all of them together. The batch's own journal stays in OUTPUT."
+    ),
+)  # fmt: skip
+@click.option(
     "--webhook-listen", "webhook_listen", metavar="HOST:PORT", default=None,
     help=(
         "Receive the provider's webhooks on HOST:PORT (path /flux-async/webhook): a finished job "
@@ -148,6 +157,7 @@ def batch(
     prices_file: Path | None,
     max_spend: float | None,
     dry_run: bool,
+    redis_url: str | None,
     webhook_listen: str | None,
     webhook_url: str | None,
     webhook_secret: str | None,
@@ -190,6 +200,7 @@ def batch(
             fail("--resubmit-in-doubt only applies to --resume", EXIT_USAGE)
         retry_kinds = _retry_kinds(retry_failed, resume=resume)
         listen, webhooks = _webhook_options(webhook_listen, webhook_url, webhook_secret, provider)
+        fleet = _fleet_options(redis_url)
         prices = read_prices(price, prices_file, provider)
         # The first pass, before any connection: every line is checked.
         checked = _check_input(out, file, defaults, provider)
@@ -222,6 +233,7 @@ def batch(
             prices=prices,
             poll_policy=poll_policy,
             **webhooks,
+            **fleet,
         )
         counts = Counts(
             label=file.name,
@@ -255,6 +267,23 @@ def batch(
         return summary.exit_code
 
     run_command(out, body, verbose=verbose)
+
+
+def _fleet_options(redis_url: str | None) -> dict[str, Any]:
+    """The Session's coordinator for ``--redis`` (exit 2 when the extra is missing). The batch
+    keeps its journal (``--resume``) and takes over no other process's tasks: those are the
+    account's other sessions' to adopt."""
+    if redis_url is None:
+        return {}
+    try:
+        from ..fleet import RedisCoordinator
+    except ImportError as exc:
+        fail(f"--redis: {exc}", EXIT_USAGE)
+    try:
+        coordinator = RedisCoordinator(redis_url)
+    except ConfigurationError as exc:
+        fail(f"--redis: {exc}", EXIT_USAGE)
+    return {"coordinator": coordinator, "adopt_orphans": False}
 
 
 def _webhook_options(
