@@ -29,7 +29,7 @@ from .models import GenerationRequest, Outcome, TaskRef
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["Batch", "Outbox"]
+__all__ = ["Batch", "Outbox", "safe_name"]
 
 logger = logging.getLogger("flux_async")
 
@@ -294,7 +294,7 @@ class Batch:
         try:
             for k, image in enumerate(result.images):
                 suffix = "" if len(result.images) == 1 else f"-{k}"
-                target = self.download_to / f"{index}-{_safe(job.task_id)}{suffix}.img"
+                target = self.download_to / f"{index}-{safe_name(job.task_id)}{suffix}.img"
                 files.append(await self.session.download(image, target))
         except Exception as exc:
             self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, error=exc, files=tuple(files), cost=job.cost))
@@ -318,5 +318,6 @@ def _outcome(index: int, job: Job) -> Outcome:
     return Outcome(index=index, request=job.request, task_id=job.ref.task_id, result=result, error=error, cost=job.cost)
 
 
-def _safe(task_id: str) -> str:
+def safe_name(task_id: str) -> str:
+    """A task id as a file name: letters, digits and ``-_.`` kept, the rest ``_``, 120 at most."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:120]

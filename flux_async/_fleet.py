@@ -221,11 +221,9 @@ class Fleet:
             except Exception as exc:  # a bookkeeping call: never the end of the session
                 self._failed(what, exc)
 
-    async def adopt_orphans(
-        self, attach: Callable[[TaskRef, str | None], Job], download: Callable[[Job], Coroutine[Any, Any, Any]]
-    ) -> list[Job]:
-        """Take over every orphaned task nobody adopted yet: watched here from now on (and
-        downloaded when ``adopt_download_to`` is set)."""
+    async def adopt_orphans(self, attach: Callable[[TaskRef, str | None], Job]) -> list[Job]:
+        """Take over every orphaned task nobody adopted yet: watched here from now on (the
+        caller downloads them when ``adopt_download_to`` is set)."""
         jobs: list[Job] = []
         coordinator = self.coordinator
         for fields in await coordinator.orphans(limit=100):
@@ -247,7 +245,7 @@ class Fleet:
         async with anyio.create_task_group() as tg:
             while True:
                 try:
-                    for job in await self.adopt_orphans(attach, download):
+                    for job in await self.adopt_orphans(attach):
                         if self.adopt_download_to is not None:
                             tg.start_soon(download, job)
                 except CoordinatorError as exc:

@@ -293,7 +293,6 @@ class Submitter:
         # Paced before anything is written: a wait here leaves no intent behind.
         wait = ctx.throttle.submit_delay(ctx.now())
         if wait > 0.0:
-            ctx.counts["submit_waits"] += 1
             await ctx.sleep(wait)
             if self.breaker.open_until is not None and not self.breaker.probing:
                 self._check_breaker(request.model)  # it opened while this one waited

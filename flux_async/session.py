@@ -34,7 +34,7 @@ from anyio.abc import TaskGroup
 
 from . import catalog
 from ._active import active_limiter, provider_caps
-from ._as_completed import Batch, Outbox
+from ._as_completed import Batch, Outbox, safe_name
 from ._checks import check_base_url
 from ._config import API_KEY_ENV, Limits, SessionStatistics, resolve_api_key
 from ._context import NOT_OPEN, Context
@@ -67,7 +67,7 @@ from .models import (
     TaskState,
 )
 from .providers import get_codec
-from .providers._build import webhook_target
+from .providers._build import webhook_secret_field, webhook_target
 from .retry import RetryPolicy
 from .scheduler import PollPolicy, PollScheduler
 from .transport import AiohttpTransport, DownloadLimits, Transport
@@ -315,11 +315,11 @@ class Session:
         except OSError as exc:
             logger.error("could not create %s for adopted task %s: %s", directory, job.task_id, exc)
             return
+        name = safe_name(job.task_id)
         for k, image in enumerate(result.images):
             suffix = "" if len(result.images) == 1 else f"-{k}"
-            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.task_id)[:120]
             try:
-                await self.download(image, fleet.adopt_download_to / f"{name}{suffix}.img")
+                await self.download(image, directory / f"{name}{suffix}.img")
             except FluxError as exc:
                 logger.error("could not download adopted task %s: %s", job.task_id, exc)
 
@@ -396,9 +396,14 @@ class Session:
         self._task_group()
         if self._fleet is not None:
             # Shared by live processes: only the tasks of processes that stopped are taken.
-            if not self._fleet.adopt:
+            fleet = self._fleet
+            if not fleet.adopt:
                 return []
-            return await self._fleet.adopt_orphans(self._attach_adopted, self._download_adopted)
+            jobs = await fleet.adopt_orphans(self._attach_adopted)
+            if fleet.adopt_download_to is not None:
+                for job in jobs:
+                    self._task_group().start_soon(self._download_adopted, job)
+            return jobs
         return await self._jobs.recover()
 
     def resume(self, ref: TaskRef | str) -> Job:
@@ -595,11 +600,10 @@ def _webhook_secrets(secret: str | Sequence[str] | None) -> tuple[str, ...]:
     """The webhook secrets (the first is sent to BFL; all verify deliveries)."""
     if secret is None:
         return ()
-    secrets = (secret,) if isinstance(secret, str) else tuple(secret)
-    for value in secrets:
-        if not isinstance(value, str) or not value or not value.isprintable():
-            raise ConfigurationError("webhook_secret must be a non-empty printable string (or several)")
-    return secrets
+    try:
+        return tuple(webhook_secret_field(value) for value in ((secret,) if isinstance(secret, str) else secret))
+    except ValidationError:
+        raise ConfigurationError("webhook_secret must be a non-empty printable string (or several)") from None
 
 
 def _retryable_download(error: FluxError) -> bool:
