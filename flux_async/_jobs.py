@@ -190,27 +190,25 @@ class Jobs:
             limiter = self.limiter
             if limiter is not None:
                 await limiter.acquire(model)
-            shared_slot = fleet is not None and fleet.capped
+            # The account-wide slot, under a coordinator for a provider with caps.
+            shared = fleet if fleet is not None and fleet.capped else None
             try:
-                if shared_slot:
-                    assert fleet is not None
-                    await fleet.acquire(model, key)
+                if shared is not None:
+                    await shared.acquire(model, key)
                 if gone is not None and gone():
                     raise CallerGoneError  # nothing sent, nothing written
                 ref, fresh, cost = await self._submitter.submit(checked, key, digest)
             except BaseException:
                 if limiter is not None:
                     limiter.release(model)
-                if shared_slot:
-                    assert fleet is not None
-                    await fleet.release_slot(model, key)
+                if shared is not None:
+                    await shared.release_slot(model, key)
                 raise
             if not fresh:
                 if limiter is not None:
                     limiter.release(model)
-                if shared_slot:
-                    assert fleet is not None
-                    await fleet.release_slot(model, key)
+                if shared is not None:
+                    await shared.release_slot(model, key)
                 self._counts["deduplicated"] += 1
                 return self.attach(ref, request, key, on_accept)
             # No checkpoint between acceptance and registration: a cancelled caller cannot
