@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable
 
 
-def start_cli(args: list[str]) -> subprocess.Popen[str]:
-    """``python -m flux_async.cli ARGS`` with pipes for stdout and stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+def start_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python -m flux_async.cli ARGS`` with pipes for stdout and stderr (and ``env`` added to
+    the environment)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}, **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "flux_async.cli", *args],
         stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ script, so these tests need no server and no clock.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,11 +49,13 @@ class ScriptedSession:
 
     async def as_completed(
         self,
-        requests: Iterable[GenerationRequest],
+        requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest],
         *,
         on_submit: Callable[[int, TaskRef], None] | None = None,
     ) -> AsyncIterator[Outcome]:
-        for index, request in enumerate(requests):
+        index = -1
+        async for request in _each(requests):
+            index += 1
             self.pulled += 1
             task_id, error = self.script(index, request)
             if isinstance(error, OutageError):
@@ -72,6 +74,16 @@ class ScriptedSession:
             else:
                 self.ledger.settle(key, "not_submitted")
             yield Outcome(index=index, request=request, task_id=task_id, error=error)
+
+
+async def _each(requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest]) -> AsyncIterator[GenerationRequest]:
+    """The requests, read as the session reads them: one at a time, either kind of iterable."""
+    if isinstance(requests, AsyncIterable):
+        async for request in requests:
+            yield request
+    else:
+        for request in requests:
+            yield request
 
 
 def entries(count: int) -> Callable[[], Iterator[Entry]]:

@@ -25,7 +25,7 @@ Imports the package's public names, its journal module and the display.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from ._api import (
     BadRequestError,
     BudgetExceededError,
     ConfigurationError,
+    CoordinatorError,
     Cost,
     GeneratedImage,
     GenerationRequest,
@@ -59,10 +60,13 @@ from ._batchentry import Entry, LineError
 from ._batchstate import BatchState
 from ._display import Counts
 from ._journal import OutputDir, image_name
+from ._shared import SharedLines
 
 __all__ = ["BatchRunner", "error_record"]
 
-_FATAL = (AuthenticationError, InsufficientCreditsError, LedgerError)
+#: Errors that stop submitting (CoordinatorError: a shared batch's Redis failed while lines
+#: were being claimed; what was accepted is still finished and recorded here).
+_FATAL = (AuthenticationError, InsufficientCreditsError, LedgerError, CoordinatorError)
 _KEPT_UNRESOLVED = 100
 
 #: Errors that settle a job for good once its task exists: the provider ended the task.
@@ -106,6 +110,7 @@ class BatchRunner:
         source: Callable[[], Iterable[Entry | LineError]],
         state: BatchState | None = None,
         on_change: Callable[[Counts], None] = lambda _counts: None,
+        shared: SharedLines | None = None,
     ) -> None:
         self.session = session
         self.out = out
@@ -113,6 +118,8 @@ class BatchRunner:
         self.source = source
         self.state = state
         self.on_change = on_change
+        #: The batch's lines are shared with other processes (``--redis``): claimed as read.
+        self.shared = shared
         self.fatal: BaseException | None = None
         #: Set when the budget (--max-spend) stopped the batch: the rest was not sent.
         self.budget_error: BudgetExceededError | None = None
@@ -179,6 +186,14 @@ class BatchRunner:
 
     async def run(self) -> None:
         """Run the batch to its end (or to the end of what was accepted, once stopped)."""
+        try:
+            await self._run()
+        finally:
+            if self.shared is not None:
+                # Lines still held have no result: the other processes take them now.
+                await self.shared.give_back()
+
+    async def _run(self) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             if self.state is not None and self.state.accepted:
@@ -213,13 +228,23 @@ class BatchRunner:
             if item.index in indices:
                 yield item.index, item.line
 
-    def _requests(self) -> Iterator[GenerationRequest]:
+    async def _items(self) -> AsyncIterator[Entry | LineError]:
+        """The input's lines: all of them, or those this process claims of a shared batch."""
+        if self.shared is None:
+            for item in self.source():
+                yield item
+            return
+        async with aclosing(self.shared.lines(self.source, stopping=lambda: self._stopping)) as lines:
+            async for item in lines:
+                yield item
+
+    async def _requests(self) -> AsyncIterator[GenerationRequest]:
         """The requests without a result or an accepted task, in input order, each under its
         idempotency key; records unreadable lines as failures."""
         position = 0
         state = self.state
         key = self.out.header.key
-        for item in self.source():
+        async for item in self._items():
             if state is not None and not state.needs_submit(item.index):
                 continue
             if self._stopping:
@@ -227,7 +252,7 @@ class BatchRunner:
             if isinstance(item, LineError):
                 # The file changed between the checking pass and this one.
                 error = ValidationError(item.field or "line", None, "a valid request", reason=item.message)
-                self._record_failure(item.index, item.line, None, error, with_task=False)
+                await self._record_failure(item.index, item.line, None, error, with_task=False)
                 continue
             self._window[position] = (item.index, item.line)
             position += 1
@@ -273,7 +298,7 @@ class BatchRunner:
                     else:
                         assert outcome.error is not None
                         with_task = outcome.task_id is not None
-                        self._record_failure(index, line, outcome.task_id, outcome.error, with_task=with_task)
+                        await self._record_failure(index, line, outcome.task_id, outcome.error, with_task=with_task)
         except _FATAL as exc:
             self.fatal = exc
             self.request_stop()
@@ -315,7 +340,7 @@ class BatchRunner:
                 await job.wait()
                 self._note_cost(index, job.cost)
                 if job.error is not None:
-                    self._record_failure(index, line, ref.task_id, job.error, with_task=True)
+                    await self._record_failure(index, line, ref.task_id, job.error, with_task=True)
                     continue
                 result = await job.result()
                 async with self._download_slots:
@@ -348,13 +373,13 @@ class BatchRunner:
                 # image is gone for good: settled (a result line), so --resume stops trying.
                 renewed = None if fresh else await self._fresh_images(index, len(images))
                 if renewed is None:
-                    self._record_failure(index, line, task_id, exc, with_task=True, files=files)
+                    await self._record_failure(index, line, task_id, exc, with_task=True, files=files)
                     return
                 images, fresh = renewed, True
             except Exception as exc:
-                self._record_failure(index, line, task_id, exc, with_task=True, files=files)
+                await self._record_failure(index, line, task_id, exc, with_task=True, files=files)
                 return
-        if not self._record(index, line, task_id=task_id, status="succeeded", files=files):
+        if not await self._record(index, line, task_id=task_id, status="succeeded", files=files):
             return
         self._in_flight.pop(index, None)
         self._handled.discard(index)
@@ -374,7 +399,7 @@ class BatchRunner:
         result = state.result
         return result.images if result is not None and len(result.images) == count else None
 
-    def _record_failure(
+    async def _record_failure(
         self,
         index: int,
         line: int,
@@ -385,7 +410,7 @@ class BatchRunner:
         files: Iterable[Path] = (),
     ) -> None:
         if is_final(error, with_task=with_task):
-            if not self._record(
+            if not await self._record(
                 index, line, task_id=task_id, status="failed", files=tuple(files), error=error_record(error)
             ):
                 return
@@ -395,6 +420,8 @@ class BatchRunner:
         else:
             # Not settled: no result line, so --resume re-attaches the task (or resubmits a
             # request that created none, or reports one in doubt again).
+            if self.shared is not None:
+                await self.shared.drop(index)  # the shared batch's next run, likewise
             self._in_flight.pop(index, None)
             self._handled.discard(index)
             if isinstance(error, SubmissionUncertainError):
@@ -414,13 +441,20 @@ class BatchRunner:
             self.counts.finished_with_task += 1
         self.on_change(self.counts)
 
-    def _record(self, index: int, line: int, **fields: Any) -> bool:
+    async def _record(self, index: int, line: int, **fields: Any) -> bool:
         """Append a result line; on failure (a full disk) stop submitting and leave the job to
-        ``--resume`` (its task is in the ledger). False when it could not be written."""
+        ``--resume`` (its task is in the ledger). False when it could not be written, or when
+        another process of a shared batch recorded the line first."""
         attempt = 0 if self.state is None else self.state.attempt(index)
         cost = self._costs.pop(index, None)
         if cost is not None:
             fields["cost"] = cost
+        if self.shared is not None:
+            record = self.out.result_record(index, line, attempt=attempt, **fields)
+            if not await self.shared.finish(index, record, succeeded=fields["status"] == "succeeded"):
+                self._in_flight.pop(index, None)
+                self._handled.discard(index)
+                return False
         try:
             self.out.record_result(index, line, attempt=attempt, **fields)
         except OSError as exc:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
+import attrs
 import click
 
 from ._api import WEBHOOK_PATH, ConfigurationError, Limits, PollPolicy, Session, serve_webhooks
@@ -25,7 +29,7 @@ from ._batchentry import Defaults
 from ._batchfile import BatchFileError, CheckReport, check_file, read_entries
 from ._batchstate import BatchState, JournalError, JournalHeader
 from ._display import Counts, ProgressView
-from ._journal import JOURNAL_NAME, OutputDir
+from ._journal import JOURNAL_NAME, SHARED_RESULTS_NAME, OutputDir
 from ._options import (
     connection_options,
     local_images,
@@ -46,6 +50,7 @@ from ._runtime import (
     run_command,
     summarize,
 )
+from ._shared import SharedLines, shared_batch_id
 from ._spend import check_budget, estimate, read_prices, spend_options
 from ._spend import dry_run as show_dry_run
 
@@ -111,7 +116,11 @@ RETRY_KINDS = {
     help=(
         "Share the account with every other process using this Redis server (pip install "
         "\"flux-async[redis]\"): the provider's active-task caps, --max-spend and idempotency "
-        "keys hold for all of them together. The batch's own journal stays in OUTPUT."
+        "keys hold for all of them together, and the batch is shared: the same command started "
+        "on several machines (or several times) splits FILE between them, each line done once. "
+        "The batch's journal is kept in Redis; started again, the command continues the batch. "
+        "A process that dies is taken over FLUX_ASYNC_REDIS_LEASE seconds (15) after its last "
+        "heartbeat."
     ),
 )  # fmt: skip
 @click.option(
@@ -195,10 +204,13 @@ def batch(
     )
     poll_policy = PollPolicy(max_polls_per_second=poll_rate)
     input_path = os.path.abspath(file)
+    output_path = output.resolve()  # a shared batch is named after its directory's name
     with exit_on_error(out):
         if resubmit_in_doubt and not resume:
             fail("--resubmit-in-doubt only applies to --resume", EXIT_USAGE)
         retry_kinds = _retry_kinds(retry_failed, resume=resume)
+        if retry_kinds and redis_url is not None:
+            fail("--retry-failed is not available for a batch shared through --redis", EXIT_USAGE)
         listen, webhooks = _webhook_options(webhook_listen, webhook_url, webhook_secret, provider)
         fleet = _fleet_options(redis_url)
         prices = read_prices(price, prices_file, provider)
@@ -220,15 +232,27 @@ def batch(
             requests=checked.requests,
             defaults=defaults.to_dict(),
         )
-        journal, state = _open_output(output, header, resume=resume)
-        if state is not None and retry_kinds:
-            state = state.retrying(retry_kinds)
+        coordinator = fleet.get("coordinator")
+        if coordinator is not None:
+            # A shared batch: its id names it on every machine that runs the same command.
+            batch_id = shared_batch_id(provider, checked.fingerprint, defaults.to_dict(), output_path.name)
+            header = attrs.evolve(header, run=batch_id)
+            try:
+                ledger: Any = coordinator.ledger(f"batch-{batch_id}")
+                journal, state = OutputDir.shared(output, header), None
+            except (ConfigurationError, JournalError) as exc:
+                fail(f"--redis: {exc}" if isinstance(exc, ConfigurationError) else str(exc), EXIT_USAGE)
+        else:
+            journal, state = _open_output(output, header, resume=resume)
+            if state is not None and retry_kinds:
+                state = state.retrying(retry_kinds)
+            ledger = journal.ledger
         session = open_session(
             provider,
             api_key,
             base_url,
             limits,
-            ledger=journal.ledger,
+            ledger=ledger,
             resubmit_in_doubt=resubmit_in_doubt,
             prices=prices,
             poll_policy=poll_policy,
@@ -247,6 +271,7 @@ def batch(
         # shuts down is answered and recorded.
         with closing(journal):
             async with _listening(session, listen), session:
+                shared = None if coordinator is None else await _join(out, coordinator, journal, counts, output_path)
                 runner = BatchRunner(
                     session,
                     journal,
@@ -254,10 +279,13 @@ def batch(
                     source=lambda: read_entries(file, defaults),
                     state=state,
                     on_change=view.update,
+                    shared=shared,
                 )
                 view.add(counts)
                 with view:
                     flags = await execute([runner], out)
+                if shared is not None:
+                    await _tally_others(out, shared, counts, journal)
                 runs = [Run(counts, runner, session.statistics())]
         summary = summarize(output, runs, time.monotonic() - started, flags)
         extra = {"unrecorded_tasks": [ref.to_dict() for ref in runs[0].stats.unrecorded_tasks]}
@@ -271,19 +299,63 @@ def batch(
 
 def _fleet_options(redis_url: str | None) -> dict[str, Any]:
     """The Session's coordinator for ``--redis`` (exit 2 when the extra is missing). The batch
-    keeps its journal (``--resume``) and takes over no other process's tasks: those are the
-    account's other sessions' to adopt."""
+    takes over no other process's tasks through the coordinator's orphans (those are the
+    account's other sessions' to adopt): a dead process's lines of the same batch are taken over
+    line by line instead (``_shared``)."""
     if redis_url is None:
         return {}
     try:
         from ..fleet import RedisCoordinator
     except ImportError as exc:
         fail(f"--redis: {exc}", EXIT_USAGE)
+    lease = os.environ.get("FLUX_ASYNC_REDIS_LEASE", "").strip()
     try:
-        coordinator = RedisCoordinator(redis_url)
+        lease_ttl = float(lease) if lease else 15.0
+    except ValueError:
+        fail(f"FLUX_ASYNC_REDIS_LEASE must be a number of seconds, not {printable(lease)!r}", EXIT_USAGE)
+    try:
+        coordinator = RedisCoordinator(redis_url, lease_ttl=lease_ttl, poll_interval=min(1.0, lease_ttl / 3))
     except ConfigurationError as exc:
         fail(f"--redis: {exc}", EXIT_USAGE)
     return {"coordinator": coordinator, "adopt_orphans": False}
+
+
+async def _join(
+    out: Output, coordinator: Any, journal: OutputDir, counts: Counts, output_path: Path
+) -> SharedLines:
+    """Start or join the shared batch ``journal.header`` names: its lines, and what every
+    process did before this one started (counted as done earlier)."""
+    header = journal.header
+    batch = coordinator.batch(header.run)
+    stored, progress = await batch.open(header.to_json())
+    reason = JournalHeader.from_json(stored).mismatch(header)
+    if reason is not None:
+        fail(f"cannot join shared batch {header.run}: {reason}", EXIT_USAGE)
+    counts.previous_done = progress.done
+    counts.previous_failed = progress.failed
+    joined = f", {progress.claimed} held by running processes" if progress.claimed else ""
+    out.info(
+        f"shared batch {header.run[:12]}: {progress.done} of {header.requests} line(s) done{joined}"
+    )
+    origin = {"host": socket.gethostname(), "output": os.fspath(output_path)}
+    return SharedLines(batch, interval=coordinator.poll_interval, origin=origin)
+
+
+async def _tally_others(out: Output, shared: SharedLines, counts: Counts, journal: OutputDir) -> None:
+    """Count what the other processes settled while this one ran (for the summary), and write
+    every line's recorded result into ``shared-results.jsonl``."""
+    records = await shared.results()
+    if records is not None:
+        try:
+            await anyio.to_thread.run_sync(journal.write_shared_results, records)
+        except OSError as exc:
+            out.error(f"could not write {SHARED_RESULTS_NAME} in {journal.path}: {exc}")
+    progress = await shared.progress()
+    if progress is None:
+        return
+    mine_failed = counts.failed
+    counts.elsewhere = max(0, progress.done - counts.previous_done - counts.succeeded - mine_failed)
+    counts.elsewhere_failed = max(0, progress.failed - counts.previous_failed - mine_failed)
 
 
 def _webhook_options(

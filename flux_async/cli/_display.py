@@ -36,7 +36,8 @@ class Counts:
     """The tally of one batch, as the progress display and the summary show it.
 
     ``previous_done`` / ``previous_failed`` are requests settled by an earlier run of a resumed
-    batch; everything else counts this run. ``failed`` jobs are settled (a result line);
+    batch; ``elsewhere`` / ``elsewhere_failed`` those settled by other processes of a shared
+    batch (``--redis``) during this run; everything else counts this run. ``failed`` jobs are settled (a result line);
     ``unresolved`` ones failed in a way ``--resume`` retries (no result line); ``in_doubt`` ones
     may have created a task nobody recorded, and are sent again only with
     ``--resubmit-in-doubt``. ``running`` is accepted and not yet finished.
@@ -46,6 +47,8 @@ class Counts:
     total: int
     previous_done: int = 0
     previous_failed: int = 0
+    elsewhere: int = 0
+    elsewhere_failed: int = 0
     submitted: int = 0
     reattached: int = 0
     succeeded: int = 0
@@ -71,12 +74,12 @@ class Counts:
     @property
     def completed(self) -> int:
         """Requests dealt with, this run and earlier ones (the progress bar)."""
-        return self.previous_done + self.finished
+        return self.previous_done + self.elsewhere + self.finished
 
     @property
     def settled(self) -> int:
         """Requests with a result line, this run and earlier ones."""
-        return self.previous_done + self.succeeded + self.failed
+        return self.previous_done + self.elsewhere + self.succeeded + self.failed
 
     def fields(self) -> str:
         """The counters as one line of text."""
@@ -96,6 +99,8 @@ class Counts:
             parts.insert(1, f"re-attached {self.reattached}")
         if self.previous_done:
             parts.append(f"earlier {self.previous_done}")
+        if self.elsewhere:
+            parts.append(f"other processes {self.elsewhere}")
         text = " · ".join(parts)
         if self.stopping:
             text += f" · stopping, waiting for {self.running}"
@@ -236,6 +241,8 @@ class RunSummary:
     outage_stopped: bool = False
     previous_done: int
     previous_failed: int
+    elsewhere: int = 0  #: lines settled by other processes of a shared batch during this run
+    elsewhere_failed: int = 0
     submitted: int
     reattached: int
     left_accepted: int
@@ -292,6 +299,10 @@ def summary_table(summary: RunSummary, *, title: str = "batch summary") -> Table
         )
     if summary.previous_done:
         table.add_row("finished earlier", f"{summary.previous_done} ({summary.previous_failed} failed)")
+    if summary.elsewhere:
+        table.add_row(
+            "by other processes", f"{summary.elsewhere} ({summary.elsewhere_failed} failed; shared batch)"
+        )
     table.add_row("submitted", str(summary.submitted))
     if summary.reattached:
         table.add_row("re-attached", str(summary.reattached))

@@ -31,10 +31,15 @@ from .._jsonl import complete_last_line, write_line
 from ._api import ConfigurationError, Cost, FileLedger, TaskRef
 from ._batchstate import BatchState, IndexSet, JournalError, JournalHeader
 
-__all__ = ["JOURNAL_NAME", "RESULTS_NAME", "OutputDir", "image_name", "load_state"]
+__all__ = ["JOURNAL_NAME", "RESULTS_NAME", "SHARED_NAME", "SHARED_RESULTS_NAME", "OutputDir", "image_name", "load_state"]
 
 JOURNAL_NAME: Final = "journal.jsonl"
 RESULTS_NAME: Final = "results.jsonl"
+#: In a directory of a shared batch (``--redis``) instead of the journal: what the batch is.
+SHARED_NAME: Final = "shared.json"
+#: In a directory of a shared batch: every line's result recorded in Redis when a process of
+#: the batch last ended there, with the host and directory holding its images.
+SHARED_RESULTS_NAME: Final = "shared-results.jsonl"
 
 
 def image_name(index: int, task_id: str, ext: str, *, k: int = 0, count: int = 1) -> str:
@@ -52,7 +57,7 @@ class OutputDir:
     with one call (a line cut short by a crash is dropped when the file is reopened).
     """
 
-    def __init__(self, path: Path, header: JournalHeader, ledger: FileLedger, results: IO[str]) -> None:
+    def __init__(self, path: Path, header: JournalHeader, ledger: FileLedger | None, results: IO[str]) -> None:
         self.path = path
         self.header = header
         self.ledger = ledger
@@ -61,11 +66,9 @@ class OutputDir:
     @classmethod
     def create(cls, path: str | os.PathLike[str], header: JournalHeader) -> OutputDir:
         """Start a batch in ``path`` (created if needed); refuses a directory holding a journal."""
-        root = Path(path)
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise JournalError(f"cannot create {root}: {exc.strerror}") from None
+        root = _make_dir(Path(path))
+        if (root / SHARED_NAME).exists():
+            raise JournalError(f"{root} holds a batch shared through Redis: run it with --redis URL")
         if (root / JOURNAL_NAME).exists() or (root / RESULTS_NAME).exists():
             raise JournalError(
                 f"{root} already holds a batch: pass --resume to continue it, or choose another directory"
@@ -75,6 +78,31 @@ class OutputDir:
         except OSError as exc:
             raise JournalError(f"cannot write {root / JOURNAL_NAME}: {exc.strerror}") from None
         return cls(root, header, ledger, _open_append(root / RESULTS_NAME))
+
+    @classmethod
+    def shared(cls, path: str | os.PathLike[str], header: JournalHeader) -> OutputDir:
+        """This process's directory for the shared batch ``header`` describes (``header.run``
+        is its id): created if needed, and joined when it is that batch's already (several
+        processes may write into one directory). Its ledger is the batch's, in Redis."""
+        root = _make_dir(Path(path))
+        if (root / JOURNAL_NAME).exists():
+            raise JournalError(
+                f"{root} holds a batch run without --redis: finish it without --redis, or choose another directory"
+            )
+        marker = root / SHARED_NAME
+        try:
+            if marker.exists():
+                other = JournalHeader.from_json(json.loads(marker.read_text(encoding="utf-8")))
+                if other.run != header.run:
+                    reason = other.mismatch(header) or "it is another batch"
+                    raise JournalError(f"{root} holds another shared batch ({reason}): choose another directory")
+            else:
+                partial = marker.with_name(f".{SHARED_NAME}.{os.getpid()}")
+                partial.write_text(json.dumps(header.to_json(), indent=2) + "\n", encoding="utf-8")
+                os.replace(partial, marker)
+        except (OSError, ValueError) as exc:
+            raise JournalError(f"cannot use {marker}: {exc}") from None
+        return cls(root, header, None, _open_append(root / RESULTS_NAME))
 
     @classmethod
     def reopen(cls, path: str | os.PathLike[str]) -> tuple[OutputDir, BatchState]:
@@ -91,7 +119,13 @@ class OutputDir:
             raise
         return out, state
 
-    def record_result(
+    def record_result(self, index: int, line: int, **fields: Any) -> None:
+        """Append the outcome of request ``index`` (flushed, not fsynced: the ledger is the
+        record of what was paid for; a lost result line only means one more status check).
+        Raises OSError when the line cannot be written. ``fields`` are :meth:`result_record`'s."""
+        write_line(self._results, self.result_record(index, line, **fields), sync=False)
+
+    def result_record(
         self,
         index: int,
         line: int,
@@ -102,10 +136,8 @@ class OutputDir:
         error: Mapping[str, str] | None = None,
         attempt: int = 0,
         cost: Cost | None = None,
-    ) -> None:
-        """Append the outcome of request ``index`` (flushed, not fsynced: the ledger is the
-        record of what was paid for; a lost result line only means one more status check).
-        Raises OSError when the line cannot be written."""
+    ) -> dict[str, Any]:
+        """The result line of request ``index``, as a JSON-ready dict."""
         record: dict[str, Any] = {
             "index": index,
             "line": line,
@@ -119,7 +151,18 @@ class OutputDir:
         if cost is not None:
             record["cost"] = cost.usd  # US dollars (null: unknown), and where the figure comes from
             record["cost_source"] = cost.source
-        write_line(self._results, record, sync=False)
+        return record
+
+    def write_shared_results(self, records: Mapping[int, Mapping[str, Any]]) -> Path:
+        """Replace ``shared-results.jsonl`` with ``records`` (every recorded line of the shared
+        batch), in index order; written whole, then renamed into place."""
+        target = self.path / SHARED_RESULTS_NAME
+        partial = target.with_name(f".{SHARED_RESULTS_NAME}.{os.getpid()}")
+        with open(partial, "w", encoding="utf-8") as handle:
+            for index in sorted(records):
+                write_line(handle, records[index], sync=False)
+        os.replace(partial, target)
+        return target
 
     def _relative(self, file: Path) -> Path:
         try:
@@ -129,7 +172,8 @@ class OutputDir:
 
     def close(self) -> None:
         """Close both files."""
-        self.ledger.close()
+        if self.ledger is not None:
+            self.ledger.close()
         self._results.close()
 
 
@@ -143,8 +187,18 @@ def load_state(path: str | os.PathLike[str]) -> BatchState:
         ledger.close()
 
 
+def _make_dir(root: Path) -> Path:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JournalError(f"cannot create {root}: {exc.strerror}") from None
+    return root
+
+
 def _open_ledger(root: Path) -> FileLedger:
     journal_path = root / JOURNAL_NAME
+    if not journal_path.exists() and (root / SHARED_NAME).exists():
+        raise JournalError(f"{root} holds a batch shared through Redis: run it again with --redis URL to continue it")
     if not journal_path.exists():
         raise JournalError(f"{root} holds no batch journal ({JOURNAL_NAME}): nothing to resume")
     try:

@@ -162,6 +162,19 @@ def _journal(path: Path, notes: list[str]) -> tuple[Mapping[str, Any], dict[int,
     """The batch's description (the ledger's ``meta``, or an older journal's header) and the
     intent and settlement times of each request."""
     if not path.is_file():
+        shared = path.with_name("shared.json")
+        if shared.is_file():
+            # A batch shared through Redis: its journal is there; the page shows this
+            # directory's lines.
+            notes.append(
+                "A batch shared between processes through Redis: this page shows the lines finished "
+                "into this directory (shared-results.jsonl lists them all); no times."
+            )
+            try:
+                described = json.loads(shared.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                described = {}
+            return (described if isinstance(described, dict) else {}), {}
         notes.append("The batch's journal is missing: no input file, models or times.")
         return {}, {}
     meta: Mapping[str, Any] = {}

@@ -297,7 +297,7 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
     failed = sum(r.counts.failed for r in runs)
     unresolved = sum(r.counts.unresolved for r in runs)
     in_doubt = sum(r.counts.in_doubt for r in runs)
-    previous_failed = sum(r.counts.previous_failed for r in runs)
+    previous_failed = sum(r.counts.previous_failed + r.counts.elsewhere_failed for r in runs)
     left_accepted = sum(r.runner.left_accepted for r in runs)
     not_submitted = sum(
         max(0, r.counts.total - r.counts.settled - r.runner.left_accepted - r.counts.in_doubt) for r in runs
@@ -335,7 +335,9 @@ def summarize(output: Path, runs: Sequence[Run], wall_time: float, flags: Interr
         budget_stopped=budget_stopped,
         outage_stopped=outage_stopped,
         previous_done=sum(r.counts.previous_done for r in runs),
-        previous_failed=previous_failed,
+        previous_failed=sum(r.counts.previous_failed for r in runs),
+        elsewhere=sum(r.counts.elsewhere for r in runs),
+        elsewhere_failed=sum(r.counts.elsewhere_failed for r in runs),
         submitted=sum(r.counts.submitted for r in runs),
         reattached=sum(r.counts.reattached for r in runs),
         left_accepted=left_accepted,

@@ -7,7 +7,8 @@ package without it raises ImportError saying so; ``import flux_async`` never imp
 It must not import the session.
 """
 
+from ._batch import SharedBatch, SharedProgress
 from ._coordinator import CoordinatorStatistics, RedisCoordinator
 from ._ledger import RedisLedger, RedisLedgerStatistics
 
-__all__ = ["CoordinatorStatistics", "RedisCoordinator", "RedisLedger", "RedisLedgerStatistics"]
+__all__ = ["CoordinatorStatistics", "RedisCoordinator", "RedisLedger", "RedisLedgerStatistics", "SharedBatch", "SharedProgress"]

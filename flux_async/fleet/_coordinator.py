@@ -38,16 +38,21 @@ How the session is meant to use it (it replaces the in-process pieces, behind th
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 import anyio
 
 from ..catalog import from_micros, to_micros
+from ..errors import ConfigurationError
+from ._batch import SharedBatch
 from ._connect import coordinator_error
 from ._ledger import RedisLedger
 from ._presence import CoordinatorStatistics, Presence
 
 __all__ = ["CoordinatorStatistics", "RedisCoordinator"]
+
+_BATCH_ID = re.compile(r"[A-Za-z0-9._:@-]{1,100}")
 
 
 class RedisCoordinator(Presence):
@@ -69,6 +74,13 @@ class RedisCoordinator(Presence):
         (or ``name``): what ``Session(coordinator=...)`` records to when no ledger is given.
         Not open yet: the session opens and closes it."""
         return RedisLedger(self._url, namespace=self.namespace, name=name or self.account, timeout=self.timeout)
+
+    def batch(self, batch_id: str) -> SharedBatch:
+        """The lines of shared batch ``batch_id`` (1 to 100 of ``A-Za-z0-9._:@-``): which
+        process holds each and each one's result (``flux-async batch --redis``)."""
+        if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
+            raise ConfigurationError(f"a shared batch id must be 1 to 100 of A-Z a-z 0-9 . _ : @ -, not {batch_id!r}")
+        return SharedBatch(self, batch_id)
 
     # -- active-task caps ----------------------------------------------------------------------
 

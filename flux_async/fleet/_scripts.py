@@ -18,6 +18,12 @@ from __future__ import annotations
 __all__ = [
     "ACQUIRE",
     "ADOPT",
+    "BATCH_CLAIM",
+    "BATCH_FINISH",
+    "BATCH_OPEN",
+    "BATCH_PROGRESS",
+    "BATCH_RELEASE",
+    "BATCH_SWEEP",
     "BIND",
     "CLAIM",
     "CLAIM_STATE",
@@ -329,4 +335,105 @@ redis.call('SREM', prefix .. owner, task_id)
 redis.call('SADD', prefix .. pid, task_id)
 redis.call('HSET', owners, task_id, pid)
 return 1
+"""
+
+# -- shared batches: the lines of one input file split between processes ----------------------
+# Keys of batch <id> (prefix ``batch:<id>:``): ``meta`` hash {header, succeeded, failed},
+# ``claims`` hash line index -> holding process id ('' : given back, for anyone to take),
+# ``done`` hash line index -> its result record (JSON). A line is done once, claimed by at most
+# one live process at a time, and a line held by a dead process is anyone's.
+
+#: KEYS: meta, claims, done. ARGV: header JSON, retention_ms.
+#: Records the header when the batch is new; {stored header, succeeded, failed, claimed}.
+BATCH_OPEN = """
+redis.call('HSETNX', KEYS[1], 'header', ARGV[1])
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[2]) end
+local v = redis.call('HMGET', KEYS[1], 'header', 'succeeded', 'failed')
+return {v[1], tonumber(v[2] or 0), tonumber(v[3] or 0), redis.call('HLEN', KEYS[2])}
+"""
+
+#: KEYS: procs, claims, done. ARGV: pid, line index...
+#: Takes each line that is not done and held by nobody, by the caller or by a dead process;
+#: {1, taken index...}, or {-1} when the caller's lease has expired.
+BATCH_CLAIM = _COMMON + """
+local procs, claims, done, pid = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local now = now_ms()
+if not alive(procs, pid, now) then return {-1} end
+local out = {1}
+for i = 2, #ARGV do
+  local index = ARGV[i]
+  if redis.call('HEXISTS', done, index) == 0 then
+    local holder = redis.call('HGET', claims, index)
+    if not holder or holder == pid or holder == '' or not alive(procs, holder, now) then
+      redis.call('HSET', claims, index, pid)
+      out[#out + 1] = tonumber(index)
+    end
+  end
+end
+return out
+"""
+
+#: KEYS: procs, claims. ARGV: pid, limit.
+#: Takes up to ``limit`` claimed lines that were given back or whose process is dead;
+#: {1, lines still held elsewhere (by live processes, or left over the limit), taken index...},
+#: or {-1} when the caller's lease has expired.
+BATCH_SWEEP = _COMMON + """
+local procs, claims, pid, limit = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+if not alive(procs, pid, now) then return {-1} end
+local flat = redis.call('HGETALL', claims)
+local out = {1, 0}
+for i = 1, #flat, 2 do
+  local index, holder = flat[i], flat[i + 1]
+  if holder ~= pid then
+    if holder ~= '' and alive(procs, holder, now) then
+      out[2] = out[2] + 1
+    elseif #out - 2 < limit then
+      redis.call('HSET', claims, index, pid)
+      out[#out + 1] = tonumber(index)
+    else
+      out[2] = out[2] + 1
+    end
+  end
+end
+return out
+"""
+
+#: KEYS: meta, claims, done. ARGV: pid, line index, result record JSON, 'succeeded' | 'failed',
+#: retention_ms.
+#: Records the line's result unless one is recorded already and ends its claim; 1 recorded,
+#: 0 the line was done before (by another process: nothing is changed).
+BATCH_FINISH = """
+local meta, claims, done = KEYS[1], KEYS[2], KEYS[3]
+local pid, index = ARGV[1], ARGV[2]
+if redis.call('HSETNX', done, index, ARGV[3]) == 1 then
+  redis.call('HINCRBY', meta, ARGV[4], 1)
+  redis.call('HDEL', claims, index)
+  for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[5]) end
+  return 1
+end
+if redis.call('HGET', claims, index) == pid then redis.call('HDEL', claims, index) end
+return 0
+"""
+
+#: KEYS: claims. ARGV: pid, 'give' | 'drop', line index...
+#: Ends the caller's claims on the lines: 'give' leaves them for any running process to take
+#: (not sent), 'drop' for the batch's next run (failed without a result, or in doubt); lines
+#: another process holds are left alone. Returns how many were released.
+BATCH_RELEASE = """
+local claims, pid, give = KEYS[1], ARGV[1], ARGV[2] == 'give'
+local n = 0
+for i = 3, #ARGV do
+  if redis.call('HGET', claims, ARGV[i]) == pid then
+    if give then redis.call('HSET', claims, ARGV[i], '') else redis.call('HDEL', claims, ARGV[i]) end
+    n = n + 1
+  end
+end
+return n
+"""
+
+#: KEYS: meta, claims. ARGV: none. {succeeded, failed, claimed}.
+BATCH_PROGRESS = """
+local v = redis.call('HMGET', KEYS[1], 'succeeded', 'failed')
+return {tonumber(v[1] or 0), tonumber(v[2] or 0), redis.call('HLEN', KEYS[2])}
 """
