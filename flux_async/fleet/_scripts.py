@@ -81,9 +81,9 @@ return 1
 
 #: KEYS: procs, slots, slot-tasks. ARGV: pid, token, provider, model, total cap (-1: none),
 #: model cap (-1: none), active channel.
-#: Frees every slot whose process is dead (and wakes waiters if it freed any), counts the
-#: provider's slots and the model's, and takes one for ``token`` when both counts are under
-#: their caps. Returns {status, provider count, model count}: status 1 taken (or the caller
+#: Frees every slot whose process is dead (each holder's lease read once; waiters are woken if
+#: it freed any), counts the provider's slots and the model's, and takes one for ``token`` when
+#: both counts are under their caps. Returns {status, provider count, model count}: status 1 taken (or the caller
 #: held ``token``'s already; the counts include it), 0 full (nothing taken), -1 the caller's
 #: own lease has expired (nothing taken), -2 another live process holds ``token``.
 ACQUIRE = _COMMON + """
@@ -93,9 +93,11 @@ local total_cap, model_cap = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
 local all = redis.call('HGETALL', slots)
 local total, per_model, freed, holder = 0, 0, 0, nil
+local live = {}  -- each holder's lease looked up once, however many slots it holds
 for i = 1, #all, 2 do
   local slot = cjson.decode(all[i + 1])
-  if not alive(procs, slot.p, now) then
+  if live[slot.p] == nil then live[slot.p] = alive(procs, slot.p, now) end
+  if not live[slot.p] then
     redis.call('HDEL', slots, all[i])
     if slot.t and redis.call('HGET', tasks, slot.t) == all[i] then redis.call('HDEL', tasks, slot.t) end
     freed = freed + 1
