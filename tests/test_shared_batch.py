@@ -45,7 +45,7 @@ async def test_three_processes_racing_over_every_chunk_take_each_line_once(redis
         async def walk(k: int) -> None:
             # Every process walks the whole file in chunks of 7, as the batch does.
             for start in range(0, 300, 7):
-                got = await batches[k].claim(range(start, min(start + 7, 300)))
+                got, _done = await batches[k].claim(range(start, min(start + 7, 300)))
                 taken[k].extend(got)
                 await anyio.lowlevel.checkpoint()
 
@@ -61,13 +61,13 @@ async def test_a_result_is_recorded_once_and_ends_the_claim(redis_url: str) -> N
     async with AsyncExitStack() as stack:
         a, b = (c.batch("b2") for c in await _coordinators(stack, redis_url, 2))
         await a.open(HEADER)
-        assert await a.claim([0, 1, 2]) == [0, 1, 2]
-        assert await b.claim([0, 1, 2, 3]) == [3]  # held by a live process: not b's
+        assert await a.claim([0, 1, 2]) == ([0, 1, 2], 0)
+        assert await b.claim([0, 1, 2, 3]) == ([3], 0)  # held by a live process: not b's
         assert await a.finish(0, {"index": 0, "status": "succeeded"}, succeeded=True)
         assert await a.finish(1, {"index": 1, "status": "failed"}, succeeded=False)
         # A second record of a line (say after a lost lease) changes nothing.
         assert not await b.finish(0, {"index": 0, "status": "failed"}, succeeded=False)
-        assert await b.claim([0, 1]) == []  # done lines are nobody's
+        assert await b.claim([0, 1]) == ([], 2)  # done lines are nobody's
         progress = await b.progress()
         assert (progress.succeeded, progress.failed, progress.done, progress.claimed) == (1, 1, 2, 2)
         results = await b.results()
@@ -82,12 +82,12 @@ async def test_lines_of_a_dead_process_are_taken_over_by_claim_and_by_sweep(redi
     async with AsyncExitStack() as stack:
         a, b, c = (co.batch("b3") for co in await _coordinators(stack, redis_url, 3))
         await a.open(HEADER)
-        assert await a.claim(range(10)) == list(range(10))
-        assert await c.claim(range(10, 14)) == [10, 11, 12, 13]
+        assert await a.claim(range(10)) == (list(range(10)), 0)
+        assert await c.claim(range(10, 14)) == ([10, 11, 12, 13], 0)
         # While a and c live, b takes nothing and counts what they hold.
         assert await b.sweep(limit=100) == ([], 14)
         await _kill(redis_url, a.coordinator.process_id)
-        assert await b.claim([0, 1]) == [0, 1]
+        assert await b.claim([0, 1]) == ([0, 1], 0)
         taken, elsewhere = await b.sweep(limit=5)
         assert len(taken) == 5
         assert set(taken) <= set(range(2, 10))
@@ -105,14 +105,14 @@ async def test_given_back_lines_go_to_the_running_processes_dropped_ones_to_the_
     async with AsyncExitStack() as stack:
         a, b = (c.batch("b4") for c in await _coordinators(stack, redis_url, 2))
         await a.open(HEADER)
-        assert await a.claim(range(6)) == list(range(6))
+        assert await a.claim(range(6)) == (list(range(6)), 0)
         assert await b.release([0, 1], give=True) == 0  # not b's to release
         assert await a.release([0, 1], give=True) == 2
         assert await a.release([2], give=False) == 1
         taken, elsewhere = await b.sweep(limit=100)
         assert sorted(taken) == [0, 1]  # given back: taken now
         assert elsewhere == 3  # a still holds 3, 4, 5; line 2 is nobody's until a pass reaches it
-        assert await b.claim([2]) == [2]
+        assert await b.claim([2]) == ([2], 0)
 
 
 async def test_bad_batch_ids_and_a_missing_server_are_clear_errors(redis_url: str) -> None:

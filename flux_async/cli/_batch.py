@@ -262,6 +262,8 @@ class BatchRunner:
     def _on_submit(self, position: int, ref: TaskRef) -> None:
         """The provider accepted a task (the session has recorded it in the ledger)."""
         index, line = self._window[position]
+        if self.shared is not None:
+            self.shared.sent(index)
         self._in_flight[index] = (line, ref)
         if self.state is not None and index in self.state.in_doubt:
             self.counts.reattached += 1  # an earlier run's POST, found by its key
@@ -279,6 +281,8 @@ class BatchRunner:
             async with aclosing(stream) as outcomes:
                 async for outcome in outcomes:
                     index, line = self._window.pop(outcome.index)
+                    if self.shared is not None:
+                        self.shared.sent(index)
                     if isinstance(outcome.error, BudgetExceededError):
                         # Never sent: left for a --resume with a larger budget.
                         self.budget_error = self.budget_error or outcome.error

@@ -271,7 +271,9 @@ def batch(
         # shuts down is answered and recorded.
         with closing(journal):
             async with _listening(session, listen), session:
-                shared = None if coordinator is None else await _join(out, coordinator, journal, counts, output_path)
+                shared = None
+                if coordinator is not None:
+                    shared = await _join(out, coordinator, journal, counts, output_path, view, concurrency)
                 runner = BatchRunner(
                     session,
                     journal,
@@ -321,7 +323,13 @@ def _fleet_options(redis_url: str | None) -> dict[str, Any]:
 
 
 async def _join(
-    out: Output, coordinator: Any, journal: OutputDir, counts: Counts, output_path: Path
+    out: Output,
+    coordinator: Any,
+    journal: OutputDir,
+    counts: Counts,
+    output_path: Path,
+    view: ProgressView,
+    concurrency: int,
 ) -> SharedLines:
     """Start or join the shared batch ``journal.header`` names: its lines, and what every
     process did before this one started (counted as done earlier)."""
@@ -338,7 +346,17 @@ async def _join(
         f"shared batch {header.run[:12]}: {progress.done} of {header.requests} line(s) done{joined}"
     )
     origin = {"host": socket.gethostname(), "output": os.fspath(output_path)}
-    return SharedLines(batch, interval=coordinator.poll_interval, origin=origin)
+
+    def on_progress(done: int) -> None:
+        # The other processes' settled lines, as far as this one knows (exact at the end).
+        mine = counts.succeeded + counts.failed
+        counts.elsewhere = max(0, done - counts.previous_done - mine)
+        view.update(counts)
+
+    # Lines are claimed while fewer than twice the submits in flight wait to be sent.
+    return SharedLines(
+        batch, interval=coordinator.poll_interval, origin=origin, ahead=2 * concurrency, on_progress=on_progress
+    )
 
 
 async def _tally_others(out: Output, shared: SharedLines, counts: Counts, journal: OutputDir) -> None:

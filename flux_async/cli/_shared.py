@@ -63,16 +63,32 @@ class SharedLines:
     ``held`` are the lines this process claimed and has not finished, dropped or given back.
     ``interval`` is how long it waits between two looks at the lines other processes hold.
     ``origin`` is added to each result recorded in Redis (where this process wrote its files).
+    New lines are claimed only while fewer than ``ahead`` of those already handed out wait to be
+    sent (the session reads its input far ahead of its submits: without this bound one process
+    would hold lines the others could be sending). ``on_progress(done)`` is told how many lines
+    of the batch are done, for every process, whenever a claim or sweep learns it.
     """
 
     def __init__(
-        self, batch: SharedBatch, *, interval: float, origin: Mapping[str, str], chunk: int = CHUNK
+        self,
+        batch: SharedBatch,
+        *,
+        interval: float,
+        origin: Mapping[str, str],
+        ahead: int,
+        on_progress: Callable[[int], None] = lambda _done: None,
+        chunk: int = CHUNK,
     ) -> None:
         self.batch = batch
         self.origin = dict(origin)
         self.interval = interval
+        self.ahead = ahead
+        self.on_progress = on_progress
         self.chunk = chunk
         self.held: set[int] = set()
+        # Lines handed to the session and not yet sent (accepted, or failed before a task).
+        self._unsent: set[int] = set()
+        self._sent_event = anyio.Event()
         self.taken_over = 0  # lines taken from processes that stopped or died
         self.failures = 0  # Redis calls about the lines that failed after a task existed
 
@@ -86,15 +102,19 @@ class SharedLines:
         for item in source():
             chunk.append(item)
             if len(chunk) >= self.chunk:
+                await self._wait_room()
                 if stopping():
                     return
                 async for mine in self._claimed(chunk):
                     yield mine
                 chunk = []
-        if chunk and not stopping():
-            async for mine in self._claimed(chunk):
-                yield mine
+        if chunk:
+            await self._wait_room()
+            if not stopping():
+                async for mine in self._claimed(chunk):
+                    yield mine
         while not stopping():
+            await self._wait_room()
             taken, elsewhere = await self.batch.sweep(limit=self.chunk)
             if taken:
                 self.held.update(taken)
@@ -102,24 +122,42 @@ class SharedLines:
                 wanted = set(taken)
                 for item in source():
                     if item.index in wanted:
+                        self._unsent.add(item.index)
                         yield item
                 continue
             if not elsewhere:
                 return
+            progress = await self.progress()
+            if progress is not None:
+                self.on_progress(progress.done)
             await anyio.sleep(self.interval)
 
     async def _claimed(self, chunk: list[Entry | LineError]) -> AsyncIterator[Entry | LineError]:
-        taken = set(await self.batch.claim(item.index for item in chunk))
+        taken, done = await self.batch.claim(item.index for item in chunk)
+        self.on_progress(done)
         self.held.update(taken)
         for item in chunk:
             if item.index in taken:
+                self._unsent.add(item.index)
                 yield item
+
+    async def _wait_room(self) -> None:
+        while len(self._unsent) >= self.ahead:
+            await self._sent_event.wait()
+
+    def sent(self, index: int) -> None:
+        """Line ``index`` left the session's queue (accepted, or finished without a task)."""
+        if index in self._unsent:
+            self._unsent.discard(index)
+            self._sent_event.set()
+            self._sent_event = anyio.Event()
 
     async def finish(self, index: int, record: Mapping[str, Any], *, succeeded: bool) -> bool:
         """Record line ``index``'s result for every process: False when another process
         recorded it first (this one writes no result line). A Redis failure is logged and
         the line counts as recorded here (its result line is written: the images are here)."""
         self.held.discard(index)
+        self.sent(index)
         try:
             return await self.batch.finish(index, {**record, **self.origin}, succeeded=succeeded)
         except Exception as exc:  # a CoordinatorError: the line may be done once more elsewhere
@@ -129,6 +167,7 @@ class SharedLines:
 
     async def drop(self, index: int) -> None:
         """Line ``index`` failed without a result (or is in doubt): left to the next run."""
+        self.sent(index)
         if index in self.held:
             self.held.discard(index)
             await self._release([index], give=False)

@@ -79,17 +79,18 @@ class SharedBatch:
         )
         return json.loads(stored), SharedProgress(int(succeeded), int(failed), int(claimed))
 
-    async def claim(self, indices: Iterable[int]) -> list[int]:
-        """Take whichever of ``indices`` are free (see the module docstring): those taken."""
+    async def claim(self, indices: Iterable[int]) -> tuple[list[int], int]:
+        """Take whichever of ``indices`` are free (see the module docstring): (those taken, how
+        many lines of the batch are done)."""
         wanted = [str(i) for i in indices]
         if not wanted:
-            return []
+            return [], (await self.progress()).done
         c = self.coordinator
         result = await c._as_live(
             "BATCH_CLAIM", [c._procs, self._claims, self._done], lambda pid: [pid, *wanted],
             f"claim lines of shared batch {self.batch_id}",
         )  # fmt: skip
-        return [int(i) for i in result[1:]]
+        return [int(i) for i in result[2:]], int(result[1])
 
     async def sweep(self, *, limit: int) -> tuple[list[int], int]:
         """Take up to ``limit`` lines given back or held by dead processes: (those taken, how

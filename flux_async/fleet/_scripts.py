@@ -356,12 +356,12 @@ return {v[1], tonumber(v[2] or 0), tonumber(v[3] or 0), redis.call('HLEN', KEYS[
 
 #: KEYS: procs, claims, done. ARGV: pid, line index...
 #: Takes each line that is not done and held by nobody, by the caller or by a dead process;
-#: {1, taken index...}, or {-1} when the caller's lease has expired.
+#: {1, lines done, taken index...}, or {-1} when the caller's lease has expired.
 BATCH_CLAIM = _COMMON + """
 local procs, claims, done, pid = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local now = now_ms()
 if not alive(procs, pid, now) then return {-1} end
-local out = {1}
+local out = {1, redis.call('HLEN', done)}
 for i = 2, #ARGV do
   local index = ARGV[i]
   if redis.call('HEXISTS', done, index) == 0 then
