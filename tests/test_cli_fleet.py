@@ -252,3 +252,34 @@ def test_redis_failing_mid_batch_stops_submitting_and_records_what_was_accepted(
     recorded = {str(r["task_id"]) for r in result_lines(out) if r["status"] == "succeeded"}
     assert created == recorded
     assert emu.stats(tasks=False)["duplicate_submits"] == 0
+
+
+def test_a_process_stopped_with_sigterm_gives_its_lines_to_the_one_still_running(
+    emulator_process_toapis: EmulatorProcess, redis_url: str, tmp_path: Path
+) -> None:
+    emu = emulator_process_toapis
+    lines = 120
+    file = tmp_path / "prompts.txt"
+    file.write_text("".join(f"a patient lighthouse number {i}\n" for i in range(lines)))
+    outs = [tmp_path / f"m{i}" / "out" for i in range(2)]
+    # The default lease (15 s): the stopped process's lines come back as it leaves (given back,
+    # its lease ended), with no lease left to run out.
+    procs = [start_cli(shared_args(emu, file, out, redis_url, "--max-outstanding", "8")) for out in outs]
+    try:
+        wait_for(lambda: len(result_lines(outs[0])) >= 5, "5 result lines", timeout=60)
+        procs[0].send_signal(signal.SIGTERM)
+        stopped = procs[0].communicate(timeout=60)
+        rest = procs[1].communicate(timeout=60)
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert procs[0].returncode == 130, stopped[1]  # interrupted: what it accepted was collected
+    assert procs[1].returncode == 0, rest[1]
+    first, second = json.loads(stopped[0]), json.loads(rest[0])
+    assert first["succeeded"] + second["succeeded"] == lines
+    assert second["succeeded"] > first["succeeded"]
+    found = sorted(int(str(r["index"])) for r in result_lines(*outs))
+    assert found == list(range(lines))
+    stats = emu.stats(tasks=False)
+    assert stats["tasks_created"] == lines
+    assert stats["duplicate_submits"] == 0
