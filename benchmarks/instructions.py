@@ -8,9 +8,11 @@ compare two versions of the library with.
 
 Each client runs twice, with a small and a large number of jobs, in fresh processes; the
 difference divided by the difference in jobs is the instructions per job, with start-up,
-imports and the connection pool's first connections cancelled out. Needs ``valgrind`` on the
-PATH; not part of ``all`` (about three minutes: a client runs some fifty times slower under
-valgrind). It complements the ``overhead`` figures; the goal in BENCHMARKS.md is stated in CPU
+imports and the connection pool's first connections cancelled out. Every count is taken a second
+time with the cyclic garbage collector off (``gc.disable()`` in the client), so that the table
+also says how many instructions per job the collector costs each client. Needs ``valgrind`` on
+the PATH; not part of ``all`` (about two minutes per repetition: a client runs some fifty times
+slower under valgrind). It complements the ``overhead`` figures; the goal in BENCHMARKS.md is stated in CPU
 time, which ``overhead`` measures.
 """
 
@@ -57,43 +59,60 @@ def run(
     try:
         for rep in range(reps):
             for kind in ("floor", "library"):
-                counts: dict[int, int] = {}
-                requests: dict[int, float] = {}
-                for jobs in (small, large):
-                    emu.reset()
-                    h.log(f"instructions: {kind} {jobs} jobs under valgrind (rep {rep + 1}/{reps})")
-                    result = h.run_client(
-                        "overhead",
-                        f"client_{kind}",
-                        {**params[kind], "jobs": jobs, "base_url": emu.base_url(PROVIDER)},
-                        placement,
-                        timeout=900,
-                        prefix=_VALGRIND,
-                    )
-                    if result["ok"] != jobs:
-                        raise RuntimeError(f"instructions: {kind} finished {result['ok']} of {jobs} jobs")
-                    counts[jobs] = _instructions(result["stderr"])
-                    req = emu.stats(tasks=False)["requests"]
-                    requests[jobs] = (req["submit"] + req["poll"] + req["lookup"]) / jobs
-                runs[kind].append(
-                    {
-                        "rep": rep,
-                        "instructions": {str(k): v for k, v in counts.items()},
-                        "requests_per_job": {str(k): v for k, v in requests.items()},
-                        "instructions_per_job": (counts[large] - counts[small]) / (large - small),
-                    }
-                )
+                record: dict[str, Any] = {"rep": rep}
+                for collector in (True, False):
+                    counts: dict[int, int] = {}
+                    requests: dict[int, float] = {}
+                    for jobs in (small, large):
+                        emu.reset()
+                        how = "" if collector else ", garbage collector off"
+                        h.log(f"instructions: {kind} {jobs} jobs under valgrind{how} (rep {rep + 1}/{reps})")
+                        result = h.run_client(
+                            "overhead",
+                            f"client_{kind}",
+                            {**params[kind], "jobs": jobs, "base_url": emu.base_url(PROVIDER), "gc": collector},
+                            placement,
+                            timeout=900,
+                            prefix=_VALGRIND,
+                        )
+                        if result["ok"] != jobs:
+                            raise RuntimeError(f"instructions: {kind} finished {result['ok']} of {jobs} jobs")
+                        counts[jobs] = _instructions(result["stderr"])
+                        req = emu.stats(tasks=False)["requests"]
+                        requests[jobs] = (req["submit"] + req["poll"] + req["lookup"]) / jobs
+                    per_job = (counts[large] - counts[small]) / (large - small)
+                    if collector:
+                        record.update(
+                            instructions={str(k): v for k, v in counts.items()},
+                            requests_per_job={str(k): v for k, v in requests.items()},
+                            instructions_per_job=per_job,
+                        )
+                    else:
+                        record["instructions_gc_off"] = {str(k): v for k, v in counts.items()}
+                        record["instructions_per_job_gc_off"] = per_job
+                        record["gc_instructions_per_job"] = record["instructions_per_job"] - per_job
+                runs[kind].append(record)
     finally:
         emu.stop()
     ratio = [
         lib["instructions_per_job"] / fl["instructions_per_job"]
         for lib, fl in zip(runs["library"], runs["floor"], strict=True)
     ]
+    ratio_gc_off = [
+        lib["instructions_per_job_gc_off"] / fl["instructions_per_job_gc_off"]
+        for lib, fl in zip(runs["library"], runs["floor"], strict=True)
+    ]
     figures = {
-        kind: {"instructions_per_job": h.summary(r["instructions_per_job"] for r in runs[kind])}
+        kind: {
+            name: h.summary(r[name] for r in runs[kind])
+            for name in ("instructions_per_job", "gc_instructions_per_job", "instructions_per_job_gc_off")
+        }
         for kind in runs
     }
-    figures["ratio"] = {"instructions_per_job": h.summary(ratio)}
+    figures["ratio"] = {
+        "instructions_per_job": h.summary(ratio),
+        "instructions_per_job_gc_off": h.summary(ratio_gc_off),
+    }
     return {
         "scenario": "instructions",
         "setup": {
@@ -102,6 +121,7 @@ def run(
             "clients": "the overhead scenario's library and floor clients",
             "counter": " ".join(_VALGRIND),
             "repetitions": reps,
+            "garbage_collector": "each count taken twice: as is, and with gc.disable() in the client",
         },
         "figures": figures,
         "goals": {"instructions_per_job_ratio<=1.2": figures["ratio"]["instructions_per_job"]["median"] <= GOAL_CPU},
@@ -120,7 +140,23 @@ def render(result: dict[str, Any]) -> str:
             h.fmt_range(f["ratio"]["instructions_per_job"], "x"),
             "≤ 1.2x floor (the CPU goal, counted)",
             h.verdict(result["goals"]["instructions_per_job_ratio<=1.2"]),
-        ]
+        ],
+        [
+            "of which the garbage collector",
+            h.fmt_range(f["library"]["gc_instructions_per_job"]),
+            h.fmt_range(f["floor"]["gc_instructions_per_job"]),
+            "",
+            "",
+            "",
+        ],
+        [
+            "with the collector off",
+            h.fmt_range(f["library"]["instructions_per_job_gc_off"]),
+            h.fmt_range(f["floor"]["instructions_per_job_gc_off"]),
+            h.fmt_range(f["ratio"]["instructions_per_job_gc_off"], "x"),
+            "",
+            "",
+        ],
     ]
     title = (
         f"instructions — the overhead clients under valgrind, {s['jobs'][0]} and {s['jobs'][1]} "
