@@ -18,6 +18,7 @@ time, which ``overhead`` measures.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 from typing import Any
@@ -30,6 +31,9 @@ DEFAULT_REPS = 1  # instruction counts repeat to within a fraction of a percent
 JOBS = (200, 1200)
 QUICK_JOBS = (100, 400)
 _VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+#: The floor, two steps towards the library (the floor's loop with each request sent through the
+#: library's transport, then also built and read by its codec), and the library.
+KINDS = ("floor", "transport", "codec", "library")
 _I_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -53,12 +57,14 @@ def run(
     params: dict[str, dict[str, Any]] = {
         "library": {**base, "first_poll": FIRST_POLL},
         "floor": {**base, "headers": headers},
+        "transport": base,
+        "codec": base,
     }
-    runs: dict[str, list[dict[str, Any]]] = {"library": [], "floor": []}
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     emu = h.start_emulator(Scenario(seed=1, duration=Duration.fixed(0)), placement)
     try:
         for rep in range(reps):
-            for kind in ("floor", "library"):
+            for kind in KINDS:
                 record: dict[str, Any] = {"rep": rep}
                 for collector in (True, False):
                     counts: dict[int, int] = {}
@@ -113,12 +119,22 @@ def run(
         "instructions_per_job": h.summary(ratio),
         "instructions_per_job_gc_off": h.summary(ratio_gc_off),
     }
+    # Each step's instructions per job over the step before it, with the collector off (the
+    # steady count; the collector's share moves by several thousand between runs).
+    steps: dict[str, Any] = {}
+    for before, after in itertools.pairwise(KINDS):
+        steps[after] = h.summary(
+            b["instructions_per_job_gc_off"] - a["instructions_per_job_gc_off"]
+            for a, b in zip(runs[before], runs[after], strict=True)
+        )
+    figures["steps"] = steps
     return {
         "scenario": "instructions",
         "setup": {
             "jobs": [small, large],
             "concurrency": CONCURRENCY,
-            "clients": "the overhead scenario's library and floor clients",
+            "clients": "the overhead scenario's library and floor clients, and two steps between "
+            "them (client_transport, client_codec in overhead.py)",
             "counter": " ".join(_VALGRIND),
             "repetitions": reps,
             "garbage_collector": "each count taken twice: as is, and with gc.disable() in the client",
@@ -158,8 +174,28 @@ def render(result: dict[str, Any]) -> str:
             "",
         ],
     ]
+    names = {
+        "floor": "the floor (plain aiohttp)",
+        "transport": "+ the library's transport (HttpRequest in, HttpResponse out)",
+        "codec": "+ its codec and a GenerationRequest (built, sent, read)",
+        "library": "+ the session (validation, ledger, budget, scheduler, batch): the library",
+    }
+    steps = [
+        [
+            names[kind],
+            h.fmt_range(f[kind]["instructions_per_job_gc_off"]),
+            "" if kind == "floor" else h.fmt_range(f["steps"][kind]),
+        ]
+        for kind in KINDS
+    ]
     title = (
         f"instructions — the overhead clients under valgrind, {s['jobs'][0]} and {s['jobs'][1]} "
         f"jobs, concurrency {s['concurrency']}"
     )
-    return title + "\n\n" + h.table(["figure", "library", "floor (plain aiohttp)", "ratio", "goal", ""], rows)
+    return (
+        title
+        + "\n\n"
+        + h.table(["figure", "library", "floor (plain aiohttp)", "ratio", "goal", ""], rows)
+        + "\n\nFrom the floor to the library, one layer at a time (instructions per job, collector off)\n\n"
+        + h.table(["client", "instructions per job", "added by the step"], steps)
+    )

@@ -121,6 +121,70 @@ async def _floor(p: dict[str, Any]) -> dict[str, Any]:
     return {**meter.as_dict(), "jobs": n, **counts}
 
 
+# Two steps from the floor to the library, for the instructions scenario's breakdown: the floor's
+# own loop (64 workers, one POST then one GET per job), first with each request sent through the
+# library's transport, then also built and read by the library's codec from a GenerationRequest.
+
+
+def client_transport(p: dict[str, Any]) -> dict[str, Any]:
+    _collector(p)
+    return asyncio.run(_layers(p, codec=False))
+
+
+def client_codec(p: dict[str, Any]) -> dict[str, Any]:
+    _collector(p)
+    return asyncio.run(_layers(p, codec=True))
+
+
+async def _layers(p: dict[str, Any], *, codec: bool) -> dict[str, Any]:
+    from flux_async._http import HttpRequest
+    from flux_async.models import GenerationRequest
+    from flux_async.providers import get_codec
+    from flux_async.transport import AiohttpTransport
+
+    n, c = int(p["jobs"]), int(p["concurrency"])
+    wire = get_codec(PROVIDER, api_key=emulator_key())
+    counts = {"ok": 0, "failed": 0}
+    with Meter() as meter:
+        transport = AiohttpTransport(base_url=p["base_url"], max_connections=c)
+        jobs = iter(range(n))
+
+        async def by_hand() -> None:
+            for i in jobs:
+                body = {
+                    "model": MODEL,
+                    "prompt": _prompt(i),
+                    "size": "1:1",
+                    "client_business_id": uuid.uuid4().hex,
+                }
+                sent = await transport.send(HttpRequest(method="POST", url=GENERATIONS, headers=request_headers, json=body))
+                task = json.loads(sent.body)
+                got = await transport.send(HttpRequest(method="GET", url=f"{GENERATIONS}/{task['id']}", headers=request_headers))
+                state = json.loads(got.body)
+                counts["ok" if state["status"] == "completed" else "failed"] += 1
+
+        async def by_codec() -> None:
+            for i in jobs:
+                request = GenerationRequest(model=MODEL, prompt=_prompt(i), size="1:1")
+                sent = await transport.send(wire.build_submit(request, client_business_id=uuid.uuid4().hex))
+                ref = wire.parse_submit(sent, model=MODEL)
+                state = wire.parse_poll(await transport.send(wire.build_poll(ref)), ref=ref)
+                counts["ok" if state.result is not None else "failed"] += 1
+
+        request_headers = wire.build_poll(_any_ref()).headers  # the key and the codec's headers
+        try:
+            await asyncio.gather(*((by_codec if codec else by_hand)() for _ in range(c)))
+        finally:
+            await transport.aclose()
+    return {**meter.as_dict(), "jobs": n, **counts}
+
+
+def _any_ref() -> Any:
+    from flux_async.models import TaskRef
+
+    return TaskRef(provider=PROVIDER, task_id="x")
+
+
 # -- the orchestration (parent process) -----------------------------------------------------------
 
 
