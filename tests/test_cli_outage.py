@@ -106,11 +106,15 @@ def test_a_rate_limited_batch_slows_down_and_finishes_in_one_run(
     emu: EmulatorProcess, tmp_path: Path
 ) -> None:
     # 40 requests per second for everything (submits and polls), at the default settings:
-    # the emulator answers 429 past it.
+    # the emulator answers 429 past it. With a burst of 10, not 40: a client slowed down by a
+    # loaded machine (parallel tests) never emptied a bucket of 40, and the limit must be hit.
+    # (No burst at all hits it at every request and the batch crawls at the minimum rate.)
     jobs = 60
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt number {i}\n" for i in range(jobs)))
-    emu.set_scenario(Scenario(seed=3, duration=Duration.fixed(0.05), rate_limit=40.0))
+    emu.set_scenario(
+        Scenario(seed=3, duration=Duration.fixed(0.05), rate_limit=40.0, rate_limit_burst=10)
+    )
     out = tmp_path / "out"
     code, summary, stderr = run(emu, prompts, out, "bfl")
     assert code == 0, stderr
