@@ -115,33 +115,30 @@ class _RedisServer:
                 'the fleet scenario needs the redis extra (pip install -e ".[redis]")'
             ) from exc
         self._dir = tempfile.TemporaryDirectory(prefix="flux-async-bench-redis-")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.proc = subprocess.Popen(
-            [
-                executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self._dir.name,
-                "--save", "", "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        for _ in range(5):  # the port taken between choosing and binding it: choose again
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = int(sock.getsockname()[1])
+            self.proc = subprocess.Popen(
+                [
+                    executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self._dir.name,
+                    "--save", "", "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            self.client = redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+            if self._wait_ready(redis.ConnectionError):
+                break
+            self._stop_process()
+        else:
+            self._dir.cleanup()
+            raise RuntimeError("redis-server did not start")
         self.pinned = False
         if cpu is not None and hasattr(os, "sched_setaffinity"):
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(self.proc.pid, {cpu})
                 self.pinned = True
-        self.client = redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)  # a server starting: nothing to wait on but its socket
         self.version = str(self.client.info("server")["redis_version"])
 
     @property
@@ -167,7 +164,18 @@ class _RedisServer:
             "cpu_s": h.process_cpu(self.proc.pid),
         }
 
-    def stop(self) -> None:
+    def _wait_ready(self, unreachable: type[Exception]) -> bool:
+        """True once this process answers; False when it exited, or another server (a test
+        session's, say) holds the port: it would answer too, and must never be flushed."""
+        deadline = time.monotonic() + 10
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                return int(self.client.info("server")["process_id"]) == self.proc.pid
+            except unreachable:
+                time.sleep(0.05)  # a server starting: nothing to wait on but its socket
+        return False
+
+    def _stop_process(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
         if self.proc.poll() is None:
@@ -177,6 +185,9 @@ class _RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def stop(self) -> None:
+        self._stop_process()
         self._dir.cleanup()
 
 

@@ -67,13 +67,35 @@ class RedisServer:
                 return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return True
+                    # Ours, not another server that took the port between choosing and binding
+                    # it (another pytest-xdist worker's): that one would answer PING too.
+                    conn.sendall(b"INFO server\r\n")
+                    mine = f"process_id:{self._proc.pid}\r\n".encode()
+                    return mine in self._answer(conn)  # else ours failed to bind: choose again
             except OSError:
                 pass
             time.sleep(0.02)  # a server process starting: nothing to wait on but its socket
         return False
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> bytes:
+        """One bulk-string reply (``$<length>\\r\\n<data>\\r\\n``), read whole."""
+        data = b""
+        while b"\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+        header, _, body = data.partition(b"\r\n")
+        if not header.startswith(b"$"):
+            return data
+        length = int(header[1:])
+        while len(body) < length:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+        return body
 
     def flush(self) -> None:
         """Empty every database (between tests)."""

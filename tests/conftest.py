@@ -6,6 +6,7 @@ per-example deadline: the machines are shared, and a slow example is not a wrong
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -42,3 +43,10 @@ def redis_url(redis_server: RedisServer) -> str:
     """The URL of an empty Redis database (flushed before each test)."""
     redis_server.flush()
     return redis_server.url
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (in the configuration): two workers per CPU. Most tests wait on sockets and
+    child processes rather than compute, so one worker per CPU leaves them idle (measured on
+    2 CPUs: about 200 s with 2 workers, 165 s with 4, no better with 6)."""
+    return 2 * (os.cpu_count() or 1)

@@ -9,6 +9,7 @@ fail its jobs. The tests read the emulator's counters and the batch's files, nev
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from flux_async._http import HttpRequest, HttpResponse
+from flux_async._throttle import Throttle
 from flux_async.cli._app import cli
 from flux_async.emulator import DEFAULT_API_KEY, Duration, EmulatorProcess, FaultRates, Scenario
+from flux_async.transport import AiohttpTransport
 
 PROMPTS = 120
 
@@ -102,11 +106,15 @@ def test_a_rate_limited_batch_slows_down_and_finishes_in_one_run(
     emu: EmulatorProcess, tmp_path: Path
 ) -> None:
     # 40 requests per second for everything (submits and polls), at the default settings:
-    # the emulator answers 429 past it.
+    # the emulator answers 429 past it. With a burst of 10, not 40: a client slowed down by a
+    # loaded machine (parallel tests) never emptied a bucket of 40, and the limit must be hit.
+    # (No burst at all hits it at every request and the batch crawls at the minimum rate.)
     jobs = 60
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt number {i}\n" for i in range(jobs)))
-    emu.set_scenario(Scenario(seed=3, duration=Duration.fixed(0.05), rate_limit=40.0))
+    emu.set_scenario(
+        Scenario(seed=3, duration=Duration.fixed(0.05), rate_limit=40.0, rate_limit_burst=10)
+    )
     out = tmp_path / "out"
     code, summary, stderr = run(emu, prompts, out, "bfl")
     assert code == 0, stderr
@@ -120,13 +128,41 @@ def test_a_rate_limited_batch_slows_down_and_finishes_in_one_run(
     assert len(results(out)) == jobs
 
 
-def test_a_hard_submit_rate_cap_is_never_exceeded(emu: EmulatorProcess, prompts: Path, tmp_path: Path) -> None:
+def test_a_hard_submit_rate_cap_is_never_exceeded(
+    emu: EmulatorProcess, prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read on the session's own clock (the loop's), never by how fast a request travels: the
+    # emulator's creation times moved with the machine's load, so a loaded machine bunched
+    # them up while the client kept its pace. Every slot the cap hands out is recorded, and
+    # every submit POST as it is handed to the transport.
+    slots: list[float] = []
+    sends: list[float] = []
+    real_delay = Throttle.submit_delay
+    real_send = AiohttpTransport.send
+
+    def submit_delay(self: Throttle, now: float, *, reserve: bool = True) -> float:
+        delay = real_delay(self, now, reserve=reserve)
+        if reserve:
+            slots.append(now + delay)
+        return delay
+
+    async def send(self: AiohttpTransport, request: HttpRequest, **options: Any) -> HttpResponse:
+        if request.method == "POST":
+            sends.append(asyncio.get_running_loop().time())
+        return await real_send(self, request, **options)
+
+    monkeypatch.setattr(Throttle, "submit_delay", submit_delay)
+    monkeypatch.setattr(AiohttpTransport, "send", send)
     out = tmp_path / "out"
     code, _summary, stderr = run(emu, prompts, out, "toapis", "--max-submits-per-second", "200")
     assert code == 0, stderr
-    created = sorted(task["created_at"] for task in emu.stats()["tasks"])
-    assert len(created) == PROMPTS
-    # Any window of 21 consecutive creations spans at least 0.1 s (20 intervals of 1/200 s),
-    # up to the clock's rounding.
-    spans = [later - earlier for earlier, later in zip(created, created[20:], strict=False)]
-    assert min(spans) >= 0.1 - 0.01
+    assert emu.stats()["tasks_created"] == PROMPTS
+    assert len(slots) == len(sends) == PROMPTS
+    slots.sort()
+    # Any 21 consecutive slots span at least 0.1 s (20 intervals of 1/200 s), up to rounding.
+    spans = [later - earlier for earlier, later in zip(slots, slots[20:], strict=False)]
+    assert min(spans) >= 0.1 - 1e-9
+    # And no submit is sent before its slot: the k-th send comes no earlier than the k-th slot,
+    # so no window holds more sends than the cap allows. (A timer may fire up to the clock's
+    # resolution early.)
+    assert all(sent >= slot - 1e-6 for sent, slot in zip(sorted(sends), slots, strict=True))

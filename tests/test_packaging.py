@@ -36,6 +36,9 @@ async def main(session: flux_async.Session) -> None:
 """
 
 
+# mypy on a cold cache (its own per test) is slow on a loaded machine: under pytest-xdist
+# every worker may be running one at the same time.
+@pytest.mark.timeout(180)
 def test_a_type_checker_checks_generate_keywords_and_image_inputs(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
     (tmp_path / "mistakes.py").write_text(MISTAKES)
@@ -46,13 +49,16 @@ def test_a_type_checker_checks_generate_keywords_and_image_inputs(tmp_path: Path
         env=env,
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=170,
     )
     # One error per line of the script after its header: each mistake is caught where it is made.
     flagged = {int(line.split(":")[1]) for line in proc.stdout.splitlines() if ": error:" in line}
     assert flagged == {5, 6, 7, 8}, proc.stdout
 
 
+# mypy on a cold cache (its own per test) is slow on a loaded machine: under pytest-xdist
+# every worker may be running one at the same time.
+@pytest.mark.timeout(180)
 def test_mypy_finds_the_installed_package_from_a_users_directory(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
     (tmp_path / "script.py").write_text(SCRIPT)
@@ -63,7 +69,7 @@ def test_mypy_finds_the_installed_package_from_a_users_directory(tmp_path: Path)
         env=env,
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=170,
     )
     assert "import-not-found" not in proc.stdout, proc.stdout
     assert 'Revealed type is "flux_async.models.GenerationResult"' in proc.stdout, proc.stdout
