@@ -35,6 +35,11 @@ def _prompt(i: int) -> str:
     return f"overhead benchmark job {i}"
 
 
+def _body(i: int) -> dict[str, str]:
+    """The submit body the floor sends by hand: the library's fields for job ``i``."""
+    return {"model": MODEL, "prompt": _prompt(i), "size": "1:1", "client_business_id": uuid.uuid4().hex}
+
+
 # -- the two clients (each runs in its own process) -----------------------------------------------
 
 
@@ -105,13 +110,7 @@ async def _floor(p: dict[str, Any]) -> dict[str, Any]:
 
             async def worker() -> None:
                 for i in jobs:
-                    body = {
-                        "model": MODEL,
-                        "prompt": _prompt(i),
-                        "size": "1:1",
-                        "client_business_id": uuid.uuid4().hex,
-                    }
-                    async with http.post(url, json=body, headers=headers) as resp:
+                    async with http.post(url, json=_body(i), headers=headers) as resp:
                         task = json.loads(await resp.read())
                     async with http.get(f"{url}/{task['id']}", headers=headers) as resp:
                         state = json.loads(await resp.read())
@@ -138,12 +137,13 @@ def client_codec(p: dict[str, Any]) -> dict[str, Any]:
 
 async def _layers(p: dict[str, Any], *, codec: bool) -> dict[str, Any]:
     from flux_async._http import HttpRequest
-    from flux_async.models import GenerationRequest
+    from flux_async.models import GenerationRequest, TaskRef
     from flux_async.providers import get_codec
     from flux_async.transport import AiohttpTransport
 
     n, c = int(p["jobs"]), int(p["concurrency"])
     wire = get_codec(PROVIDER, api_key=emulator_key())
+    headers = wire.build_poll(TaskRef(provider=PROVIDER, task_id="x")).headers  # key and codec's
     counts = {"ok": 0, "failed": 0}
     with Meter() as meter:
         transport = AiohttpTransport(base_url=p["base_url"], max_connections=c)
@@ -151,15 +151,9 @@ async def _layers(p: dict[str, Any], *, codec: bool) -> dict[str, Any]:
 
         async def by_hand() -> None:
             for i in jobs:
-                body = {
-                    "model": MODEL,
-                    "prompt": _prompt(i),
-                    "size": "1:1",
-                    "client_business_id": uuid.uuid4().hex,
-                }
-                sent = await transport.send(HttpRequest(method="POST", url=GENERATIONS, headers=request_headers, json=body))
+                sent = await transport.send(HttpRequest(method="POST", url=GENERATIONS, headers=headers, json=_body(i)))
                 task = json.loads(sent.body)
-                got = await transport.send(HttpRequest(method="GET", url=f"{GENERATIONS}/{task['id']}", headers=request_headers))
+                got = await transport.send(HttpRequest(method="GET", url=f"{GENERATIONS}/{task['id']}", headers=headers))
                 state = json.loads(got.body)
                 counts["ok" if state["status"] == "completed" else "failed"] += 1
 
@@ -171,18 +165,11 @@ async def _layers(p: dict[str, Any], *, codec: bool) -> dict[str, Any]:
                 state = wire.parse_poll(await transport.send(wire.build_poll(ref)), ref=ref)
                 counts["ok" if state.result is not None else "failed"] += 1
 
-        request_headers = wire.build_poll(_any_ref()).headers  # the key and the codec's headers
         try:
             await asyncio.gather(*((by_codec if codec else by_hand)() for _ in range(c)))
         finally:
             await transport.aclose()
     return {**meter.as_dict(), "jobs": n, **counts}
-
-
-def _any_ref() -> Any:
-    from flux_async.models import TaskRef
-
-    return TaskRef(provider=PROVIDER, task_id="x")
 
 
 # -- the orchestration (parent process) -----------------------------------------------------------
