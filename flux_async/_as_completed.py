@@ -24,7 +24,7 @@ from ._job import Job
 from ._parking import Parking
 from ._submit import submitting_task
 from .errors import BudgetExceededError, OutageError, SubmissionUncertainError
-from .models import GenerationRequest, Outcome, TaskRef
+from .models import GenerationRequest, Outcome, TaskRef, new_outcome
 
 if TYPE_CHECKING:
     from .session import Session
@@ -315,7 +315,8 @@ def _outcome(index: int, job: Job) -> Outcome:
     assert job.request is not None
     error, state = job._error, job._state
     result = state.result if state is not None and error is None else None
-    return Outcome(index=index, request=job.request, task_id=job.ref.task_id, result=result, error=error, cost=job.cost)
+    # Every field is the session's own, already checked: the quick constructor will do.
+    return new_outcome(index, job.request, job.ref.task_id, result, error, (), job.cost)
 
 
 def safe_name(task_id: str) -> str:

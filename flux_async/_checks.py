@@ -32,10 +32,30 @@ TASK_ID_ALLOWED = f"1 to {MAX_TASK_ID_CHARS} characters from A-Z a-z 0-9 and . _
 # Unreserved URL characters (and ':'): an id goes into a URL path or query as it is, so nothing
 # in it can be read as a separator ('/', '?', '#', '&'), an escape ('%') or a dot segment.
 _TASK_ID = re.compile(r"[A-Za-z0-9._~:-]+")
+# Every rule at once (the characters, 1 to 256 of them, one not a dot): the one test a good id
+# takes. Each accepted task's id is checked where it is read, made a ref, and put into every
+# poll's URL, so the ids that passed lately are remembered (validity depends on the characters
+# only, and only exact str values are remembered).
+_GOOD_TASK_ID = re.compile(rf"(?=\.*[A-Za-z0-9_~:-])[A-Za-z0-9._~:-]{{1,{MAX_TASK_ID_CHARS}}}")
+_PASSED: set[str] = set()
+_PASSED_KEPT = 8192
+
+
+def _passes(value: object) -> bool:
+    """True when ``value``, not one of the remembered ids, is a str that is a usable task id
+    (then remembered for the next check)."""
+    if value.__class__ is not str or _GOOD_TASK_ID.fullmatch(value) is None:
+        return False
+    if len(_PASSED) >= _PASSED_KEPT:
+        _PASSED.clear()
+    _PASSED.add(value)
+    return True
 
 
 def task_id_problem(value: object) -> str | None:
     """Why ``value`` cannot be a task id, or None when it can."""
+    if (value.__class__ is str and value in _PASSED) or _passes(value):
+        return None
     if not isinstance(value, str):
         return f"a task id is a str, not {type(value).__name__}"
     if not value:
@@ -52,6 +72,8 @@ def task_id_problem(value: object) -> str | None:
 def check_task_id(value: object, field: str = "task_id") -> str:
     """``value`` when it is a usable task id (see :data:`TASK_ID_ALLOWED`), else ValidationError
     naming ``field``. Run before an id is put into any URL."""
+    if (value.__class__ is str and value in _PASSED) or _passes(value):
+        return value  # type: ignore[return-value]
     problem = task_id_problem(value)
     if problem is not None or not isinstance(value, str):
         raise ValidationError(field, value, TASK_ID_ALLOWED, reason=problem)

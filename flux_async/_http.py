@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -67,23 +68,46 @@ class FormField:
         return f"FormField(name={self.name!r}, value={shown}, filename={self.filename!r})"
 
 
-@attrs.frozen(kw_only=True, repr=False)
 class HttpRequest:
     """An HTTP request to send.
 
     ``url`` is either a path starting with ``/`` (joined to the session's base URL by the
     transport) or an absolute URL used verbatim (BFL's ``polling_url``). At most one of
     ``json`` and ``form`` is set.
+
+    A value: nothing changes one once it is made. A plain slotted class rather than a frozen
+    one: two requests and two responses are made per job, and a frozen class pays a guarded
+    attribute write per field on each.
     """
 
-    method: str
-    url: str
-    # Taken as given, not copied (two of these values are made per job, and a converter call
-    # per value costs more than the rest of its construction): a codec's read-only headers,
-    # shared, or a dict that nobody changes afterwards.
-    headers: Mapping[str, str] = attrs.field(factory=dict, hash=False)
-    json: Any = None
-    form: tuple[FormField, ...] | None = None
+    __slots__ = ("form", "headers", "json", "method", "url")
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        form: tuple[FormField, ...] | None = None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        # Taken as given, not copied: a codec's read-only headers, shared, or a dict that
+        # nobody changes afterwards.
+        self.headers: Mapping[str, str] = _NO_HEADERS if headers is None else headers
+        self.json = json
+        self.form = form
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not HttpRequest:
+            return NotImplemented
+        assert isinstance(other, HttpRequest)
+        return (self.method, self.url, dict(self.headers), self.json, self.form) == (
+            other.method, other.url, dict(other.headers), other.json, other.form
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, and the json may be a dict
 
     def __repr__(self) -> str:
         body = ""
@@ -96,17 +120,55 @@ class HttpRequest:
         )
 
 
-@attrs.frozen(kw_only=True)
-class HttpResponse:
-    """A complete HTTP response: status, headers (case-insensitive look-up via :meth:`header`), body."""
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
-    status: int
-    # Taken as given, like a request's (the transport wraps aiohttp's read-only multidict).
-    headers: Mapping[str, str] = attrs.field(factory=dict, hash=False, repr=False)
-    body: bytes = b""
-    #: When the response arrived (wall clock, aware), set by the transport so that pure code can
-    #: turn an HTTP-date ``Retry-After`` into seconds without reading a clock itself.
-    received_at: datetime | None = None
+
+class HttpResponse:
+    """A complete HTTP response: status, headers (case-insensitive look-up via :meth:`header`), body.
+
+    ``received_at`` is when the response arrived (wall clock, aware), so that pure code can turn
+    an HTTP-date ``Retry-After`` into seconds without reading a clock itself. The transport gives
+    it as ``arrived`` (Unix seconds, a cheap clock read): the datetime is made when first read.
+    A value like :class:`HttpRequest` (plain slotted, never changed once made).
+    """
+
+    __slots__ = ("_arrived", "_received_at", "body", "headers", "status")
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        received_at: datetime | None = None,
+        arrived: float | None = None,
+    ) -> None:
+        self.status = status
+        # Taken as given, like a request's (the transport wraps aiohttp's read-only multidict).
+        self.headers: Mapping[str, str] = _NO_HEADERS if headers is None else headers
+        self.body = body
+        self._received_at = received_at
+        self._arrived = arrived
+
+    @property
+    def received_at(self) -> datetime | None:
+        """When the response arrived (aware, UTC), or None when that is not known."""
+        if self._received_at is None and self._arrived is not None:
+            self._received_at = datetime.fromtimestamp(self._arrived, UTC)
+        return self._received_at
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not HttpResponse:
+            return NotImplemented
+        assert isinstance(other, HttpResponse)
+        return (self.status, dict(self.headers), self.body, self.received_at) == (
+            other.status, dict(other.headers), other.body, other.received_at
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HttpResponse(status={self.status!r}, body=<{len(self.body)} bytes>, received_at={self.received_at!r})"
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (case-insensitive), or None."""

@@ -258,7 +258,7 @@ class AiohttpTransport:
                     # are parsed without a look at their headers.
                     headers=MappingProxyType(resp.headers),
                     body=body,
-                    received_at=datetime.now(UTC),
+                    arrived=time.time(),
                 )
         except TransportError as exc:
             self._errors += 1

@@ -40,10 +40,13 @@ from ..errors import BadRequestError
 from ..models import (
     GeneratedImage,
     GenerationRequest,
-    GenerationResult,
     TaskRef,
     TaskState,
     TaskStatus,
+    new_image,
+    new_result,
+    new_task_ref,
+    new_task_state,
 )
 from ._build import aggregator_fields, merge_extra, path_segment, webhook_target
 from ._codec import BaseCodec
@@ -55,9 +58,7 @@ from ._convert import (
     make_converter,
     read_failure,
     read_object,
-    read_optional_str,
     read_percent,
-    read_str,
     read_timestamp,
     read_urls,
 )
@@ -117,21 +118,31 @@ _converter = make_converter()
 
 
 def _read_task(data: dict[str, Any]) -> _Task:
-    """A poll body read by hand (see ``BaseCodec._readers``)."""
+    """A poll body read by hand (see ``BaseCodec._readers``): the ``read_*`` functions, with
+    the absent fields (most of them, on most polls) skipped inline."""
+    status = data["status"]
+    if not isinstance(status, str):
+        raise TypeError("expected a string")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise TypeError("expected a string")
     result = data.get("result")
     if result is not None:
-        result = _Result(data=read_urls(read_object(result).get("data")))
+        result = _Result(read_urls(read_object(result).get("data")))
+    images = data.get("images")
+    url = data.get("url")
+    error = data.get("error")
     return _Task(
-        status=read_str(data["status"]),
-        model=read_optional_str(data.get("model")),
-        progress=read_percent(data.get("progress")),
-        created_at=read_timestamp(data.get("created_at")),
-        completed_at=read_timestamp(data.get("completed_at")),
-        expires_at=read_timestamp(data.get("expires_at")),
-        result=result,
-        images=read_urls(data.get("images")),
-        url=read_urls(data.get("url")),
-        error=read_failure(data.get("error")),
+        status,
+        model,
+        read_percent(data.get("progress")),
+        read_timestamp(data.get("created_at")),
+        read_timestamp(data.get("completed_at")),
+        read_timestamp(data.get("expires_at")),
+        result,
+        None if images is None else read_urls(images),
+        None if url is None else read_urls(url),
+        None if error is None else read_failure(error),
     )
 
 
@@ -172,7 +183,9 @@ class ToapisCodec(BaseCodec):
         """The task from a submit response (``id``)."""
         data = self._object(response, "submit")
         task_id = self._task_id(data.get("id"), response)
-        return TaskRef(provider=self.name, task_id=task_id, model=model)
+        if model.__class__ is not str:
+            return TaskRef(provider=self.name, task_id=task_id, model=model)  # checks it
+        return new_task_ref(self.name, task_id, None, model)  # the id is checked above
 
     def build_poll(self, ref: TaskRef) -> HttpRequest:
         """``GET /v1/images/generations/{task_id}``."""
@@ -184,26 +197,24 @@ class ToapisCodec(BaseCodec):
         if response.status == 404:
             return self._not_found(response, ref)
         task = self._structure(response, _Task, "poll")
-        status = map_status(self.name, task.status, _STATUSES)
+        status = _STATUSES.get(task.status) or map_status(self.name, task.status, _STATUSES)
         result = failure = None
         if status is TaskStatus.SUCCEEDED:
-            result = GenerationResult(
-                task_id=ref.task_id,
-                images=self._images(task, response),
-                model=task.model or ref.model,
-            )
+            result = new_result(ref.task_id, self._images(task, response), task.model or ref.model)
         elif status is TaskStatus.FAILED:
             failure = self._failure(task.error, "task failed")
             status = self._failed_status(failure)
-        return TaskState(
-            task_id=ref.task_id,
-            status=status,
-            raw_status=task.status,
-            progress=task.progress,
-            created_at=task.created_at,
-            completed_at=task.completed_at,
-            result=result,
-            failure=failure,
+        # Every field read above is of its type (the reader's and the converter's checks).
+        return new_task_state(
+            ref.task_id,
+            status,
+            task.status,
+            task.progress,
+            None,
+            task.created_at,
+            task.completed_at,
+            result,
+            failure,
         )
 
     def build_lookup(self, client_business_id: str) -> HttpRequest | None:
@@ -245,7 +256,8 @@ class ToapisCodec(BaseCodec):
         urls = (task.result.data if task.result else None) or task.images or task.url
         if not urls:
             raise self._protocol_error(response, "completed task carries no image URL")
-        return tuple(GeneratedImage(url, task.expires_at) for url in urls)
+        expires_at = task.expires_at
+        return tuple([new_image(url, expires_at) for url in urls])
 
 
 #: The statuses a webhook's ``type`` implies when its ``data.status`` is missing.
