@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -192,6 +193,11 @@ class AiohttpTransport:
         )
         self._read_timeout = read_timeout
         self._connect_timeout = connect_timeout
+        # API requests on the owned pool wait for a free connection here, in order, rather than
+        # in aiohttp's pool, whose wait costs about as much again as the request it delays.
+        # (A caller's own aiohttp session keeps its own pool's limits.)
+        self._free = max_connections if session is None else -1
+        self._queue: deque[asyncio.Future[None]] = deque()
         self._requests = 0
         self._errors = 0
         self._downloads = 0
@@ -234,6 +240,12 @@ class AiohttpTransport:
             kwargs["data"] = form
         self._requests += 1
         client = self._session or self._client()
+        gated = self._free >= 0
+        if gated:
+            if self._free:
+                self._free -= 1
+            else:
+                await self._connection()
         debug = _log.isEnabledFor(_DEBUG)
         started = time.monotonic() if debug else 0.0
         try:
@@ -271,6 +283,31 @@ class AiohttpTransport:
             if debug:
                 _log_failure(request.method, url, started, mapped)
             raise mapped from exc
+        finally:
+            if gated:
+                self._hand_on()
+
+    async def _connection(self) -> None:
+        """Wait for a free connection of the pool (FIFO); the time waited here is not part of
+        the request's timeout, which bounds each request holding a connection."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._hand_on()  # handed a connection just as it was cancelled: pass it on
+            raise
+
+    def _hand_on(self) -> None:
+        """A request let go of its connection: the longest waiter takes it, else it is free."""
+        queue = self._queue
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():  # a cancelled waiter's future is cancelled: skipped
+                waiter.set_result(None)
+                return
+        self._free += 1
 
     async def download(
         self, url: str, dest: Path | None, *, limits: DownloadLimits, expires_at: datetime | None = None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 import pytest
 from aiohttp import web
 
@@ -108,3 +110,82 @@ async def test_a_small_compressed_body_that_unpacks_past_the_cap_is_refused() ->
     finally:
         await transport.aclose()
         await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_requests_past_the_pool_wait_their_turn_and_a_cancelled_wait_frees_nothing() -> None:
+    """At most max_connections API requests are on the wire at once; the rest wait in the
+    transport (first come, first served) and each one still gets its answer; a waiter cancelled
+    while it waits takes no connection and loses none."""
+    release = anyio.Event()
+    three_on_wire = anyio.Event()
+    on_wire: list[int] = []
+    most = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal most
+        n = int(request.query["n"])
+        on_wire.append(n)
+        most = max(most, len(on_wire))
+        if len(on_wire) == 3:
+            three_on_wire.set()
+        await release.wait()
+        on_wire.remove(n)
+        return web.json_response({"n": n})
+
+    runner, url = await _serve(handler)
+    transport = AiohttpTransport(base_url=url, max_connections=3)
+    answers: dict[int, int] = {}
+    started: list[int] = []
+    try:
+        async def one(n: int) -> None:
+            started.append(n)
+            response = await transport.send(HttpRequest(method="GET", url=f"/x?n={n}"))
+            answers[n] = json.loads(response.body)["n"]
+
+        doomed = anyio.CancelScope()
+        gave_up = anyio.Event()
+
+        async def cancelled_while_waiting() -> None:
+            with doomed:
+                await one(99)
+            gave_up.set()
+
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(one, n)
+            tg.start_soon(cancelled_while_waiting)
+            await three_on_wire.wait()
+            assert len(started) == 9
+            assert sorted(on_wire) == [0, 1, 2]  # the first three, the others waiting
+            assert len(transport._queue) == 6
+            doomed.cancel()
+            await gave_up.wait()
+            assert transport._queue[-1].cancelled()  # its place is given up...
+            release.set()
+        assert answers == {n: n for n in range(8)}
+        assert 99 not in answers
+        assert most == 3
+        assert transport._free == 3  # every connection back
+        assert not transport._queue
+    finally:
+        await transport.aclose()
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_a_waiter_handed_a_connection_as_it_is_cancelled_passes_it_on() -> None:
+    """asyncio's own cancellation (task.cancel()) of a waiter whose turn has just come."""
+    transport = AiohttpTransport(base_url="http://127.0.0.1:9", max_connections=1)
+    transport._free = 0  # the one connection is in use
+    waiter = asyncio.ensure_future(transport._connection())
+    await anyio.lowlevel.checkpoint()  # it runs, and waits
+    assert len(transport._queue) == 1
+    transport._hand_on()  # the request in flight ends: the waiter is handed its connection...
+    assert transport._free == 0
+    waiter.cancel()  # ...and cancelled before it could run
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert transport._free == 1  # the connection was passed on, not lost
+    assert not transport._queue
+    await transport.aclose()
