@@ -152,18 +152,25 @@ def _most_images(ref: TaskRef) -> int:
     """How many images a task of ``ref``'s model can make (its largest ``n``, else 1)."""
     if ref.model is None:
         return _MOST_IMAGES_UNKNOWN
-    try:
-        spec = catalog.model_spec(ref.provider, ref.model)
-    except ConfigurationError:
-        return _MOST_IMAGES_UNKNOWN
-    return max(spec.n_values) if spec.n_values else 1
+    key = (ref.provider, ref.model)
+    most = _MOST_IMAGES.get(key)
+    if most is None:
+        try:
+            spec = catalog.model_spec(ref.provider, ref.model)
+        except ConfigurationError:
+            return _MOST_IMAGES_UNKNOWN
+        most = max(spec.n_values) if spec.n_values else 1
+        if len(_MOST_IMAGES) < 256:  # the catalog's models (a hostile ref's model: not kept)
+            _MOST_IMAGES[key] = most
+    return most
+
+
+#: The catalog's answers, per (provider, model): asked once per job that succeeds.
+_MOST_IMAGES: dict[tuple[str, str], int] = {}
 
 
 def _error_for_state(state: TaskState, ref: TaskRef) -> BaseException | None:
     """The error a terminal non-success state stands for (None for success)."""
-    failure = state.failure
-    message = failure.message if failure is not None else state.raw_status
-    code = failure.code if failure is not None else None
     if state.status is TaskStatus.SUCCEEDED:
         if state.result is None or not state.result.images:
             return TaskFailedError("task completed without any image", task_id=state.task_id)
@@ -177,6 +184,9 @@ def _error_for_state(state: TaskState, ref: TaskRef) -> BaseException | None:
                 provider=ref.provider,
             )
         return None
+    failure = state.failure
+    message = failure.message if failure is not None else state.raw_status
+    code = failure.code if failure is not None else None
     if state.status is TaskStatus.MODERATED:
         return ModerationError(f"moderated: {message}", task_id=state.task_id)
     if state.status is TaskStatus.NOT_FOUND:
