@@ -23,8 +23,9 @@ from anyio.abc import TaskGroup
 from ._job import Job
 from ._parking import Parking
 from ._submit import submitting_task
+from ._values import new_outcome
 from .errors import BudgetExceededError, OutageError, SubmissionUncertainError
-from .models import GenerationRequest, Outcome, TaskRef, new_outcome
+from .models import GenerationRequest, Outcome, TaskRef
 
 if TYPE_CHECKING:
     from .session import Session
@@ -316,7 +317,7 @@ def _outcome(index: int, job: Job) -> Outcome:
     error, state = job._error, job._state
     result = state.result if state is not None and error is None else None
     # Every field is the session's own, already checked: the quick constructor will do.
-    return new_outcome(index, job.request, job.ref.task_id, result, error, (), job.cost)
+    return new_outcome(index=index, request=job.request, task_id=job.ref.task_id, result=result, error=error, cost=job.cost)
 
 
 def safe_name(task_id: str) -> str:

@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["maker"]
+from .models import GeneratedImage, GenerationResult, Outcome, TaskRef, TaskState
+
+__all__ = ["maker", "new_image", "new_outcome", "new_result", "new_task_ref", "new_task_state"]
 
 T = TypeVar("T")
 
@@ -50,3 +52,11 @@ def maker(cls: type[T]) -> Callable[..., T]:
     made: Callable[..., T] = namespace[f"make_{cls.__name__}"]
     made.__doc__ = f"A {cls.__name__} from its fields by position, unchecked (see flux_async._values)."
     return made
+
+
+# The values made on every job, by these constructors: for fields already known to be valid only.
+new_task_ref = maker(TaskRef)
+new_task_state = maker(TaskState)
+new_result = maker(GenerationResult)
+new_image = maker(GeneratedImage)
+new_outcome = maker(Outcome)

@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Literal, Required, TypeAlias, TypedDict
 import attrs
 
 from ._checks import check_task_id
-from ._values import maker
 from .errors import ValidationError
 
 __all__ = [
@@ -296,11 +295,3 @@ class Outcome:
         """True when the job produced a result."""
         return self.error is None and self.result is not None
 
-
-# Quick constructors (see ``_values``) for the values made on every job, by position and
-# unchecked: for fields already known to be valid only.
-new_task_ref = maker(TaskRef)
-new_task_state = maker(TaskState)
-new_result = maker(GenerationResult)
-new_image = maker(GeneratedImage)
-new_outcome = maker(Outcome)

@@ -195,8 +195,8 @@ class AiohttpTransport:
         self._connect_timeout = connect_timeout
         # API requests on the owned pool wait for a free connection here, in order, rather than
         # in aiohttp's pool, whose wait costs about as much again as the request it delays.
-        # (A caller's own aiohttp session keeps its own pool's limits.)
-        self._free = max_connections if session is None else -1
+        # (A caller's own aiohttp session keeps its own pool's limits: nothing waits here.)
+        self._free = max_connections
         self._queue: deque[asyncio.Future[None]] = deque()
         self._requests = 0
         self._errors = 0
@@ -240,7 +240,7 @@ class AiohttpTransport:
             kwargs["data"] = form
         self._requests += 1
         client = self._session or self._client()
-        gated = self._free >= 0
+        gated = self._owned
         if gated:
             if self._free:
                 self._free -= 1

@@ -13,7 +13,14 @@ import pytest
 from flux_async import _checks
 from flux_async._checks import check_task_id, task_id_problem
 from flux_async._http import HttpRequest, HttpResponse
-from flux_async._values import maker
+from flux_async._values import (
+    maker,
+    new_image,
+    new_outcome,
+    new_result,
+    new_task_ref,
+    new_task_state,
+)
 from flux_async.errors import ValidationError
 from flux_async.models import (
     Cost,
@@ -25,11 +32,6 @@ from flux_async.models import (
     TaskRef,
     TaskState,
     TaskStatus,
-    new_image,
-    new_outcome,
-    new_result,
-    new_task_ref,
-    new_task_state,
 )
 
 AT = datetime(2026, 12, 2, 1, 2, 3, tzinfo=UTC)

@@ -36,6 +36,7 @@ import attrs
 
 from .. import catalog
 from .._http import FormField, HttpRequest, HttpResponse
+from .._values import new_image, new_result, new_task_ref, new_task_state
 from ..errors import BadRequestError
 from ..models import (
     GeneratedImage,
@@ -43,10 +44,6 @@ from ..models import (
     TaskRef,
     TaskState,
     TaskStatus,
-    new_image,
-    new_result,
-    new_task_ref,
-    new_task_state,
 )
 from ._build import aggregator_fields, merge_extra, path_segment, webhook_target
 from ._codec import BaseCodec
@@ -58,7 +55,9 @@ from ._convert import (
     make_converter,
     read_failure,
     read_object,
+    read_optional_str,
     read_percent,
+    read_str,
     read_timestamp,
     read_urls,
 )
@@ -119,13 +118,7 @@ _converter = make_converter()
 
 def _read_task(data: dict[str, Any]) -> _Task:
     """A poll body read by hand (see ``BaseCodec._readers``): the ``read_*`` functions, with
-    the absent fields (most of them, on most polls) skipped inline."""
-    status = data["status"]
-    if not isinstance(status, str):
-        raise TypeError("expected a string")
-    model = data.get("model")
-    if model is not None and not isinstance(model, str):
-        raise TypeError("expected a string")
+    the optional fields that are absent on most polls skipped inline."""
     result = data.get("result")
     if result is not None:
         result = _Result(read_urls(read_object(result).get("data")))
@@ -133,8 +126,8 @@ def _read_task(data: dict[str, Any]) -> _Task:
     url = data.get("url")
     error = data.get("error")
     return _Task(
-        status,
-        model,
+        read_str(data["status"]),
+        read_optional_str(data.get("model")),
         read_percent(data.get("progress")),
         read_timestamp(data.get("created_at")),
         read_timestamp(data.get("completed_at")),
@@ -206,15 +199,14 @@ class ToapisCodec(BaseCodec):
             status = self._failed_status(failure)
         # Every field read above is of its type (the reader's and the converter's checks).
         return new_task_state(
-            ref.task_id,
-            status,
-            task.status,
-            task.progress,
-            None,
-            task.created_at,
-            task.completed_at,
-            result,
-            failure,
+            task_id=ref.task_id,
+            status=status,
+            raw_status=task.status,
+            progress=task.progress,
+            created_at=task.created_at,
+            completed_at=task.completed_at,
+            result=result,
+            failure=failure,
         )
 
     def build_lookup(self, client_business_id: str) -> HttpRequest | None:
