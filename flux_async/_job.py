@@ -21,6 +21,7 @@ from .errors import (
     ProtocolError,
     TaskFailedError,
     TaskNotFoundError,
+    ValidationError,
 )
 from .models import Cost, GenerationRequest, GenerationResult, TaskRef, TaskState, TaskStatus
 
@@ -157,15 +158,14 @@ def _most_images(ref: TaskRef) -> int:
     if most is None:
         try:
             spec = catalog.model_spec(ref.provider, ref.model)
-        except ConfigurationError:
+        except (ConfigurationError, ValidationError):  # a provider or model the catalog lacks
             return _MOST_IMAGES_UNKNOWN
         most = max(spec.n_values) if spec.n_values else 1
-        if len(_MOST_IMAGES) < 256:  # the catalog's models (a hostile ref's model: not kept)
-            _MOST_IMAGES[key] = most
+        _MOST_IMAGES[key] = most  # only the catalog's models get here: a bounded set
     return most
 
 
-#: The catalog's answers, per (provider, model): asked once per job that succeeds.
+#: The catalog's answers, per (provider, model): asked once per model, not per job.
 _MOST_IMAGES: dict[tuple[str, str], int] = {}
 
 

@@ -646,6 +646,10 @@ def test_limits_that_make_sense_are_taken() -> None:
         ("toapis", "grok-4-1-image", 2000, True),
         ("toapis", None, 10, False),  # a resumed task of unknown model: a generous cap
         ("toapis", None, 11, True),
+        # A resumed task whose ref names a model the catalog does not know (an older ledger's,
+        # a newer provider's): the same cap, and the job still ends.
+        ("toapis", "flux-kontext-ultra", 10, False),
+        ("toapis", "flux-kontext-ultra", 11, True),
     ],
 )
 def test_a_result_listing_more_images_than_its_model_makes_is_not_fetched(
