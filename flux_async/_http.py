@@ -9,7 +9,7 @@ and URLs fit to show in errors and logs.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -19,6 +19,7 @@ import attrs
 
 __all__ = [
     "SENSITIVE_HEADERS",
+    "FixedHeaders",
     "FormField",
     "HttpRequest",
     "HttpResponse",
@@ -33,6 +34,29 @@ SENSITIVE_HEADERS = frozenset({"authorization", "x-key", "proxy-authorization", 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of ``headers`` with every credential replaced by ``"<redacted>"``."""
     return {k: ("<redacted>" if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+
+
+class FixedHeaders(Mapping[str, str]):
+    """Headers that never change once made: a codec's own (key, user agent, accept), shared by
+    every request it builds. Read-only, and a copy of what it was given, so a transport may
+    keep its own form of them and reuse it for every request that carries them."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._map = dict(headers)
+
+    def __getitem__(self, key: str) -> str:
+        return self._map[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __repr__(self) -> str:
+        return f"FixedHeaders({redact_headers(self._map)!r})"
 
 
 #: Query parameters whose values may be shown: task ids, never signatures or tokens.

@@ -26,6 +26,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -37,9 +38,10 @@ import attrs
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._hosts import HostPolicy, refuse_url
-from ._http import HttpRequest, HttpResponse, redact_url
+from ._http import FixedHeaders, HttpRequest, HttpResponse, redact_url
 from ._image_check import HEAD_BYTES, TAIL_BYTES, image_defect, sniff_image_type
 from .errors import DownloadError, ResultExpiredError, TransportError, TransportTimeout
 
@@ -53,6 +55,9 @@ __all__ = [
 
 #: Largest API (JSON) response body read into memory; anything larger is a protocol fault.
 MAX_API_BODY = 16 * 1024 * 1024
+
+#: Distinct FixedHeaders whose aiohttp form is kept (a codec has one).
+_FIXED_KEPT = 8
 
 _log = logging.getLogger("flux_async.transport")
 _DEBUG = logging.DEBUG
@@ -198,6 +203,7 @@ class AiohttpTransport:
         # (A caller's own aiohttp session keeps its own pool's limits: nothing waits here.)
         self._free = max_connections
         self._queue: deque[asyncio.Future[None]] = deque()
+        self._fixed: dict[int, tuple[Mapping[str, str], CIMultiDictProxy[str]]] = {}
         self._requests = 0
         self._errors = 0
         self._downloads = 0
@@ -225,8 +231,16 @@ class AiohttpTransport:
         url = request.url
         if url.startswith("/"):  # a path (an absolute URL, BFL's polling_url, is used verbatim)
             url = self._base_url + url
-        # aiohttp copies the headers into its own multidict: no copy is needed here.
-        kwargs: dict[str, object] = {"headers": request.headers, "allow_redirects": False}
+        headers = request.headers
+        if headers.__class__ is FixedHeaders:
+            # A codec's own headers, the same object on each of its requests: aiohttp takes
+            # its read-only multidict as it is, where it would build one from any other
+            # mapping on every request.
+            known = self._fixed.get(id(headers))
+            if known is None or known[0] is not headers:
+                known = self._fix(headers)
+            headers = known[1]
+        kwargs: dict[str, object] = {"headers": headers, "allow_redirects": False}
         if time_limit is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(
                 total=time_limit, sock_connect=min(time_limit, self._connect_timeout)
@@ -286,6 +300,14 @@ class AiohttpTransport:
         finally:
             if gated:
                 self._hand_on()
+
+    def _fix(self, headers: Mapping[str, str]) -> tuple[Mapping[str, str], CIMultiDictProxy[str]]:
+        """aiohttp's form of a :class:`FixedHeaders`, kept (with the headers, so that their
+        id is not reused) for the few a session's codecs have."""
+        if len(self._fixed) >= _FIXED_KEPT:
+            self._fixed.clear()
+        known = self._fixed[id(headers)] = (headers, CIMultiDictProxy(CIMultiDict(headers)))
+        return known
 
     async def _connection(self) -> None:
         """Wait for a free connection of the pool (FIFO); the time waited here is not part of

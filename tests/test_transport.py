@@ -12,7 +12,7 @@ import anyio.lowlevel
 import pytest
 from aiohttp import web
 
-from flux_async._http import HttpRequest
+from flux_async._http import FixedHeaders, HttpRequest
 from flux_async.errors import TransportError
 from flux_async.transport import MAX_API_BODY, AiohttpTransport
 
@@ -189,3 +189,47 @@ async def test_a_waiter_handed_a_connection_as_it_is_cancelled_passes_it_on() ->
     assert transport._free == 1  # the connection was passed on, not lost
     assert not transport._queue
     await transport.aclose()
+
+
+@pytest.mark.anyio
+async def test_fixed_headers_are_sent_as_given_and_their_aiohttp_form_is_made_once() -> None:
+    """A codec's FixedHeaders reach the server on every request; the transport builds aiohttp's
+    form of them once and reuses it, and an entry left by other headers under the same id
+    (freed and their id reused) is never sent in their place."""
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append((request.headers.get("X-Which"), request.headers.get("X-Also")))
+        return web.json_response({})
+
+    runner, url = await _serve(handler)
+    transport = AiohttpTransport(base_url=url)
+    try:
+        first = FixedHeaders({"X-Which": "first", "X-Also": "yes"})
+        for _ in range(3):
+            await transport.send(HttpRequest(method="GET", url="/x", headers=first))
+        assert len(transport._fixed) == 1
+        made = transport._fixed[id(first)][1]
+        await transport.send(HttpRequest(method="GET", url="/x", headers=first))
+        assert transport._fixed[id(first)][1] is made  # reused, not rebuilt
+
+        second = FixedHeaders({"X-Which": "second"})
+        stale = FixedHeaders({"X-Which": "stale"})
+        transport._fixed[id(second)] = (stale, transport._fix(stale)[1])  # as if id(stale) == id(second)
+        await transport.send(HttpRequest(method="GET", url="/x", headers=second))
+        await transport.send(HttpRequest(method="GET", url="/x", headers={"X-Which": "plain"}))
+        assert seen == [("first", "yes")] * 4 + [("second", None), ("plain", None)]
+    finally:
+        await transport.aclose()
+        await runner.cleanup()
+
+
+def test_fixed_headers_are_read_only_copies_and_keep_keys_out_of_their_repr() -> None:
+    given = {"Authorization": "Bearer sk-secret-value", "Accept": "application/json"}
+    fixed = FixedHeaders(given)
+    given["Accept"] = "text/plain"  # the caller's dict changes: the headers do not
+    assert dict(fixed) == {"Authorization": "Bearer sk-secret-value", "Accept": "application/json"}
+    with pytest.raises(TypeError):
+        fixed["Accept"] = "text/plain"  # type: ignore[index]
+    assert "sk-secret-value" not in repr(fixed)
+    assert "application/json" in repr(fixed)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 import cattrs
 
 from .._checks import task_id_problem
-from .._http import HttpRequest, HttpResponse
+from .._http import FixedHeaders, HttpRequest, HttpResponse
 from ..errors import APIError, ConfigurationError, ProtocolError, ValidationError
 from ..models import TaskFailure, TaskRef, TaskState, TaskStatus
 from ._convert import describe_structure_error
@@ -78,7 +77,7 @@ class BaseCodec:
         if not isinstance(self.user_agent, str) or not self.user_agent.isprintable():
             raise ConfigurationError("user_agent must be a printable string")
         headers = {**self._auth_headers(), "User-Agent": self.user_agent, "Accept": "application/json"}
-        object.__setattr__(self, "_header_map", MappingProxyType(headers))
+        object.__setattr__(self, "_header_map", FixedHeaders(headers))
 
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
