@@ -36,6 +36,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import attrs
 import yarl
+from aiohttp import hdrs
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -264,10 +265,12 @@ class AiohttpTransport:
         started = time.monotonic() if debug else 0.0
         try:
             async with client.request(request.method, url, **kwargs) as resp:  # type: ignore[arg-type]
-                length = resp.content_length
+                received = resp.headers
+                declared = received.get(hdrs.CONTENT_LENGTH)  # (aiohttp checked it is a number)
+                length = None if declared is None else int(declared)
                 if length is not None and length > MAX_API_BODY:
                     raise TransportError(f"{request.method} {_path(url)}: response of {length} bytes is too large", request_sent=True)
-                if length is not None and resp.headers.get("Content-Encoding", "identity") == "identity":
+                if length is not None and received.get(hdrs.CONTENT_ENCODING, "identity") == "identity":
                     # A declared length of an uncompressed body bounds it: read it whole in one
                     # call. (A compressed body can unpack to far more than its length says.)
                     body = await resp.read()
@@ -282,7 +285,7 @@ class AiohttpTransport:
                     status=resp.status,
                     # aiohttp's read-only multidict, wrapped rather than copied: most responses
                     # are parsed without a look at their headers.
-                    headers=MappingProxyType(resp.headers),
+                    headers=MappingProxyType(received),
                     body=body,
                     arrived=time.time(),
                 )
