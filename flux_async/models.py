@@ -294,4 +294,3 @@ class Outcome:
     def ok(self) -> bool:
         """True when the job produced a result."""
         return self.error is None and self.result is not None
-
