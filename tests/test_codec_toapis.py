@@ -461,6 +461,10 @@ def test_malformed_hints_become_none_instead_of_failing(codec: ToapisCodec) -> N
         HttpResponse(status=200, body=b'{"status": "in_progress", "progress": 250}'), ref=REF
     )
     assert over.progress == 100.0
+    for raw, percent in ((b"-3", 0.0), (b"-0.5", 0.0), (b"37", 37.0), (b"99.5", 99.5), (b"1" + b"0" * 400, 100.0), (b"1e400", None)):
+        body = b'{"status": "in_progress", "progress": ' + raw + b"}"
+        state = codec.parse_poll(HttpResponse(status=200, body=body), ref=REF)
+        assert (state.progress, type(state.progress)) == (percent, type(percent)), raw
 
 
 def test_status_case_and_spacing_are_tolerated(codec: ToapisCodec) -> None:

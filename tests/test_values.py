@@ -4,6 +4,7 @@ the classes give, the remembered task ids never let a bad id through, and the HT
 
 from __future__ import annotations
 
+import json
 import pickle
 from datetime import UTC, datetime
 
@@ -12,7 +13,7 @@ import pytest
 
 from flux_async import _checks
 from flux_async._checks import check_task_id, task_id_problem
-from flux_async._http import HttpRequest, HttpResponse
+from flux_async._http import HttpRequest, HttpResponse, read_json
 from flux_async._values import (
     maker,
     new_image,
@@ -157,3 +158,63 @@ def test_quick_outcome_fields_are_in_declaration_order() -> None:
     ]
     assert [f.name for f in attrs.fields(GenerationResult)] == ["task_id", "images", "model", "seed", "cost"]
     assert [f.name for f in attrs.fields(TaskRef)] == ["provider", "task_id", "polling_url", "model"]
+
+
+# Bodies read_json takes its own way (a ``{`` or ``[`` first) and the ones it leaves to
+# json.loads, valid and not: each must give json.loads' value or json.loads' error.
+_JSON_BODIES = [
+    b'{"id":"task_1","status":"completed","progress":100,"result":{"data":[{"url":"u"}]}}',
+    b'[1, 2.5, -3e2, true, false, null, "x"]',
+    b'{"a": NaN, "b": Infinity, "c": -Infinity}',
+    b'{"text": "caf\xc3\xa9 \\u00e9 \\ud83d\\ude00"}',
+    b'{"a": 1} \t\r\n ',
+    b'{"a": 1} x',
+    b'{"a": 1}{"b": 2}',
+    b'{"a": 1',
+    b'{"a": }',
+    b"{'a': 1}",
+    b'{"a": "\xff"}',
+    b'{"a": "\xed\xa0\x80"}',
+    b'{"a": "tab\there"}',
+    b"[",
+    b"{",
+    b"[]",
+    b"{}",
+    b" {}",
+    b"",
+    b"null",
+    b"12",
+    b'"text"',
+    b"\xef\xbb\xbf{}",
+    '{"a": "b"}'.encode("utf-16"),
+    '{"a": "b"}'.encode("utf-16-le"),
+    '["b"]'.encode("utf-32-be"),
+    b"[" * 100_000,
+    b"<html>bad gateway</html>",
+]
+
+
+def _json_outcome(read: object, body: bytes) -> tuple[str, object]:
+    try:
+        return "value", read(body)  # type: ignore[operator]
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("body", _JSON_BODIES, ids=range(len(_JSON_BODIES)))
+def test_read_json_gives_what_json_loads_gives(body: bytes) -> None:
+    got = _json_outcome(read_json, body)
+    want = _json_outcome(json.loads, body)
+    if want[0] == "value":
+        assert got[0] == "value"
+        assert json.dumps(got[1]) == json.dumps(want[1])  # NaN != NaN: compared as text
+        assert type(got[1]) is type(want[1])
+    else:
+        assert got == want
+
+
+def test_read_json_is_what_a_response_gives() -> None:
+    body = _JSON_BODIES[0]
+    assert HttpResponse(status=200, body=body).json() == json.loads(body)
+    with pytest.raises(ValueError, match="Extra data"):
+        HttpResponse(status=200, body=b'{"a": 1} x').json()

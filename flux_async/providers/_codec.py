@@ -10,7 +10,6 @@ The codecs subclass it and set their name, converter and readers. It leans on :m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -18,7 +17,7 @@ import attrs
 import cattrs
 
 from .._checks import task_id_problem
-from .._http import FixedHeaders, HttpRequest, HttpResponse
+from .._http import FixedHeaders, HttpRequest, HttpResponse, read_json
 from ..errors import APIError, ConfigurationError, ProtocolError, ValidationError
 from ..models import TaskFailure, TaskRef, TaskState, TaskStatus
 from ._convert import describe_structure_error
@@ -94,7 +93,7 @@ class BaseCodec:
         if not is_success(response):
             raise self.parse_error(response)
         try:
-            data = json.loads(response.body)
+            data = read_json(response.body)
         except (ValueError, RecursionError) as exc:
             raise self._protocol_error(response, f"{what} response is not JSON") from exc
         if not isinstance(data, dict):

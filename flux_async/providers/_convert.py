@@ -143,10 +143,12 @@ _SECONDS_KEPT = 4096
 
 def read_percent(value: object) -> Percent | None:
     """A percentage clamped to 0-100, or None for anything but a finite number."""
-    if value.__class__ is int or value.__class__ is float:  # a JSON number (a bool is not one)
+    if value.__class__ is int:  # a JSON number (a bool is not one); any size of int clamps
+        return 0.0 if value < 0 else 100.0 if value > 100 else float(value)  # type: ignore[return-value]
+    if value.__class__ is float:
         if not math.isfinite(value):
             return None
-        return min(100.0, max(0.0, float(value)))  # type: ignore[return-value]
+        return 0.0 if value < 0.0 else 100.0 if value > 100.0 else value  # type: ignore[return-value]
     return None
 
 

@@ -10,11 +10,10 @@ the API key is redacted from it because a server may echo the key back.
 from __future__ import annotations
 
 import html
-import json
 import re
 from http import HTTPStatus
 
-from .._http import HttpResponse
+from .._http import HttpResponse, read_json
 from ..errors import APIError, RateLimitError, ServerError, api_error_for_status
 from ..retry import parse_retry_after
 
@@ -89,7 +88,7 @@ def error_from_response(
     text = body_text(response, secret)
     data: object
     try:
-        data = json.loads(response.body)
+        data = read_json(response.body)
     except (ValueError, RecursionError):
         data = None
     code: str | int | None = None

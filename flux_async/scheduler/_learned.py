@@ -67,10 +67,11 @@ class LogStats:
 
     def add(self, x: float, now: float, weight: float = 1.0, noise: float = 0.0) -> None:
         old = self.weight
-        if self.n and now > self.t:
-            old *= math.exp((self.t - now) / _MEMORY)
+        if now > self.t:
+            if self.n:
+                old *= math.exp((self.t - now) / _MEMORY)
+            self.t = now
         self.n += 1
-        self.t = max(self.t, now)
         total = old + weight
         d = x - self.mean
         self.mean += weight * d / total

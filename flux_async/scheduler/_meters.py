@@ -44,7 +44,8 @@ class LagHistogram:
         self.max = 0.0
 
     def add(self, lag: float) -> None:
-        lag = max(lag, 0.0)
+        if lag < 0.0:
+            lag = 0.0
         self.counts[bisect.bisect_left(self._EDGES, lag)] += 1
         if lag > self.max:
             self.max = lag

@@ -247,7 +247,8 @@ def next_poll(
         return push_poll(w, learned, policy, now, rng)
     tau = policy.target_delay
     if w.polls == 0 and policy.first_poll is not None:
-        return max(now, w.t0 + policy.first_poll)
+        first = w.t0 + policy.first_poll
+        return first if first > now else now
     lo, hi = window(w)
     w.w_hi = hi
     if hi < math.inf and w.a_t is not None and w.a_t < (w.c_t or -math.inf):
@@ -333,7 +334,8 @@ def learn(
     # It finished between the last two polls; a first poll that already found it done only
     # bounds it from above: assume it took at least a quarter of that, so the estimate can
     # still move down.
-    lo = max(lo, hi / 4.0)
+    if lo < hi * 0.25:
+        lo = hi * 0.25
     duration = math.sqrt(lo * hi)
     learned.durations.add(math.log(duration), done_at)
     if w.estimate is not None:
