@@ -16,7 +16,8 @@ import asyncio
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 
@@ -113,30 +114,41 @@ class Jobs:
         else:
             handover.set_result(job)
 
-    async def submit(
+    def submit(
         self,
         request: GenerationRequest,
         checked: GenerationRequest,
         *,
         on_accept: Callable[[Job], None] | None,
         gone: Callable[[], bool] | None = None,
-    ) -> Job:
+    ) -> Coroutine[Any, Any, Job]:
         """Submit ``checked`` (``request`` as the catalog normalised it) under a slot and the
-        active-task caps, or attach the task its idempotency key already has."""
+        active-task caps, or attach the task its idempotency key already has: the coroutine
+        that does it (a plain function, so that a submit's await goes through one coroutine
+        less)."""
         key = checked.idempotency_key
-        digest = ""
         if key is None:
             # 128 random bits in hex, like uuid4().hex, without building a UUID object.
-            key = os.urandom(16).hex()
-        else:
-            fleet = self.fleet
-            if fleet is not None:
-                return await self._submit_claimed(fleet, request, checked, key, on_accept, gone)
-            digest = request_digest(checked)
-            known = await self._submitter.existing(checked, digest)
-            if known is not None:
-                self._counts["deduplicated"] += 1
-                return self.attach(known, request, key, on_accept)
+            return self._submit_new(request, checked, os.urandom(16).hex(), "", on_accept, gone)
+        return self._submit_keyed(request, checked, key, on_accept, gone)
+
+    async def _submit_keyed(
+        self,
+        request: GenerationRequest,
+        checked: GenerationRequest,
+        key: str,
+        on_accept: Callable[[Job], None] | None,
+        gone: Callable[[], bool] | None,
+    ) -> Job:
+        """A caller's key: the task it already has, else a new submit under it."""
+        fleet = self.fleet
+        if fleet is not None:
+            return await self._submit_claimed(fleet, request, checked, key, on_accept, gone)
+        digest = request_digest(checked)
+        known = await self._submitter.existing(checked, digest)
+        if known is not None:
+            self._counts["deduplicated"] += 1
+            return self.attach(known, request, key, on_accept)
         return await self._submit_new(request, checked, key, digest, on_accept, gone)
 
     async def _submit_claimed(
