@@ -183,7 +183,7 @@ class HttpResponse:
     A value like :class:`HttpRequest` (plain slotted, never changed once made).
     """
 
-    __slots__ = ("_arrived", "_received_at", "body", "headers", "status")
+    __slots__ = ("_arrived", "_data", "_received_at", "body", "headers", "status")
 
     def __init__(
         self,
@@ -200,6 +200,7 @@ class HttpResponse:
         self.body = body
         self._received_at = received_at
         self._arrived = arrived
+        self._data: Any = None  # the body as JSON, once a codec has read it (see decoded)
 
     @property
     def received_at(self) -> datetime | None:
@@ -232,3 +233,12 @@ class HttpResponse:
     def json(self) -> Any:
         """The body decoded as JSON (raises ``ValueError`` when it is not JSON)."""
         return read_json(self.body)
+
+    def decoded(self) -> Any:
+        """The body decoded as JSON, decoded once for every reader of this response (the
+        codecs, which only read it): the same object each time, not to be changed. Raises
+        ``ValueError`` when it is not JSON."""
+        data = self._data
+        if data is None:
+            data = self._data = read_json(self.body)
+        return data

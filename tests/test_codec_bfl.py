@@ -173,6 +173,29 @@ def test_the_submit_answer_reports_its_cost_in_credits(codec: BflCodec) -> None:
     assert codec.submit_cost(response("submit.json")) is None
 
 
+def test_a_submit_answer_is_decoded_once_for_its_task_and_its_cost(
+    codec: BflCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[bytes] = []
+    real = flux_async._http.read_json
+
+    def counting(body: bytes) -> Any:
+        decoded.append(body)
+        return real(body)
+
+    monkeypatch.setattr(flux_async._http, "read_json", counting)
+    monkeypatch.setattr(flux_async.providers._codec, "read_json", counting)
+    answer = response("submit_cost_fields.json")
+    assert codec.parse_submit(answer, model="flux-kontext-pro") == REF
+    assert codec.submit_cost(answer) == 0.04
+    assert len(decoded) == 1
+    # What a caller reads with json() is its own copy: the codecs' decoded value stays as read.
+    mine = answer.json()
+    mine["cost"] = 99
+    assert codec.submit_cost(answer) == 0.04
+    assert answer.decoded() is answer.decoded() and answer.decoded() is not mine
+
+
 @pytest.mark.parametrize(
     ("cost", "expected"),
     [(8, 0.08), (8.0, 0.08), (0, 0.0), (3.2, 0.032), (None, None), (-4, None), ("4", None),

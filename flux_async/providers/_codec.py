@@ -93,7 +93,9 @@ class BaseCodec:
         if not is_success(response):
             raise self.parse_error(response)
         try:
-            data = read_json(response.body)
+            data = response._data  # HttpResponse.decoded(), inline: a call less per answer
+            if data is None:
+                data = response._data = read_json(response.body)
         except (ValueError, RecursionError) as exc:
             raise self._protocol_error(response, f"{what} response is not JSON") from exc
         if not isinstance(data, dict):

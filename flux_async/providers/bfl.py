@@ -45,7 +45,7 @@ from typing import Any, NewType
 import attrs
 
 from .. import catalog
-from .._http import HttpRequest, HttpResponse, read_json
+from .._http import HttpRequest, HttpResponse
 from ..errors import ConfigurationError, ValidationError
 from ..models import (
     GeneratedImage,
@@ -251,7 +251,7 @@ class BflCodec(BaseCodec):
     def submit_cost(self, response: HttpResponse) -> float | None:
         """The submit answer's ``cost`` (credits) in US dollars; None when absent or unusable."""
         try:
-            data = read_json(response.body)
+            data = response.decoded()
         except (ValueError, RecursionError):
             return None
         amount = read_amount(data.get("cost")) if isinstance(data, dict) else None
