@@ -316,7 +316,15 @@ def validate(request: GenerationRequest, provider: str) -> GenerationRequest:
         )
     spec = model_spec(provider, request.model)
     _check_prompt(spec, request.prompt)
-    for field in _OPTIONAL_FIELDS:
+    # Read one by one only when one is set (a request usually sets none of them).
+    unset = (
+        request.n is None
+        and request.response_format is None
+        and request.safety_tolerance is None
+        and request.prompt_upsampling is None
+        and request.seed is None
+    )
+    for field in () if unset else _OPTIONAL_FIELDS:
         value = getattr(request, field)
         if value is not None and not spec.takes(field):
             where = f"{spec.model} on {spec.provider}"
