@@ -193,7 +193,8 @@ def test_a_submit_answer_is_decoded_once_for_its_task_and_its_cost(
     mine = answer.json()
     mine["cost"] = 99
     assert codec.submit_cost(answer) == 0.04
-    assert answer.decoded() is answer.decoded() and answer.decoded() is not mine
+    assert answer.decoded() is answer.decoded()
+    assert answer.decoded() is not mine
 
 
 @pytest.mark.parametrize(
