@@ -10,8 +10,10 @@ Each client runs twice, with a small and a large number of jobs, in fresh proces
 difference divided by the difference in jobs is the instructions per job, with start-up,
 imports and the connection pool's first connections cancelled out. Every count is taken a second
 time with the cyclic garbage collector off (``gc.disable()`` in the client), so that the table
-also says how many instructions per job the collector costs each client. Needs ``valgrind`` on
-the PATH; not part of ``all`` (about two minutes per repetition: a client runs some fifty times
+also says how many instructions per job the collector costs each client. One more client is
+counted beside the steps: the codec's with twice the workers on the same pool, as many requests
+under way as the library's submits plus polls, to say what that crowding alone costs. Needs ``valgrind`` on
+the PATH; not part of ``all`` (about three minutes per repetition: a client runs some fifty times
 slower under valgrind). It complements the ``overhead`` figures; the goal in BENCHMARKS.md is stated in CPU
 time, which ``overhead`` measures.
 """
@@ -34,6 +36,9 @@ _VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-ou
 #: The floor, two steps towards the library (the floor's loop with each request sent through the
 #: library's transport, then also built and read by its codec), and the library.
 KINDS = ("floor", "transport", "codec", "library")
+#: Beside the steps: the codec's client with twice the workers on the same pool of connections,
+#: as many requests under way as the library's submits plus polls (what crowding alone costs).
+CROWDED = "crowded"
 _I_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -59,12 +64,13 @@ def run(
         "floor": {**base, "headers": headers},
         "transport": base,
         "codec": base,
+        CROWDED: base,
     }
-    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in (*KINDS, CROWDED)}
     emu = h.start_emulator(Scenario(seed=1, duration=Duration.fixed(0)), placement)
     try:
         for rep in range(reps):
-            for kind in KINDS:
+            for kind in (*KINDS, CROWDED):
                 record: dict[str, Any] = {"rep": rep}
                 for collector in (True, False):
                     counts: dict[int, int] = {}
@@ -128,6 +134,13 @@ def run(
             for a, b in zip(runs[before], runs[after], strict=True)
         )
     figures["steps"] = steps
+    # What twice the requests under way cost the codec's client, with the collector and without.
+    figures["crowding"] = {
+        name: h.summary(
+            b[name] - a[name] for a, b in zip(runs["codec"], runs[CROWDED], strict=True)
+        )
+        for name in ("instructions_per_job", "instructions_per_job_gc_off")
+    }
     return {
         "scenario": "instructions",
         "setup": {
@@ -192,10 +205,31 @@ def render(result: dict[str, Any]) -> str:
         f"instructions — the overhead clients under valgrind, {s['jobs'][0]} and {s['jobs'][1]} "
         f"jobs, concurrency {s['concurrency']}"
     )
-    return (
+    text = (
         title
         + "\n\n"
         + h.table(["figure", "library", "floor (plain aiohttp)", "ratio", "goal", ""], rows)
         + "\n\nFrom the floor to the library, one layer at a time (instructions per job, collector off)\n\n"
         + h.table(["client", "instructions per job", "added by the step"], steps)
+    )
+    if "crowding" not in f:  # a result from before the crowded client was counted
+        return text
+    c = s["concurrency"]
+    crowded = [
+        [
+            label,
+            h.fmt_range(f["codec"][name]),
+            h.fmt_range(f[CROWDED][name]),
+            h.fmt_range(f["crowding"][name]),
+        ]
+        for label, name in (
+            ("with the collector", "instructions_per_job"),
+            ("collector off", "instructions_per_job_gc_off"),
+        )
+    ]
+    return (
+        text
+        + f"\n\nTwice the requests under way: the codec's client with {2 * c} workers on its {c} "
+        f"connections, as many as the library's {c} submits and {c} polls (instructions per job)\n\n"
+        + h.table(["", f"{c} workers", f"{2 * c} workers", "added"], crowded)
     )

@@ -123,6 +123,8 @@ async def _floor(p: dict[str, Any]) -> dict[str, Any]:
 # Two steps from the floor to the library, for the instructions scenario's breakdown: the floor's
 # own loop (64 workers, one POST then one GET per job), first with each request sent through the
 # library's transport, then also built and read by the library's codec from a GenerationRequest.
+# And one beside them: the codec's loop with twice the workers on the same pool, as many requests
+# under way as the library's 64 submits plus 64 polls.
 
 
 def client_transport(p: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +137,12 @@ def client_codec(p: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(_layers(p, codec=True))
 
 
-async def _layers(p: dict[str, Any], *, codec: bool) -> dict[str, Any]:
+def client_crowded(p: dict[str, Any]) -> dict[str, Any]:
+    _collector(p)
+    return asyncio.run(_layers(p, codec=True, workers=2 * int(p["concurrency"])))
+
+
+async def _layers(p: dict[str, Any], *, codec: bool, workers: int | None = None) -> dict[str, Any]:
     from flux_async._http import HttpRequest
     from flux_async.models import GenerationRequest, TaskRef
     from flux_async.providers import get_codec
@@ -166,7 +173,7 @@ async def _layers(p: dict[str, Any], *, codec: bool) -> dict[str, Any]:
                 counts["ok" if state.result is not None else "failed"] += 1
 
         try:
-            await asyncio.gather(*((by_codec if codec else by_hand)() for _ in range(c)))
+            await asyncio.gather(*((by_codec if codec else by_hand)() for _ in range(workers or c)))
         finally:
             await transport.aclose()
     return {**meter.as_dict(), "jobs": n, **counts}
