@@ -17,12 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from ._http import HttpResponse
 from ._throttle import Throttle
 from .errors import ConfigurationError, FluxError, RateLimitError
 from .models import TaskRef, TaskState
 from .providers.base import Codec
 from .retry import RetryBudget, RetryPolicy, is_retryable_poll, retry_delay
-from .transport import Transport
+from .transport import AiohttpTransport, Transport
 
 __all__ = ["NOT_OPEN", "Context"]
 
@@ -94,6 +95,22 @@ class Context:
         if ref.polling_url is not None:
             self.check_polling_host(ref.polling_url)
         response = await (self.transport or self.net()).send(self.codec.build_poll(ref))
+        return self._read_poll(response, ref)
+
+    async def poll_held(self, ref: TaskRef, gate: AiohttpTransport) -> TaskState:
+        """:meth:`poll` on a connection of the transport's pool taken for it already (``gate``
+        is the transport: the scheduler took the connection in its turn); given back when the
+        request cannot be made."""
+        try:
+            if ref.polling_url is not None:
+                self.check_polling_host(ref.polling_url)
+            request = self.codec.build_poll(ref)
+        except BaseException:
+            gate.let_go()
+            raise
+        return self._read_poll(await gate.send(request, held=True), ref)
+
+    def _read_poll(self, response: HttpResponse, ref: TaskRef) -> TaskState:
         try:
             return self.codec.parse_poll(response, ref=ref)
         except RateLimitError as exc:

@@ -249,6 +249,10 @@ class Session:
                 await to_open.aclose()
             await self._close_transport()
             raise
+        transport = self._ctx.transport
+        if isinstance(transport, AiohttpTransport) and transport.gated:
+            # Polls wait for this pool's connections without a task each (see PollScheduler).
+            self._scheduler.use_gate(transport, self._ctx.poll_held)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -289,6 +293,7 @@ class Session:
             to_open = self._ledger_to_open
             if to_open is not None and to_open.is_open:
                 await to_open.aclose()  # its queued settlements written, within its bound
+            self._scheduler.use_gate(None)
             await self._close_transport()
 
     async def _close_transport(self) -> None:

@@ -26,7 +26,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -165,6 +165,15 @@ class _GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+class _Turn:
+    """A place in the connection queue kept by a callback instead of a waiting task."""
+
+    __slots__ = ("turn",)
+
+    def __init__(self, turn: Callable[[], bool]) -> None:
+        self.turn = turn
+
+
 class AiohttpTransport:
     """The aiohttp transport.
 
@@ -203,7 +212,9 @@ class AiohttpTransport:
         # in aiohttp's pool, whose wait costs about as much again as the request it delays.
         # (A caller's own aiohttp session keeps its own pool's limits: nothing waits here.)
         self._free = max_connections
-        self._queue: deque[asyncio.Future[None]] = deque()
+        # Waiting requests (their futures) and, in turn with them, places kept by the poll
+        # scheduler (see queue_turn).
+        self._queue: deque[asyncio.Future[None] | _Turn] = deque()
         self._fixed: dict[int, tuple[Mapping[str, str], CIMultiDictProxy[str]]] = {}
         self._requests = 0
         self._errors = 0
@@ -227,8 +238,12 @@ class AiohttpTransport:
             self._downloader = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
         return self._downloader
 
-    async def send(self, request: HttpRequest, *, time_limit: float | None = None) -> HttpResponse:
-        """Send one API request and read its whole (bounded) body."""
+    async def send(
+        self, request: HttpRequest, *, time_limit: float | None = None, held: bool = False
+    ) -> HttpResponse:
+        """Send one API request and read its whole (bounded) body. ``held``: a connection of
+        the pool was taken for it already (:meth:`take_connection`, or a turn of
+        :meth:`queue_turn`); it is let go when the request ends, like any other."""
         url = request.url
         if url.startswith("/"):  # a path (an absolute URL, BFL's polling_url, is used verbatim)
             url = self._base_url + url
@@ -256,7 +271,7 @@ class AiohttpTransport:
         self._requests += 1
         client = self._session or self._client()
         gated = self._owned
-        if gated:
+        if gated and not held:
             if self._free:
                 self._free -= 1
             else:
@@ -324,13 +339,49 @@ class AiohttpTransport:
                 self._hand_on()  # handed a connection just as it was cancelled: pass it on
             raise
 
+    # -- the pool's queue, shared with the poll scheduler ------------------------------------------
+
+    @property
+    def gated(self) -> bool:
+        """True when API requests wait for a connection of this transport's own pool here (not
+        for a caller's aiohttp session, whose pool has its own limits)."""
+        return self._owned
+
+    def take_connection(self) -> bool:
+        """Take a free connection of the pool for a request sent later with ``held=True``;
+        False when none is free (or the pool is not :attr:`gated`)."""
+        if self._owned and self._free:
+            self._free -= 1
+            return True
+        return False
+
+    def queue_turn(self, turn: Callable[[], bool]) -> None:
+        """Keep a place in the pool's queue without a waiting task: when a connection comes to
+        it, ``turn()`` is called at once (in the task that let the connection go) and returns
+        True when it took the connection (for a request sent later with ``held=True``), False
+        to pass it on. It must not raise or block; one that raises passes it on."""
+        self._queue.append(_Turn(turn))
+
+    def let_go(self) -> None:
+        """Give back a connection taken for a request that will not be sent."""
+        self._hand_on()
+
     def _hand_on(self) -> None:
-        """A request let go of its connection: the longest waiter takes it, else it is free."""
+        """A request let go of its connection: the longest waiter takes it (a request, or a
+        turn that wants it), else it is free."""
         queue = self._queue
         while queue:
             waiter = queue.popleft()
-            if not waiter.done():  # a cancelled waiter's future is cancelled: skipped
-                waiter.set_result(None)
+            if waiter.__class__ is _Turn:
+                try:
+                    took = waiter.turn()
+                except Exception:  # never into the request that let the connection go
+                    _log.exception("a turn in the connection queue failed")
+                    took = False
+                if took:
+                    return
+            elif not waiter.done():  # type: ignore[union-attr]  # a cancelled waiter is skipped
+                waiter.set_result(None)  # type: ignore[union-attr]
                 return
         self._free += 1
 

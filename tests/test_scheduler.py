@@ -1355,3 +1355,115 @@ async def test_with_a_fifth_of_the_webhooks_lost_every_task_finishes() -> None:
     late = delays(outcomes, delivered)
     assert statistics.median(late) <= 0.05 + policy.quantum + 0.01 + 1e-9
     assert sum(returned) >= 0.95 * len(delivered)
+
+
+# -- polls that wait for a connection by turns (a gate) -------------------------------------------
+
+
+class FakeGate:
+    """A pool of ``size`` connections: polls wait for one by turns in its queue, as in the aiohttp
+    transport's (a turn is called when a connection comes to its place)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.queue: list[Callable[[], bool]] = []
+        self.turns_taken = 0
+
+    def take_connection(self) -> bool:
+        if self.free:
+            self.free -= 1
+            return True
+        return False
+
+    def queue_turn(self, turn: Callable[[], bool]) -> None:
+        self.queue.append(turn)
+
+    def let_go(self) -> None:
+        while self.queue:
+            if self.queue.pop(0)():
+                self.turns_taken += 1
+                return
+        self.free += 1
+
+
+def gated_scheduler(
+    vt: VirtualTime, provider: FakeProvider, gate: FakeGate, policy: PollPolicy
+) -> PollScheduler:
+    async def poll_held(ref: TaskRef, held: FakeGate) -> TaskState:
+        assert held is gate
+        try:
+            return await provider.poll(ref)
+        finally:
+            held.let_go()  # as the transport lets the connection go when the request ends
+
+    sched = make_scheduler(vt, provider, policy)
+    sched.use_gate(gate, poll_held)
+    return sched
+
+
+async def test_polls_on_a_gate_never_outnumber_its_connections_and_all_finish() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=0.3)
+    gate = FakeGate(3)
+    sched = gated_scheduler(vt, provider, gate, PollPolicy(max_in_flight=8))
+    jobs = lognormal_jobs(200, median=4.0, spread=0.1)
+
+    outcomes = await with_driver(sched, lambda: run_jobs(vt, sched, provider, jobs))
+    assert len(outcomes.values) == 200
+    assert all(isinstance(v, TaskState) for v in outcomes.values.values())
+    assert provider.max_in_flight == 3  # on the gate's connections only
+    assert gate.turns_taken > 0  # polls waited for a connection in its queue, by turns
+    assert gate.free == 3  # every connection taken was let go
+
+
+async def test_a_stopped_scheduler_leaves_its_places_in_the_queue_empty_handed() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=0.1)
+    gate = FakeGate(1)
+    assert gate.take_connection()  # held by someone else: every poll must wait its turn
+    sched = gated_scheduler(vt, provider, gate, PollPolicy(first_poll=0.5, quantum=0.0))
+    jobs = {f"t{i}": Job(start=0.0, duration=0.2) for i in range(4)}
+    outcomes = Outcomes(vt)
+
+    async def stop_while_waiting() -> None:
+        for task_id, job in jobs.items():
+            provider.jobs[task_id] = job
+            sched.watch(ref_for(task_id, job), outcomes.callback(task_id))
+        await vt.advance(1.0)
+        assert len(gate.queue) == 4  # four orders wait in the queue, no poll was sent
+        assert not provider.polls
+
+    await with_driver(sched, stop_while_waiting)
+    gate.let_go()  # the places come up after the stop: none takes the connection
+    assert gate.free == 1
+    assert not gate.queue
+    assert sched.statistics().outstanding == 4  # still watched, back in the heap
+
+    await with_driver(sched, lambda: vt.advance(5.0))
+    assert sorted(outcomes.values) == sorted(jobs)  # the next run polled them all
+    assert gate.free == 1
+
+
+async def test_an_order_unwatched_while_it_waits_for_a_connection_frees_its_slot() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=0.1)
+    gate = FakeGate(1)
+    assert gate.take_connection()
+    sched = gated_scheduler(vt, provider, gate, PollPolicy(first_poll=0.5, quantum=0.0, max_in_flight=1))
+    outcomes = Outcomes(vt)
+    for task_id in ("a", "b"):
+        provider.jobs[task_id] = Job(start=0.0, duration=0.2)
+
+    async def body() -> None:
+        sched.watch(ref_for("a", provider.jobs["a"]), outcomes.callback("a"))
+        sched.watch(ref_for("b", provider.jobs["b"]), outcomes.callback("b"))
+        await vt.advance(1.0)
+        assert len(gate.queue) == 1  # a waits for the connection; b for a slot
+        assert sched.unwatch("a")
+        gate.let_go()  # a's place comes up: a is gone, its slot goes to b
+        await vt.advance(2.0)
+
+    await with_driver(sched, body)
+    assert list(outcomes.values) == ["b"]
+    assert "a" not in provider.polls
+    assert gate.free == 1

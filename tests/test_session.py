@@ -675,3 +675,34 @@ def test_a_result_listing_more_images_than_its_model_makes_is_not_fetched(
         assert f"lists {count} images" in str(job.error)
     else:
         assert job.error is None
+
+
+@pytest.mark.anyio
+async def test_polls_wait_their_turn_for_a_crowded_pool_and_every_connection_comes_back() -> None:
+    # 4 submits and 4 polls on 2 connections: polls wait for one in the pool's queue by turns.
+    async with Emulator(Scenario(seed=2, duration=Duration.fixed(0))) as emu:
+        limits = Limits(max_concurrent_submits=4, max_connections=2)
+        policy = PollPolicy(first_poll=0.001, max_in_flight=4)
+        async with session_for(emu, "toapis", limits=limits, poll_policy=policy) as session:
+            transport = session._ctx.transport
+            assert isinstance(transport, flux_async.transport.AiohttpTransport)
+            turns = 0
+            queue_turn = transport.queue_turn
+
+            def counting(turn: Any) -> None:
+                nonlocal turns
+                turns += 1
+                queue_turn(turn)
+
+            transport.queue_turn = counting  # type: ignore[method-assign]
+            requests = [GenerationRequest(model="flux-kontext-pro", prompt=f"p{i}") for i in range(40)]
+            outcomes = [o async for o in session.as_completed(requests)]
+            assert sorted(o.index for o in outcomes if o.ok) == list(range(40))
+            assert turns > 0  # some polls found the pool busy and waited by turns
+            assert stats(emu)["requests"]["poll"] == 40  # one poll each: none lost, none doubled
+            # Every connection came back to the pool.
+            assert transport.take_connection()
+            assert transport.take_connection()
+            assert not transport.take_connection()
+            transport.let_go()
+            transport.let_go()

@@ -233,3 +233,46 @@ def test_fixed_headers_are_read_only_copies_and_keep_keys_out_of_their_repr() ->
         fixed["Accept"] = "text/plain"  # type: ignore[index]
     assert "sk-secret-value" not in repr(fixed)
     assert "application/json" in repr(fixed)
+
+
+@pytest.mark.anyio
+async def test_turns_in_the_connection_queue_take_or_pass_on_a_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = AiohttpTransport(base_url="http://127.0.0.1:9", max_connections=1)
+    assert transport.gated
+    assert transport.take_connection()
+    assert not transport.take_connection()  # the pool's one connection is taken
+    calls: list[str] = []
+
+    def broken() -> bool:
+        calls.append("broken")
+        raise RuntimeError("boom")
+
+    def passes() -> bool:
+        calls.append("passes")
+        return False
+
+    def takes() -> bool:
+        calls.append("takes")
+        return True
+
+    for turn in (broken, passes, takes):
+        transport.queue_turn(turn)
+    transport.let_go()  # down the queue: a failing turn is logged and passed over, never raised
+    assert calls == ["broken", "passes", "takes"]
+    assert "a turn in the connection queue failed" in caplog.text
+    assert not transport.take_connection()  # the last turn holds it
+    transport.let_go()  # nothing waits: free again
+    assert transport.take_connection()
+    await transport.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_callers_aiohttp_session_has_no_gate_to_take_from() -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        transport = AiohttpTransport(base_url="http://127.0.0.1:9", session=http)
+        assert not transport.gated
+        assert not transport.take_connection()

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import heapq
 import itertools
 import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -39,7 +41,7 @@ from ._alarm import Alarm
 from ._learned import Learned, refit
 from ._meters import LagHistogram, PollBudget
 from ._policy import PollPolicy, SchedulerStatistics
-from ._records import DoneCallback, PollOrder, ProviderQueue, Watch
+from ._records import ConnectionGate, DoneCallback, PollOrder, ProviderQueue, Watch
 from ._timing import EPS, learn, next_poll, observe
 from ._wakes import Wakes
 
@@ -58,6 +60,12 @@ class PollScheduler:
     ``poll(ref)`` performs one status check and returns the task's state, raising
     :mod:`flux_async.errors` exceptions. ``clock`` defaults to the running loop's time and
     ``sleep`` to :func:`anyio.sleep`; tests inject virtual ones. Use from one event loop.
+
+    With a :class:`ConnectionGate` (:meth:`use_gate`: the session's own connection pool), a due
+    poll is handed to a worker only with a connection taken for it: when none is free, the
+    order keeps a place in the pool's queue (no task waits for it) and goes to a worker when a
+    connection comes to that place, through ``poll_held(ref, gate)``. So a poll costs one
+    worker's wake-up, where a worker woken to wait for a connection itself would cost two.
     """
 
     def __init__(
@@ -71,6 +79,11 @@ class PollScheduler:
         retry_budget: RetryBudget | None = None,
     ) -> None:
         self._poll = poll
+        self._poll_held: Callable[[TaskRef, Any], Awaitable[TaskState]] | None = None
+        self._gate: ConnectionGate | None = None
+        self._turn: Callable[[], bool] | None = None  # this gate's place-keeper (one per gate)
+        # Orders waiting in the gate's queue for a connection (each with a place there).
+        self._unconnected: collections.deque[tuple[Watch, float]] = collections.deque()
         self._retry_budget = retry_budget
         self.policy = policy
         self._default_clock = clock is None
@@ -171,6 +184,20 @@ class PollScheduler:
             observe(rec, initial, now)
         self._plan(rec, now)
 
+    def use_gate(
+        self,
+        gate: ConnectionGate | None,
+        poll_held: Callable[[TaskRef, Any], Awaitable[TaskState]] | None = None,
+    ) -> None:
+        """Send polls on connections taken from ``gate`` (see the class), through
+        ``poll_held``; None: through ``poll``, each waiting for its connection itself. Set
+        while the scheduler is not running (the owner's transport is opened or closed)."""
+        if gate is not None and poll_held is None:
+            raise ValueError("a gate needs poll_held")
+        self._gate, self._poll_held = gate, poll_held
+        self._unconnected.clear()
+        self._turn = None if gate is None else functools.partial(self._take_turn, gate)
+
     def unwatch(self, task_id: str) -> bool:
         """Stop watching a task without calling its ``on_done``; True if it was watched."""
         rec = self._watches.pop(task_id, None)
@@ -245,7 +272,14 @@ class PollScheduler:
                 # Polls handed over but never sent go back to the heap, so that a later
                 # run() still watches every task.
                 while orders:
-                    rec, _ = orders.popleft()
+                    rec, _, held = orders.popleft()
+                    if held is not None:
+                        held.let_go()
+                    if rec.on_done is not None:
+                        self._push(rec, self._clock())
+                # Their places in the gate's queue, when they come, find nothing to take.
+                while self._unconnected:
+                    rec, _ = self._unconnected.popleft()
                     if rec.on_done is not None:
                         self._push(rec, self._clock())
         finally:
@@ -275,6 +309,13 @@ class PollScheduler:
                 self._finish(rec, state)
         tg, orders = self._tg, self._orders
         assert tg is not None
+        if orders and not self._idle:
+            # Orders handed over by a turn of the gate while no worker was parked.
+            policy = self.policy
+            for _ in range(min(len(orders), policy.max_in_flight - self._workers)):
+                self._workers += 1
+                tg.start_soon(self._worker)
+        gate = self._gate
         now = self._clock()
         limit = now + EPS
         policy = self.policy
@@ -320,12 +361,39 @@ class PollScheduler:
             heapq.heappop(best.heap)
             rec.due = None
             self._in_flight += 1
-            orders.append((rec, best_due))
+            if gate is not None and not gate.take_connection():
+                # No free connection: the order keeps a place in the pool's queue instead of
+                # a worker waiting there (see _take_turn).
+                self._unconnected.append((rec, best_due))
+                assert self._turn is not None
+                gate.queue_turn(self._turn)
+                continue
+            orders.append((rec, best_due, gate))
             # One parked worker takes the order. With none parked, a new one starts unless
             # there are max_in_flight already: then a busy one takes it when its poll is done.
             if not self._idle.wake_one() and self._workers < policy.max_in_flight:
                 self._workers += 1
                 tg.start_soon(self._worker)
+
+    def _take_turn(self, gate: ConnectionGate) -> bool:
+        """A connection of ``gate`` came to a place an order keeps in its queue: the oldest
+        waiting order takes it and goes to a worker. Called synchronously by the gate, in the
+        task that let the connection go; False (passed on) when no order waits any more."""
+        if gate is not self._gate:
+            return False
+        unconnected = self._unconnected
+        while unconnected:
+            rec, due = unconnected.popleft()
+            if rec.on_done is None:  # ended meanwhile (unwatched): its slot is free again
+                self._in_flight -= 1
+                if self._blocked:
+                    self._alarm.ring()
+                continue
+            self._orders.append((rec, due, gate))
+            if not self._idle.wake_one():
+                self._alarm.ring()  # the driver starts a worker for it
+            return True
+        return False
 
     async def _worker(self) -> None:
         """Send the polls handed over by :meth:`_dispatch`, one at a time."""
@@ -334,7 +402,7 @@ class PollScheduler:
         while True:
             while not orders:
                 await self._idle.wait()
-            rec, due = orders.popleft()
+            rec, due, held = orders.popleft()
             start = clock()
             self._lag.add(start - due)
             self._polls_sent += 1
@@ -342,7 +410,11 @@ class PollScheduler:
             if rec.errors == 0 and self._retry_budget is not None:
                 self._retry_budget.record_request()  # a first attempt, not a retry
             try:
-                state = await self._poll(rec.ref)
+                if held is None:
+                    state = await self._poll(rec.ref)
+                else:
+                    assert self._poll_held is not None
+                    state = await self._poll_held(rec.ref, held)
             except Exception as exc:
                 self._in_flight -= 1
                 self._polls_failed += 1

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 from ..models import TaskRef, TaskState
 from ._learned import Learned
 from ._timing import WatchState
 
-__all__ = ["DoneCallback", "HeapEntry", "PollOrder", "ProviderQueue", "Watch"]
+__all__ = ["ConnectionGate", "DoneCallback", "HeapEntry", "PollOrder", "ProviderQueue", "Watch"]
 
 #: What ``on_done`` receives: the terminal state, or the exception that ended the watch.
 DoneCallback = Callable[[TaskState | BaseException], None]
@@ -58,8 +59,27 @@ class Watch(WatchState):
         self.woken: float | None = None
 
 
+class ConnectionGate(Protocol):
+    """A pool of connections a poll waits for without a task (the aiohttp transport's own)."""
+
+    def take_connection(self) -> bool:
+        """Take a free connection for a poll sent later; False when none is free."""
+        ...
+
+    def queue_turn(self, turn: Callable[[], bool]) -> None:
+        """Keep a place in the pool's queue: ``turn()`` is called when a connection comes to
+        it, and returns True when it took it."""
+        ...
+
+    def let_go(self) -> None:
+        """Give back a connection taken for a poll that will not be sent."""
+        ...
+
+
 HeapEntry = tuple[float, int, Watch]
-PollOrder = tuple[Watch, float]  # a task to poll now, and when it was due
+#: A task to poll now, when it was due, and the gate whose connection was taken for it (None:
+#: the poll waits for its connection itself, if it must).
+PollOrder = tuple[Watch, float, ConnectionGate | None]
 
 
 class ProviderQueue:
