@@ -1467,3 +1467,26 @@ async def test_an_order_unwatched_while_it_waits_for_a_connection_frees_its_slot
     assert list(outcomes.values) == ["b"]
     assert "a" not in provider.polls
     assert gate.free == 1
+
+
+async def test_a_stopped_scheduler_gives_back_every_connection_it_took() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=100.0)  # polls still on the wire when it stops
+    gate = FakeGate(2)
+    sched = gated_scheduler(vt, provider, gate, PollPolicy(first_poll=0.5, quantum=0.0))
+    outcomes = Outcomes(vt)
+
+    async def stop_with_polls_on_the_wire() -> None:
+        for i in range(5):
+            job = provider.jobs[f"t{i}"] = Job(start=0.0, duration=1.0)
+            sched.watch(ref_for(f"t{i}", job), outcomes.callback(f"t{i}"))
+        await vt.advance(1.0)
+        assert provider.in_flight == 2  # both connections carry a poll
+        assert gate.free == 0
+        assert len(gate.queue) == 3  # the other three wait their turn
+
+    await with_driver(sched, stop_with_polls_on_the_wire)
+    assert provider.in_flight == 0
+    assert gate.free == 2  # the two polls' connections came back; no order kept one
+    assert not outcomes.values
+    assert sched.statistics().outstanding == 5  # all still watched, for the next run

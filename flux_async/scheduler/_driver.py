@@ -271,15 +271,16 @@ class PollScheduler:
             finally:
                 # Polls handed over but never sent go back to the heap, so that a later
                 # run() still watches every task.
+                # First the orders still waiting for a connection: their places in the gate's
+                # queue, when they come (one may come at once, below), find nothing to take.
+                while self._unconnected:
+                    rec, _ = self._unconnected.popleft()
+                    if rec.on_done is not None:
+                        self._push(rec, self._clock())
                 while orders:
                     rec, _, held = orders.popleft()
                     if held is not None:
-                        held.let_go()
-                    if rec.on_done is not None:
-                        self._push(rec, self._clock())
-                # Their places in the gate's queue, when they come, find nothing to take.
-                while self._unconnected:
-                    rec, _ = self._unconnected.popleft()
+                        held.let_go()  # the connection taken for it goes back to the pool
                     if rec.on_done is not None:
                         self._push(rec, self._clock())
         finally:
