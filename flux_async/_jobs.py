@@ -130,6 +130,9 @@ class Jobs:
         if key is None:
             # 128 random bits in hex, like uuid4().hex, without building a UUID object.
             return self._submit_new(request, checked, os.urandom(16).hex(), "", on_accept, gone)
+        fleet = self.fleet
+        if fleet is not None:
+            return self._submit_claimed(fleet, request, checked, key, on_accept, gone)
         return self._submit_keyed(request, checked, key, on_accept, gone)
 
     async def _submit_keyed(
@@ -140,10 +143,7 @@ class Jobs:
         on_accept: Callable[[Job], None] | None,
         gone: Callable[[], bool] | None,
     ) -> Job:
-        """A caller's key: the task it already has, else a new submit under it."""
-        fleet = self.fleet
-        if fleet is not None:
-            return await self._submit_claimed(fleet, request, checked, key, on_accept, gone)
+        """A caller's key: the task the ledger already holds under it, else a new submit."""
         digest = request_digest(checked)
         known = await self._submitter.existing(checked, digest)
         if known is not None:
@@ -167,13 +167,7 @@ class Jobs:
             self._counts["deduplicated"] += 1
             return self.attach(found, request, key, on_accept)
         try:
-            digest = request_digest(checked)
-            known = await self._submitter.existing(checked, digest)
-            if known is not None:
-                self._counts["deduplicated"] += 1
-                job = self.attach(known, request, key, on_accept)
-            else:
-                job = await self._submit_new(request, checked, key, digest, on_accept, gone)
+            job = await self._submit_keyed(request, checked, key, on_accept, gone)
         except BaseException:
             await fleet.drop(key)  # nothing of ours under it; a POST in doubt has its intent
             raise

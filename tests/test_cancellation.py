@@ -52,15 +52,18 @@ def _check_accounting(data: Any, delivered: set[str], session: Session) -> set[s
 @pytest.mark.anyio
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("how", ["cancel the consumer", "break out of the loop", "cancel the session"])
+@pytest.mark.parametrize("connections", [64, 2], ids=["pool", "crowded pool"])
 async def test_stopping_a_batch_mid_flight_loses_no_task_and_leaks_nothing(
-    provider: str, how: str, caplog: pytest.LogCaptureFixture
+    provider: str, how: str, connections: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # With a crowded pool (4 submits and the polls on 2 connections) the polls wait for a
+    # connection by turns, handed on from the POSTs' ends, while the batch is stopped.
     caplog.set_level(logging.WARNING, logger="flux_async")
     before = _pending_tasks()
     # Every request takes 20 ms at the server, so submits are on the wire at any moment; job
     # durations straddle the moment the batch is stopped.
     scenario = Scenario(seed=4, api_keys=(KEY,), latency=0.02, duration=Duration.uniform(0.0, 0.4))
-    limits = Limits(max_concurrent_submits=4, max_outstanding=12)
+    limits = Limits(max_concurrent_submits=4, max_outstanding=12, max_connections=connections)
     got: list[Outcome] = []
     with anyio.fail_after(20):
         async with Emulator(scenario) as emu:

@@ -184,7 +184,6 @@ def test_a_submit_answer_is_decoded_once_for_its_task_and_its_cost(
         return real(body)
 
     monkeypatch.setattr(flux_async._http, "read_json", counting)
-    monkeypatch.setattr(flux_async.providers._codec, "read_json", counting)
     answer = response("submit_cost_fields.json")
     assert codec.parse_submit(answer, model="flux-kontext-pro") == REF
     assert codec.submit_cost(answer) == 0.04

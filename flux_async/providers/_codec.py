@@ -17,7 +17,7 @@ import attrs
 import cattrs
 
 from .._checks import task_id_problem
-from .._http import FixedHeaders, HttpRequest, HttpResponse, read_json
+from .._http import FixedHeaders, HttpRequest, HttpResponse
 from ..errors import APIError, ConfigurationError, ProtocolError, ValidationError
 from ..models import TaskFailure, TaskRef, TaskState, TaskStatus
 from ._convert import describe_structure_error
@@ -93,9 +93,7 @@ class BaseCodec:
         if not is_success(response):
             raise self.parse_error(response)
         try:
-            data = response._data  # HttpResponse.decoded(), inline: a call less per answer
-            if data is None:
-                data = response._data = read_json(response.body)
+            data = response.decoded()
         except (ValueError, RecursionError) as exc:
             raise self._protocol_error(response, f"{what} response is not JSON") from exc
         if not isinstance(data, dict):
