@@ -110,6 +110,9 @@ class Batch:
         self.scope: anyio.CancelScope | None = None
         self.tg: TaskGroup | None = None
         self.waiting: dict[str, Job] = {}
+        #: Each watched task's input (or inputs, when they share an idempotency key).
+        self.indices: dict[str, int | list[int]] = {}
+        self._on_job_done = self._job_done  # one bound method for every job
         self.queue: deque[tuple[int, GenerationRequest]] = deque()  # read by the feeder
         self.submitters = 0
         self.idle = Parking()  # submitters with nothing to take
@@ -228,11 +231,12 @@ class Batch:
     async def _submitter(self) -> None:
         try:
             with submitting_task():  # its POSTs share one cancel scope, shielded in turn
-                await self._submit_inputs()
+                await self._submit_inputs(_Acceptor(self))
         finally:
             self.submitters -= 1
 
-    async def _submit_inputs(self) -> None:
+    async def _submit_inputs(self, acceptor: _Acceptor) -> None:
+        on_accept = acceptor.on_accept
         while not self.stopped:
             item = self._next()
             if item is None:
@@ -248,8 +252,9 @@ class Batch:
             if self.stop_error is not None:  # the batch stopped submitting
                 self._deliver(Outcome(index=index, request=request, error=self.stop_error))
                 continue
+            acceptor.index = index
             try:
-                await self.session._submit(request, on_accept=self._accepted(index))
+                await self.session._submit(request, on_accept=on_accept)
             except Exception as exc:
                 if isinstance(exc, (BudgetExceededError, OutageError)) and self.stop_error is None:
                     # Nothing more is read or sent: what was read is delivered (with this
@@ -260,21 +265,37 @@ class Batch:
                 cost = exc.cost if isinstance(exc, SubmissionUncertainError) else None
                 self._deliver(Outcome(index=index, request=request, error=exc, cost=cost))
 
-    def _accepted(self, index: int) -> Callable[[Job], None]:
-        def accepted(job: Job) -> None:
-            # Runs synchronously when the provider accepts the task, before any checkpoint.
-            self.waiting[job.ref.task_id] = job
-            if self.stopped:
-                # A POST that was already on the wire when the consumer left.
-                self.session._jobs.abandon(job.ref)
-            job._add_listener(lambda done: self.job_done(done, index))
-            if self.on_submit is not None:
-                try:
-                    self.on_submit(index, job.ref)
-                except Exception:
-                    logger.exception("on_submit failed for input %d (task %s)", index, job.ref.task_id)
+    def accepted(self, job: Job, index: int) -> None:
+        """Input ``index``'s task was accepted (or found under its key): synchronously, before
+        any checkpoint."""
+        task_id = job.ref.task_id
+        self.waiting[task_id] = job
+        if self.stopped:
+            # A POST that was already on the wire when the consumer left.
+            self.session._jobs.abandon(job.ref)
+        # The job's inputs (one, or more sharing an idempotency key) and one listener for
+        # them: no closure per job.
+        held = self.indices.get(task_id)
+        if held is None:
+            self.indices[task_id] = index
+            job._add_listener(self._on_job_done)
+        elif isinstance(held, int):
+            self.indices[task_id] = [held, index]
+        else:
+            held.append(index)
+        if self.on_submit is not None:
+            try:
+                self.on_submit(index, job.ref)
+            except Exception:
+                logger.exception("on_submit failed for input %d (task %s)", index, job.ref.task_id)
 
-        return accepted
+    def _job_done(self, job: Job) -> None:
+        held = self.indices.pop(job.ref.task_id, None)
+        if isinstance(held, int):
+            self.job_done(job, held)
+        elif held is not None:
+            for index in held:
+                self.job_done(job, index)
 
     def job_done(self, job: Job, index: int) -> None:
         if self.stopped:
@@ -310,6 +331,21 @@ class Batch:
         self.pending -= 1
         if self.pending == 0 and self.input_done:
             self.all_done.set()
+
+
+class _Acceptor:
+    """A submitter's callback for the accepted task of the input it is submitting: made once
+    per submitter, not per job (the session calls it synchronously within that submit)."""
+
+    __slots__ = ("batch", "index", "on_accept")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.index = -1
+        self.on_accept = self.accepted
+
+    def accepted(self, job: Job) -> None:
+        self.batch.accepted(job, self.index)
 
 
 def _outcome(index: int, job: Job) -> Outcome:

@@ -45,6 +45,7 @@ class Job:
         "_done",
         "_error",
         "_event",
+        "_listener",
         "_listeners",
         "_owner",
         "_state",
@@ -71,6 +72,8 @@ class Job:
         self._event: anyio.Event | None = None
         self._state: TaskState | None = None
         self._error: BaseException | None = None
+        # The first listener on its own, more in a list: most jobs have one (or none).
+        self._listener: Callable[[Job], None] | None = None
         self._listeners: list[Callable[[Job], None]] | None = None
 
     def __repr__(self) -> str:
@@ -123,9 +126,12 @@ class Job:
             self._add_listener(callback)
 
     def _add_listener(self, listener: Callable[[Job], None]) -> None:
-        if self._listeners is None:
-            self._listeners = []
-        self._listeners.append(listener)
+        if self._listener is None:
+            self._listener = listener
+        elif self._listeners is None:
+            self._listeners = [listener]
+        else:
+            self._listeners.append(listener)
 
     def _on_done(self, value: TaskState | BaseException) -> None:
         """Called once by the scheduler with the terminal state or the error that ended it."""
@@ -140,9 +146,12 @@ class Job:
             owner.finished(self)
         if self._event is not None:
             self._event.set()
-        listeners, self._listeners = self._listeners, None
-        for listener in listeners or ():
-            listener(self)
+        first, self._listener = self._listener, None
+        if first is not None:
+            first(self)
+            listeners, self._listeners = self._listeners, None
+            for listener in listeners or ():
+                listener(self)
 
 
 #: The most images a job of a model this library does not know may bring back.

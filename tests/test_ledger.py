@@ -429,6 +429,38 @@ async def test_a_rerun_on_the_same_file_ledger_pays_for_nothing_already_accepted
     assert stats.deduplicated == 4
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_inputs_of_one_batch_sharing_a_key_share_one_task_and_each_is_delivered(
+    provider: str,
+) -> None:
+    keys = ["k0", "k1", "k0", "k2", "k1", "k0"]
+    requests = [request("same for the key " + k, idempotency_key=k) for k in keys]
+    submitted: dict[int, str] = {}
+    with anyio.fail_after(30):
+        async with Emulator(Scenario(seed=1, duration=Duration.fixed(0.05))) as emu:
+            async with session_for(emu, provider) as session:
+                outcomes = [
+                    o
+                    async for o in session.as_completed(
+                        requests, on_submit=lambda i, ref: submitted.__setitem__(i, ref.task_id)
+                    )
+                ]
+                stats = session.statistics()
+            data = emu.stats()
+    assert sorted(o.index for o in outcomes) == list(range(len(keys)))  # each input once
+    assert all(o.ok for o in outcomes)
+    task_of = {o.index: o.task_id for o in outcomes}
+    assert task_of == submitted
+    for k in set(keys):
+        assert len({task_of[i] for i, key in enumerate(keys) if key == k}) == 1
+    assert len(set(task_of.values())) == 3
+    assert data["requests"]["submit"] == 3
+    assert data["duplicate_submits"] == 0
+    assert stats.deduplicated == 3
+    assert not stats.abandoned_tasks
+
+
 # -- in doubt -------------------------------------------------------------------------------------------
 
 

@@ -677,6 +677,27 @@ def test_a_result_listing_more_images_than_its_model_makes_is_not_fetched(
         assert job.error is None
 
 
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+def test_a_jobs_done_callbacks_run_once_each_in_the_order_added(count: int) -> None:
+    from flux_async._job import Job
+    from flux_async.models import TaskState, TaskStatus
+
+    class Owner:
+        def finished(self, job: Job) -> None:
+            calls.append("owner")
+
+    calls: list[str] = []
+    job = Job(TaskRef(provider="toapis", task_id="t"), None, Owner())  # type: ignore[arg-type]
+    for i in range(count):
+        job.add_done_callback(lambda done, i=i: calls.append(f"cb{i}:{done.task_id}"))
+    job._on_done(TaskState(task_id="t", status=TaskStatus.FAILED, raw_status="failed"))
+    assert calls == ["owner", *(f"cb{i}:t" for i in range(count))]
+    job._on_done(TaskState(task_id="t", status=TaskStatus.FAILED, raw_status="failed"))
+    assert calls.count("cb0:t") == (1 if count else 0)  # not called again
+    job.add_done_callback(lambda done: calls.append("late"))  # done already: at once
+    assert calls[-1] == "late"
+
+
 @pytest.mark.anyio
 async def test_polls_wait_their_turn_for_a_crowded_pool_and_every_connection_comes_back() -> None:
     # 4 submits and 4 polls on 2 connections: polls wait for one in the pool's queue by turns.
