@@ -38,6 +38,7 @@ import anyio
 from ._context import Context
 from ._fleet import Fleet
 from ._http import HttpResponse
+from ._ledger_entries import Entries
 from ._spend import Spend
 from ._throttle import Breaker
 from .errors import (
@@ -51,7 +52,7 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .ledger import Ledger, LedgerEntry
+from .ledger import Ledger, LedgerEntry, MemoryLedger
 from .models import Cost, GenerationRequest, TaskRef
 from .retry import (
     SubmitDecision,
@@ -153,6 +154,7 @@ class Submitter:
         "_claims",
         "_ctx",
         "_ledger",
+        "_memory",
         "_quiet",
         "_sending",
         "_spend",
@@ -180,6 +182,9 @@ class Submitter:
     ) -> None:
         self._ctx = ctx
         self._ledger = ledger
+        # The default in-memory ledger's entries, written without a coroutine per call (its
+        # methods are async only for the protocol's sake). A subclass goes through its methods.
+        self._memory: Entries | None = ledger._entries if type(ledger) is MemoryLedger else None
         self._spend = spend
         self.resubmit_in_doubt = resubmit_in_doubt
         #: The outage breaker (``Limits.outage_streak``, ``Limits.outage_pause``).
@@ -319,18 +324,23 @@ class Submitter:
             self._claims[key] = claim
         sending = self._sending
         sending.add(key)
+        memory = self._memory
         try:
             while True:
                 try:
-                    existing = await self._ledger.intend(
-                        key,
-                        provider=ctx.provider,
-                        model=request.model,
-                        digest=digest,
-                        at=time.time(),
-                        reserved_usd=cost.usd,
-                        images=images,
-                    )
+                    if memory is not None:
+                        held = memory.claim(key, ctx.provider, request.model, digest, time.time(), cost.usd, images)
+                        existing = None if held is None else held.entry()
+                    else:
+                        existing = await self._ledger.intend(
+                            key,
+                            provider=ctx.provider,
+                            model=request.model,
+                            digest=digest,
+                            at=time.time(),
+                            reserved_usd=cost.usd,
+                            images=images,
+                        )
                 except Exception as exc:
                     raise LedgerError(
                         f"the ledger could not record the intent to submit ({exc}); nothing was sent",
@@ -438,18 +448,22 @@ class Submitter:
         try:
             await self._ledger.accept(key, ref)
         except Exception as exc:
-            if self.broken is None:
-                self.broken = exc
-            self.unrecorded.append(ref)
-            logger.error(
-                "the ledger could not record accepted task %s (%s): it is watched, but resume it "
-                "by hand if this process ends first: %s",
-                ref.task_id,
-                exc,
-                json.dumps(ref.to_dict(), sort_keys=True),
-            )
+            self._not_recorded(ref, exc)
         if self.fleet is not None:
             await self.fleet.accepted(key, ref)
+
+    def _not_recorded(self, ref: TaskRef, exc: Exception) -> None:
+        """The ledger failed to record accepted ``ref``: stop sending, keep it impossible to miss."""
+        if self.broken is None:
+            self.broken = exc
+        self.unrecorded.append(ref)
+        logger.error(
+            "the ledger could not record accepted task %s (%s): it is watched, but resume it "
+            "by hand if this process ends first: %s",
+            ref.task_id,
+            exc,
+            json.dumps(ref.to_dict(), sort_keys=True),
+        )
 
 
     async def _send(self, request: GenerationRequest, key: str) -> tuple[TaskRef, float | None]:
@@ -482,7 +496,14 @@ class Submitter:
                     with _post_shield():
                         response = await (ctx.transport or ctx.net()).send(http)
                         ref = self._parse_submit(response, request.model)
-                        await self._record_acceptance(key, ref)
+                        memory = self._memory
+                        if memory is not None and self.fleet is None:
+                            try:  # _record_acceptance, without a coroutine
+                                memory.accept(key, ref, time.time())
+                            except Exception as exc:
+                                self._not_recorded(ref, exc)
+                        else:
+                            await self._record_acceptance(key, ref)
                         return ref, codec.submit_cost(response)
                 except FluxError as exc:
                     error = exc

@@ -30,6 +30,7 @@ from flux_async import (
     TaskRef,
     ValidationError,
 )
+from flux_async._ledger_entries import Entries
 from flux_async._submit import request_digest
 from flux_async.catalog import validate
 from flux_async.emulator import DEFAULT_API_KEY, Duration, Emulator, Scenario
@@ -323,11 +324,39 @@ class FailingLedger(MemoryLedger):
         await super().accept(key, ref)
 
 
+class _FailingEntries(Entries):
+    """The default ledger's own entries failing (they are written without its async methods)."""
+
+    def __init__(self, *, intents: bool = False, acceptances: bool = False) -> None:
+        super().__init__(10_000)
+        self.fail_intents = intents
+        self.fail_acceptances = acceptances
+
+    def claim(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        if self.fail_intents:
+            raise OSError(28, "No space left on device")
+        return super().claim(key, *args, **kwargs)
+
+    def accept(self, key: str, ref: TaskRef, at: float) -> None:
+        if self.fail_acceptances:
+            raise OSError(28, "No space left on device")
+        super().accept(key, ref, at)
+
+
+def failing_ledger(how: str, *, intents: bool = False, acceptances: bool = False) -> MemoryLedger:
+    if how == "methods":
+        return FailingLedger(intents=intents, acceptances=acceptances)
+    ledger = MemoryLedger()
+    ledger._entries = _FailingEntries(intents=intents, acceptances=acceptances)
+    return ledger
+
+
 @pytest.mark.anyio
+@pytest.mark.parametrize("how", ["methods", "entries"])
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_an_intent_that_cannot_be_written_is_never_sent(provider: str) -> None:
+async def test_an_intent_that_cannot_be_written_is_never_sent(provider: str, how: str) -> None:
     async with Emulator(Scenario(seed=1)) as emu:
-        async with session_for(emu, provider, ledger=FailingLedger(intents=True)) as session:
+        async with session_for(emu, provider, ledger=failing_ledger(how, intents=True)) as session:
             with pytest.raises(LedgerError, match="nothing was sent"):
                 await session.generate(request())
             with pytest.raises(LedgerError):
@@ -337,12 +366,13 @@ async def test_an_intent_that_cannot_be_written_is_never_sent(provider: str) -> 
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("how", ["methods", "entries"])
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_an_acceptance_that_cannot_be_written_stops_the_session_but_keeps_the_task(
-    provider: str, caplog: pytest.LogCaptureFixture
+    provider: str, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="flux_async")
-    ledger = FailingLedger(acceptances=True)
+    ledger = failing_ledger(how, acceptances=True)
     with anyio.fail_after(20):
         async with Emulator(Scenario(seed=1, duration=Duration.fixed(0.05))) as emu:
             async with session_for(emu, provider, ledger=ledger) as session:
