@@ -174,6 +174,10 @@ class HttpRequest:
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
+#: ``HttpResponse._data`` before the body is decoded (a body may decode to None: JSON null).
+_UNREAD: Any = object()
+
+
 class HttpResponse:
     """A complete HTTP response: status, headers (case-insensitive look-up via :meth:`header`), body.
 
@@ -200,7 +204,7 @@ class HttpResponse:
         self.body = body
         self._received_at = received_at
         self._arrived = arrived
-        self._data: Any = None  # the body as JSON, once a codec has read it (see decoded)
+        self._data: Any = _UNREAD  # the body as JSON, once a codec has read it (see decoded)
 
     @property
     def received_at(self) -> datetime | None:
@@ -239,6 +243,6 @@ class HttpResponse:
         codecs, which only read it): the same object each time, not to be changed. Raises
         ``ValueError`` when it is not JSON."""
         data = self._data
-        if data is None:
+        if data is _UNREAD:
             data = self._data = read_json(self.body)
         return data

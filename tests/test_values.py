@@ -218,3 +218,24 @@ def test_read_json_is_what_a_response_gives() -> None:
     assert HttpResponse(status=200, body=body).json() == json.loads(body)
     with pytest.raises(ValueError, match="Extra data"):
         HttpResponse(status=200, body=b'{"a": 1} x').json()
+
+
+@pytest.mark.parametrize("body", [b'{"status": "completed"}', b"null", b"0", b'""', b"[]"])
+def test_a_responses_body_is_decoded_once_whatever_it_decodes_to(
+    body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flux_async._http
+
+    calls: list[bytes] = []
+    real = flux_async._http.read_json
+
+    def counting(raw: bytes) -> object:
+        calls.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(flux_async._http, "read_json", counting)
+    response = HttpResponse(status=200, body=body)
+    first = response.decoded()
+    assert response.decoded() is first
+    assert first == json.loads(body)
+    assert calls == [body]  # JSON null, 0 and "" included: decoded once, not on every read
