@@ -256,18 +256,22 @@ class AiohttpTransport:
             if known is None or known[0] is not headers:
                 known = self._fix(headers)
             headers = known[1]
-        kwargs: dict[str, object] = {"headers": headers, "allow_redirects": False}
-        if time_limit is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(
-                total=time_limit, sock_connect=min(time_limit, self._connect_timeout)
-            )
-        if request.json is not None:
-            kwargs["json"] = request.json
-        elif request.form is not None:
-            form = aiohttp.FormData()
-            for field in request.form:
-                form.add_field(field.name, field.value, filename=field.filename, content_type=field.content_type)
-            kwargs["data"] = form
+        # The common request (a JSON body or none, the session's timeout) is made without a
+        # keyword dict of its own; an upload or a time limit builds one.
+        kwargs: dict[str, object] | None = None
+        if time_limit is not None or request.form is not None:
+            kwargs = {"headers": headers, "allow_redirects": False}
+            if time_limit is not None:
+                kwargs["timeout"] = aiohttp.ClientTimeout(
+                    total=time_limit, sock_connect=min(time_limit, self._connect_timeout)
+                )
+            if request.json is not None:
+                kwargs["json"] = request.json
+            elif request.form is not None:
+                form = aiohttp.FormData()
+                for field in request.form:
+                    form.add_field(field.name, field.value, filename=field.filename, content_type=field.content_type)
+                kwargs["data"] = form
         self._requests += 1
         client = self._session or self._client()
         gated = self._owned
@@ -279,7 +283,11 @@ class AiohttpTransport:
         debug = _log.isEnabledFor(_DEBUG)
         started = time.monotonic() if debug else 0.0
         try:
-            async with client.request(request.method, url, **kwargs) as resp:  # type: ignore[arg-type]
+            if kwargs is None:
+                made = client.request(request.method, url, headers=headers, allow_redirects=False, json=request.json)
+            else:
+                made = client.request(request.method, url, **kwargs)  # type: ignore[arg-type]
+            async with made as resp:
                 received = resp.headers
                 declared = received.get(hdrs.CONTENT_LENGTH)  # (aiohttp checked it is a number)
                 length = None if declared is None else int(declared)
