@@ -10,7 +10,9 @@ Each client runs twice, with a small and a large number of jobs, in fresh proces
 difference divided by the difference in jobs is the instructions per job, with start-up,
 imports and the connection pool's first connections cancelled out. Every count is taken a second
 time with the cyclic garbage collector off (``gc.disable()`` in the client), so that the table
-also says how many instructions per job the collector costs each client. One more client is
+also says how many instructions per job the collector costs each client. (Every client collects
+what start-up left behind just before its measured work: otherwise the one full collection
+start-up's objects bring about falls inside one run's count and not another's by chance.) One more client is
 counted beside the steps: the codec's with twice the workers on the same pool, as many requests
 under way as the library's submits plus polls, to say what that crowding alone costs. Needs ``valgrind`` on
 the PATH; not part of ``all`` (about three minutes per repetition: a client runs some fifty times
