@@ -38,7 +38,6 @@ import anyio
 from ._context import Context
 from ._fleet import Fleet
 from ._http import HttpResponse
-from ._ledger_entries import Entries
 from ._spend import Spend
 from ._throttle import Breaker
 from .errors import (
@@ -182,9 +181,9 @@ class Submitter:
     ) -> None:
         self._ctx = ctx
         self._ledger = ledger
-        # The default in-memory ledger's entries, written without a coroutine per call (its
-        # methods are async only for the protocol's sake). A subclass goes through its methods.
-        self._memory: Entries | None = ledger._entries if type(ledger) is MemoryLedger else None
+        # The default in-memory ledger, written without a coroutine per call (its methods are
+        # async only for the protocol's sake). A subclass goes through its async methods.
+        self._memory: MemoryLedger | None = ledger if type(ledger) is MemoryLedger else None
         self._spend = spend
         self.resubmit_in_doubt = resubmit_in_doubt
         #: The outage breaker (``Limits.outage_streak``, ``Limits.outage_pause``).
@@ -329,8 +328,9 @@ class Submitter:
             while True:
                 try:
                     if memory is not None:
-                        held = memory.claim(key, ctx.provider, request.model, digest, time.time(), cost.usd, images)
-                        existing = None if held is None else held.entry()
+                        existing = memory._intend_now(
+                            key, ctx.provider, request.model, digest, time.time(), cost.usd, images
+                        )
                     else:
                         existing = await self._ledger.intend(
                             key,
@@ -452,6 +452,18 @@ class Submitter:
         if self.fleet is not None:
             await self.fleet.accepted(key, ref)
 
+    def _accepted_now(self, key: str, ref: TaskRef) -> bool:
+        """:meth:`_record_acceptance` without a coroutine where nothing needs awaiting (the
+        in-memory ledger, no coordinator); False when that must be awaited instead."""
+        memory = self._memory
+        if memory is None or self.fleet is not None:
+            return False
+        try:
+            memory._accept_now(key, ref)
+        except Exception as exc:
+            self._not_recorded(ref, exc)
+        return True
+
     def _not_recorded(self, ref: TaskRef, exc: Exception) -> None:
         """The ledger failed to record accepted ``ref``: stop sending, keep it impossible to miss."""
         if self.broken is None:
@@ -496,13 +508,7 @@ class Submitter:
                     with _post_shield():
                         response = await (ctx.transport or ctx.net()).send(http)
                         ref = self._parse_submit(response, request.model)
-                        memory = self._memory
-                        if memory is not None and self.fleet is None:
-                            try:  # _record_acceptance, without a coroutine
-                                memory.accept(key, ref, time.time())
-                            except Exception as exc:
-                                self._not_recorded(ref, exc)
-                        else:
+                        if not self._accepted_now(key, ref):
                             await self._record_acceptance(key, ref)
                         return ref, codec.submit_cost(response)
                 except FluxError as exc:

@@ -152,10 +152,27 @@ class MemoryLedger:
         reserved_usd: float | None = None,
         images: int = 1,
     ) -> LedgerEntry | None:
+        return self._intend_now(key, provider, model, digest, at, reserved_usd, images)
+
+    def _intend_now(
+        self,
+        key: str,
+        provider: str,
+        model: str,
+        digest: str,
+        at: float,
+        reserved_usd: float | None = None,
+        images: int = 1,
+    ) -> LedgerEntry | None:
+        """:meth:`intend` without a coroutine (for the session's submits, on this class only)."""
         existing = self._entries.claim(key, provider, model, digest, at, reserved_usd, images)
         return None if existing is None else existing.entry()
 
     async def accept(self, key: str, ref: TaskRef) -> None:
+        self._accept_now(key, ref)
+
+    def _accept_now(self, key: str, ref: TaskRef) -> None:
+        """:meth:`accept` without a coroutine (for the session's submits, on this class only)."""
         self._entries.accept(key, ref, _now())
 
     def settle(
