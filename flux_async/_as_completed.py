@@ -230,14 +230,23 @@ class Batch:
 
     async def _submitter(self) -> None:
         try:
-            with submitting_task():  # its POSTs share one cancel scope, shielded in turn
+            # Its POSTs share one cancel scope, shielded in turn. And it sends the polls that
+            # get a connection from one of its POSTs (see PollScheduler.helping).
+            with submitting_task(), self.session._scheduler.helping():
                 await self._submit_inputs(_Acceptor(self))
         finally:
             self.submitters -= 1
 
     async def _submit_inputs(self, acceptor: _Acceptor) -> None:
         on_accept = acceptor.on_accept
+        scheduler = self.session._scheduler
+        orders = scheduler.orders
         while not self.stopped:
+            if orders:
+                # A poll took the connection this submitter's last POST let go: sent here,
+                # without a wake-up of a worker for it.
+                await scheduler.send_orders()
+                continue
             item = self._next()
             if item is None:
                 if self.input_done and not self.queue:

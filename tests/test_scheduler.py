@@ -7,6 +7,7 @@ in real time.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import random
@@ -1490,3 +1491,159 @@ async def test_a_stopped_scheduler_gives_back_every_connection_it_took() -> None
     assert gate.free == 2  # the two polls' connections came back; no order kept one
     assert not outcomes.values
     assert sched.statistics().outstanding == 5  # all still watched, for the next run
+
+
+# -- helpers: tasks that send the polls their own requests' connections go to --------------------
+
+
+def recording_gated_scheduler(
+    vt: VirtualTime, provider: FakeProvider, gate: FakeGate, policy: PollPolicy
+) -> tuple[PollScheduler, list[asyncio.Task[object] | None]]:
+    """A gated scheduler whose polls record the task that sent each."""
+    senders: list[asyncio.Task[object] | None] = []
+
+    async def poll_held(ref: TaskRef, held: FakeGate) -> TaskState:
+        senders.append(asyncio.current_task())
+        try:
+            return await provider.poll(ref)
+        finally:
+            held.let_go()
+
+    sched = make_scheduler(vt, provider, policy)
+    sched.use_gate(gate, poll_held)
+    return sched, senders
+
+
+async def test_a_helper_sends_the_poll_its_request_let_the_connection_go_to() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=0.1)
+    gate = FakeGate(1)
+    sched, senders = recording_gated_scheduler(vt, provider, gate, PollPolicy(first_poll=0.5, quantum=0.0))
+    job = provider.jobs["a"] = Job(start=0.0, duration=0.2)
+    outcomes = Outcomes(vt)
+    helpers: list[asyncio.Task[object] | None] = []
+
+    async def helper() -> None:
+        with sched.helping():
+            helpers.append(asyncio.current_task())
+            gate.let_go()  # its request ends: the connection goes to the poll's place
+            assert len(sched.orders) == 1
+            await sched.send_orders()  # sent here, at once
+            assert not sched.orders
+
+    async def body() -> None:
+        assert gate.take_connection()  # the helper's request holds the one connection
+        sched.watch(ref_for("a", job), outcomes.callback("a"))
+        await vt.advance(1.0)
+        assert len(gate.queue) == 1  # the due poll keeps a place in the pool's queue
+        wakeups = sched.statistics().wakeups
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(helper)
+            await vt.advance(1.0)
+        # Nobody else was bothered for it: no worker was started or woken through the driver.
+        assert sched.statistics().wakeups == wakeups
+
+    await with_driver(sched, body)
+    assert senders == helpers
+    assert isinstance(outcomes.values["a"], TaskState)
+    assert gate.free == 1
+
+
+async def test_an_order_its_helper_does_not_send_in_its_turn_goes_to_a_worker() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=0.1)
+    gate = FakeGate(1)
+    sched, senders = recording_gated_scheduler(vt, provider, gate, PollPolicy(first_poll=0.5, quantum=0.0))
+    job = provider.jobs["a"] = Job(start=0.0, duration=0.2)
+    outcomes = Outcomes(vt)
+
+    async def body() -> None:
+        with sched.helping():
+            assert gate.take_connection()
+            sched.watch(ref_for("a", job), outcomes.callback("a"))
+            await vt.advance(1.0)
+            released = vt.clock()
+            gate.let_go()
+            await vt.advance(5.0)  # the helper awaits something else (a slow ledger, a retry's wait)
+        assert len(senders) == 1
+        assert senders[0] is not asyncio.current_task()  # a worker sent it
+        assert provider.polls["a"] == [pytest.approx(released + 0.05)]  # without delay
+        assert isinstance(outcomes.values["a"], TaskState)
+
+    await with_driver(sched, body)
+    assert gate.free == 1
+
+
+async def test_a_helper_cancelled_mid_poll_gives_back_its_slot_and_the_task_is_polled_again() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=10.0)
+    gate = FakeGate(1)
+    policy = PollPolicy(first_poll=0.5, quantum=0.0, max_in_flight=1)
+    sched, senders = recording_gated_scheduler(vt, provider, gate, policy)
+    job = provider.jobs["a"] = Job(start=0.0, duration=0.2)
+    outcomes = Outcomes(vt)
+
+    async def helper() -> None:
+        with sched.helping():
+            gate.let_go()  # its request ends: the connection goes to the waiting poll
+            await sched.send_orders()
+
+    async def body() -> None:
+        assert gate.take_connection()
+        sched.watch(ref_for("a", job), outcomes.callback("a"))
+        await vt.advance(1.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(helper)
+            await vt.advance(1.0)
+            assert provider.in_flight == 1  # the helper's poll is on the wire
+            cancelled = vt.clock()
+            tg.cancel_scope.cancel()  # e.g. its batch stops
+        # max_in_flight=1: only the slot its poll gave back lets the task be polled again, now.
+        await vt.advance(30.0)
+        # (The first poll never reached the provider: cancelled on its way.)
+        assert provider.polls["a"] == [pytest.approx(cancelled + 5.0)]
+        assert sched.statistics().in_flight == 0
+
+    await with_driver(sched, body)
+    assert isinstance(outcomes.values["a"], TaskState)
+    assert outcomes.calls["a"] == 1
+    assert len(senders) == 2
+    assert senders[1] is not senders[0]  # polled again, by a worker
+    assert gate.free == 1  # every connection back in the pool
+
+
+async def test_a_helpers_poll_that_outlives_the_run_leaves_the_next_run_correct() -> None:
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=10.0)
+    gate = FakeGate(1)
+    policy = PollPolicy(first_poll=0.5, quantum=0.0, max_in_flight=1)
+    sched, _ = recording_gated_scheduler(vt, provider, gate, policy)
+    for task_id in ("a", "b"):
+        provider.jobs[task_id] = Job(start=0.0, duration=0.2)
+    outcomes = Outcomes(vt)
+    go = anyio.Event()
+
+    async def helper() -> None:
+        await go.wait()
+        with sched.helping():
+            gate.let_go()
+            await sched.send_orders()  # its poll answers after the run that ordered it ended
+
+    async def body() -> None:
+        assert gate.take_connection()
+        for task_id in ("a", "b"):
+            sched.watch(ref_for(task_id, provider.jobs[task_id]), outcomes.callback(task_id))
+        await vt.advance(1.0)  # a's poll waits for the connection; b for a slot
+        go.set()
+        await vt.advance(1.0)
+        assert provider.in_flight == 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(helper)
+        await with_driver(sched, body)  # the run ends with the helper's poll on the wire
+        await vt.advance(20.0)  # it answers now: no run to dispatch for, nothing raised
+    assert sched.statistics().in_flight == 0
+    assert sorted(outcomes.values) == ["a"]
+    await with_driver(sched, lambda: vt.advance(30.0))  # the next run has its one slot for b
+    assert sorted(outcomes.values) == ["a", "b"]
+    assert gate.free == 1

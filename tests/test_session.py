@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import sys
 import tracemalloc
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -696,6 +697,46 @@ def test_a_jobs_done_callbacks_run_once_each_in_the_order_added(count: int) -> N
     assert calls.count("cb0:t") == (1 if count else 0)  # not called again
     job.add_done_callback(lambda done: calls.append("late"))  # done already: at once
     assert calls[-1] == "late"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", ["toapis", "apimart", "bfl"])
+async def test_a_batchs_submitters_send_the_polls_their_posts_connections_go_to(provider: str) -> None:
+    # 8 submits and 8 polls on 3 connections: a connection a POST lets go to a waiting poll is
+    # used by that submitter for the poll (no worker woken for it); nothing lost or doubled.
+    # Each answer takes 5 ms: polls fall due while POSTs are on the wire, and wait for them.
+    async with Emulator(Scenario(seed=3, duration=Duration.fixed(0), latency=0.005)) as emu:
+        limits = Limits(max_concurrent_submits=8, max_connections=3)
+        policy = PollPolicy(first_poll=0.001, max_in_flight=8)
+        async with session_for(emu, provider, limits=limits, poll_policy=policy) as session:
+            scheduler = session._scheduler
+            senders: Counter[str] = Counter()
+            poll_held = scheduler._poll_held
+            assert poll_held is not None
+
+            async def recording(ref: Any, held: Any) -> Any:
+                frame = sys._getframe(1)  # who sends it: a poll worker, or a batch's submitter
+                while frame.f_code.co_name not in ("_worker", "_submitter"):
+                    assert frame.f_back is not None
+                    frame = frame.f_back
+                senders[frame.f_code.co_name] += 1
+                return await poll_held(ref, held)
+
+            scheduler._poll_held = recording
+            model = "flux-kontext-pro"
+            requests = [GenerationRequest(model=model, prompt=f"p{i}") for i in range(60)]
+            outcomes = [o async for o in session.as_completed(requests)]
+            assert sorted(o.index for o in outcomes if o.ok) == list(range(60))
+            assert senders["_submitter"] > 0, senders
+            assert sum(senders.values()) <= stats(emu)["requests"]["poll"]
+            assert stats(emu)["duplicate_submits"] == 0
+            transport = session._ctx.transport
+            assert isinstance(transport, flux_async.transport.AiohttpTransport)
+            for _ in range(3):  # every connection came back to the pool
+                assert transport.take_connection()
+            assert not transport.take_connection()
+            for _ in range(3):
+                transport.let_go()
 
 
 @pytest.mark.anyio

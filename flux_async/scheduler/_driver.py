@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import heapq
 import itertools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -65,7 +66,9 @@ class PollScheduler:
     poll is handed to a worker only with a connection taken for it: when none is free, the
     order keeps a place in the pool's queue (no task waits for it) and goes to a worker when a
     connection comes to that place, through ``poll_held(ref, gate)``. So a poll costs one
-    worker's wake-up, where a worker woken to wait for a connection itself would cost two.
+    worker's wake-up, where a worker woken to wait for a connection itself would cost two. And
+    none when the connection comes from a request of a task that sends polls itself (a worker,
+    or a batch's submitter: :meth:`helping`): that task sends it as soon as its request is done.
     """
 
     def __init__(
@@ -113,6 +116,11 @@ class PollScheduler:
         # that taking an order costs no trip through the event loop.
         self._orders: collections.deque[PollOrder] = collections.deque()
         self._idle = Parking()  # workers with nothing to send
+        # Tasks that send the waiting orders as soon as a request of theirs is done (see
+        # helping()), and whether a look at the end of the loop's turn is due.
+        self._helpers: set[asyncio.Task[Any] | None] = set()
+        self._unserved_check = False
+        self._runs = 0  # run() calls: a poll outliving its run leaves the next one's counts
         self._workers = 0
         # The driver's sleep: rung when a poll falls due before it would wake by itself.
         self._alarm = Alarm(clock, sleep)
@@ -287,6 +295,7 @@ class PollScheduler:
             self._tg = None
             self._idle = Parking()
             self._workers = self._in_flight = 0
+            self._runs += 1
 
     def _loop_time(self) -> float:
         """The default clock: the running loop's time, as anyio.current_time() gives it, but
@@ -391,48 +400,100 @@ class PollScheduler:
                     self._alarm.ring()
                 continue
             self._orders.append((rec, due, gate))
-            if not self._idle.wake_one():
+            if asyncio.current_task() in self._helpers:
+                # The task letting the connection go sends the poll once its request is done.
+                if not self._unserved_check:
+                    self._unserved_check = True
+                    asyncio.get_running_loop().call_soon(self._unserved)
+            elif not self._idle.wake_one():
                 self._alarm.ring()  # the driver starts a worker for it
             return True
         return False
 
     async def _worker(self) -> None:
         """Send the polls handed over by :meth:`_dispatch`, one at a time."""
-        clock = self._clock
         orders = self._orders
-        while True:
-            while not orders:
-                await self._idle.wait()
-            rec, due, held = orders.popleft()
-            start = clock()
-            self._lag.add(start - due)
-            self._polls_sent += 1
-            rec.polls += 1
-            if rec.errors == 0 and self._retry_budget is not None:
-                self._retry_budget.record_request()  # a first attempt, not a retry
-            try:
-                if held is None:
-                    state = await self._poll(rec.ref)
-                else:
-                    assert self._poll_held is not None
-                    state = await self._poll_held(rec.ref, held)
-            except Exception as exc:
-                self._in_flight -= 1
-                self._polls_failed += 1
-                if rec.on_done is not None:
-                    self._after_error(rec, exc, clock())
-            except BaseException:
-                if rec.on_done is not None:  # cancelled with the scheduler: poll it next run
-                    self._push(rec, clock())
-                raise
+        with self.helping():  # it looks at the orders as soon as each of its polls is done
+            while True:
+                while not orders:
+                    await self._idle.wait()
+                await self._serve(*orders.popleft())
+
+    @contextlib.contextmanager
+    def helping(self) -> Iterator[None]:
+        """Within: the current task sends the orders waiting in :attr:`orders` (with
+        :meth:`send_orders`) as soon as each request of its own is done, without an await in
+        between. A connection that one of its requests lets go to a poll in the gate's queue
+        is then not handed to a worker woken for it (a trip through the event loop for
+        both): the task that had it sends the poll itself, like a worker that finished a
+        poll. Should it not get to it in the same turn of the event loop (it awaits something
+        else first), a worker is woken for it in the next."""
+        me = asyncio.current_task()
+        self._helpers.add(me)
+        try:
+            yield
+        finally:
+            self._helpers.discard(me)
+
+    @property
+    def orders(self) -> collections.deque[PollOrder]:
+        """The polls handed over and not yet sent (read-only: for a quick look before
+        :meth:`send_orders`)."""
+        return self._orders
+
+    async def send_orders(self) -> None:
+        """Send the polls handed over and not yet sent, one at a time, in the current task."""
+        orders = self._orders
+        while orders and self._tg is not None:
+            await self._serve(*orders.popleft())
+
+    async def _serve(self, rec: Watch, due: float, held: ConnectionGate | None) -> None:
+        """Send one poll handed over and act on its answer."""
+        clock = self._clock
+        run = self._runs
+        start = clock()
+        self._lag.add(start - due)
+        self._polls_sent += 1
+        rec.polls += 1
+        if rec.errors == 0 and self._retry_budget is not None:
+            self._retry_budget.record_request()  # a first attempt, not a retry
+        try:
+            if held is None:
+                state = await self._poll(rec.ref)
             else:
+                assert self._poll_held is not None
+                state = await self._poll_held(rec.ref, held)
+        except Exception as exc:
+            if run == self._runs:  # (a helper's poll may outlive the run that ordered it)
                 self._in_flight -= 1
-                if rec.on_done is not None:
-                    self._after_state(rec, state, start, clock())
-            if self._blocked:
-                wake_at = self._dispatch()
-                if wake_at < self._alarm.at:
-                    self._alarm.ring()
+            self._polls_failed += 1
+            if rec.on_done is not None:
+                self._after_error(rec, exc, clock())
+        except BaseException:
+            if run == self._runs:
+                self._in_flight -= 1
+            if rec.on_done is not None:  # cancelled (with the scheduler): poll it next run
+                self._push(rec, clock())
+            raise
+        else:
+            if run == self._runs:
+                self._in_flight -= 1
+            if rec.on_done is not None:
+                self._after_state(rec, state, start, clock())
+        if self._blocked and self._tg is not None:
+            wake_at = self._dispatch()
+            if wake_at < self._alarm.at:
+                self._alarm.ring()
+
+    def _unserved(self) -> None:
+        """The loop's turn after one in which a helper took a connection for an order: the
+        orders still waiting (their helper awaits something else) go to workers."""
+        self._unserved_check = False
+        pending = len(self._orders)
+        while pending and self._idle.wake_one():
+            pending -= 1
+        if pending:
+            self._alarm.ring()  # the driver starts workers for the rest
 
     def _after_state(self, rec: Watch, state: TaskState, start: float, now: float) -> None:
         rec.errors = 0
