@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import anyio
 import anyio.lowlevel
 import pytest
@@ -14,7 +16,7 @@ from aiohttp import web
 
 from flux_async._http import FixedHeaders, HttpRequest
 from flux_async.errors import TransportError
-from flux_async.transport import MAX_API_BODY, AiohttpTransport
+from flux_async.transport import API_READ_SIZE, MAX_API_BODY, AiohttpTransport
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -276,3 +278,61 @@ async def test_a_callers_aiohttp_session_has_no_gate_to_take_from() -> None:
         transport = AiohttpTransport(base_url="http://127.0.0.1:9", session=http)
         assert not transport.gated
         assert not transport.take_connection()
+
+
+def _recording_client_reads(monkeypatch: pytest.MonkeyPatch, port: int) -> list[int]:
+    """The sizes the client's sockets to ``port`` ask for on each read (the server's own
+    sockets, in this process too, are left out)."""
+    asked: list[int] = []
+    real_recv = socket.socket.recv
+
+    def recv(self: socket.socket, size: int, *args: int) -> bytes:
+        if self.getpeername()[1] == port:
+            asked.append(size)
+        return real_recv(self, size, *args)
+
+    monkeypatch.setattr(socket.socket, "recv", recv)
+    return asked
+
+
+_BIG = {"blob": "x" * 200_000}
+
+
+async def _big_or_small(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_BIG if "big" in request.query else {"ok": True})
+
+
+@pytest.mark.anyio
+async def test_api_connections_read_in_chunks_of_api_read_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio reads into a fresh 256 KiB buffer; the session's own API connections ask for
+    API_READ_SIZE instead (see there why), from their second answer on, and a large body
+    still arrives whole."""
+    runner, url = await _serve(_big_or_small)
+    asked = _recording_client_reads(monkeypatch, int(url.rsplit(":", 1)[1]))
+    transport = AiohttpTransport(base_url=url, max_connections=1)
+    try:
+        await transport.send(HttpRequest(method="GET", url="/x"))  # the connection's first answer
+        assert asked == [256 * 1024]  # asyncio's own size
+        asked.clear()
+        response = await transport.send(HttpRequest(method="GET", url="/x?big=1"))
+        assert json.loads(response.body) == _BIG
+        assert set(asked) == {API_READ_SIZE}
+        assert len(asked) >= len(response.body) // API_READ_SIZE
+    finally:
+        await transport.aclose()
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_a_callers_own_session_keeps_its_read_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, url = await _serve(_big_or_small)
+    asked = _recording_client_reads(monkeypatch, int(url.rsplit(":", 1)[1]))
+    async with aiohttp.ClientSession() as session:
+        transport = AiohttpTransport(base_url=url, session=session)
+        try:
+            for _ in range(3):
+                await transport.send(HttpRequest(method="GET", url="/x"))
+            assert asked == [256 * 1024] * 3  # its connections are left as the caller made them
+        finally:
+            await transport.aclose()
+            await runner.cleanup()
