@@ -58,8 +58,19 @@ def _settle_heap() -> None:
     the one full collection they bring about (some 13 million instructions on this heap) would
     otherwise fall inside one run's count and not another's, by chance: the floor's collector
     share moved from 300 to 34,000 instructions per job between whole runs of the instructions
-    scenario. Collected first, each run's collections are the ones its own work brings about."""
+    scenario. Collected first, each run's collections are the ones its own work brings about.
+
+    And the C allocator is put in one state for every client: asyncio reads a socket into a fresh
+    256 KiB buffer, which glibc maps from the system and unmaps again (about 13 µs a read on
+    this machine, against 2 µs for 64 KiB) until the process has freed a block larger than
+    that, which raises its threshold for mapping. Whether a client's start-up had done so was
+    chance (the floor's CPU per job was 153-164 µs in one run of this scenario and 180-196 µs
+    in the next, with the same code from another directory). A block of 1 MiB freed here
+    settles it alike for every client. (The library's own API connections read 64 KiB at a
+    time, so its figure does not depend on it.)"""
     gc.collect()
+    block = bytes(1 << 20)
+    del block
 
 
 def client_library(p: dict[str, Any]) -> dict[str, Any]:
