@@ -1647,3 +1647,46 @@ async def test_a_helpers_poll_that_outlives_the_run_leaves_the_next_run_correct(
     await with_driver(sched, lambda: vt.advance(30.0))  # the next run has its one slot for b
     assert sorted(outcomes.values) == ["a", "b"]
     assert gate.free == 1
+
+
+async def test_a_poll_on_a_free_connection_waits_a_turn_for_a_helper_and_then_a_worker() -> None:
+    # While a helper is about, a due poll that got a free connection is left for it for one turn
+    # of the loop: a helper whose request ends then sends it, no worker is started for it; when
+    # none comes back for it, a worker sends it the next turn (no virtual time lost either way).
+    vt = VirtualTime()
+    provider = FakeProvider(vt, latency=0.1)
+    gate = FakeGate(2)
+    policy = PollPolicy(first_poll=1.0, quantum=0.0)
+    sched, senders = recording_gated_scheduler(vt, provider, gate, policy)
+    for task_id in ("a", "b"):
+        provider.jobs[task_id] = Job(start=0.0, duration=0.5)
+    outcomes = Outcomes(vt)
+    helpers: list[asyncio.Task[object] | None] = []
+    stop = anyio.Event()
+
+    async def helper() -> None:
+        with sched.helping():
+            helpers.append(asyncio.current_task())
+            # Its request ends just as a's poll falls due (it went to sleep after the driver).
+            await vt.sleep(1.0)
+            await sched.send_orders()
+            await stop.wait()  # then about, but busy elsewhere: b's poll is not left waiting
+
+    async def body() -> None:
+        sched.watch(ref_for("a", provider.jobs["a"]), outcomes.callback("a"))
+        await vt.settle()  # the driver rests until a's poll is due
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(helper)
+            await vt.advance(1.5)
+            assert senders == helpers  # a's poll: sent by the helper...
+            assert sched._workers == 0  # ...and no worker started for it
+            sched.watch(ref_for("b", provider.jobs["b"]), outcomes.callback("b"))
+            await vt.advance(1.5)
+            stop.set()
+        assert len(senders) == 2
+        assert senders[1] is not helpers[0]  # b's: by a worker
+        assert provider.polls["b"] == [pytest.approx(1.5 + 1.0 + 0.05)]  # on time
+
+    await with_driver(sched, body)
+    assert sorted(outcomes.values) == ["a", "b"]
+    assert gate.free == 2

@@ -379,6 +379,14 @@ class PollScheduler:
                 gate.queue_turn(self._turn)
                 continue
             orders.append((rec, best_due, gate))
+            if len(self._helpers) > self._workers:
+                # Tasks other than the workers send polls too (a batch's submitters): one whose
+                # request is answered in this turn of the loop takes the order as it comes back
+                # for more. What none took goes to workers in the next turn (see _unserved).
+                if not self._unserved_check:
+                    self._unserved_check = True
+                    asyncio.get_running_loop().call_soon(self._unserved)
+                continue
             # One parked worker takes the order. With none parked, a new one starts unless
             # there are max_in_flight already: then a busy one takes it when its poll is done.
             if not self._idle.wake_one() and self._workers < policy.max_in_flight:
@@ -486,8 +494,9 @@ class PollScheduler:
                 self._alarm.ring()
 
     def _unserved(self) -> None:
-        """The loop's turn after one in which a helper took a connection for an order: the
-        orders still waiting (their helper awaits something else) go to workers."""
+        """The loop's turn after one in which orders were left for helpers (a connection a
+        helper let go, or one the driver took while helpers were about): the orders still
+        waiting (no helper came back for them) go to workers."""
         self._unserved_check = False
         pending = len(self._orders)
         while pending and self._idle.wake_one():
