@@ -63,7 +63,7 @@ _FIXED_KEPT = 8
 #: Bytes asked of the socket per read on an API connection. asyncio reads into a fresh buffer of
 #: 256 KiB and shrinks it to what came; the C allocator (glibc's) maps a buffer that large from
 #: the system and unmaps it again unless the process freed a larger one before, so a read of a
-#: small answer can cost a map, a remap and an unmap: 15 µs a read on this machine's VMs, 2 µs
+#: small answer can cost a map, a remap and an unmap: 15 µs a read where it was measured, 2 µs
 #: with 64 KiB. API answers are small: their connections read 64 KiB at a time. (Downloads keep
 #: asyncio's size: their bodies are large.)
 API_READ_SIZE = 64 * 1024
@@ -339,9 +339,9 @@ class AiohttpTransport:
                 self._hand_on()
 
     def _read_small(self, resp: aiohttp.ClientResponse) -> None:
-        """Later reads of ``resp``'s connection ask for :data:`API_READ_SIZE` bytes (this one's
-        answer came already). Where the connection's transport has no such setting (a loop
-        other than asyncio's own), nothing is changed, and not tried again."""
+        """Later reads of ``resp``'s connection ask for :data:`API_READ_SIZE` bytes (the start
+        of this answer was read already). Where the connection's transport has no such setting
+        (a loop other than asyncio's own), nothing is changed, and it is not tried again."""
         try:
             sock = resp._protocol.transport  # type: ignore[union-attr]
             if sock.max_size > API_READ_SIZE:  # type: ignore[union-attr]

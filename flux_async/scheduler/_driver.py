@@ -117,7 +117,7 @@ class PollScheduler:
         self._orders: collections.deque[PollOrder] = collections.deque()
         self._idle = Parking()  # workers with nothing to send
         # Tasks that send the waiting orders as soon as a request of theirs is done (see
-        # helping()), and whether a look at the end of the loop's turn is due.
+        # helping()), and whether a look at what they left is due in the loop's next turn.
         self._helpers: set[asyncio.Task[Any] | None] = set()
         self._unserved_check = False
         self._runs = 0  # run() calls: a poll outliving its run leaves the next one's counts
