@@ -9,6 +9,7 @@ reports to.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from ._jobs import Jobs
 
 __all__ = ["Job"]
+
+_log = logging.getLogger("flux_async")
 
 
 class Job:
@@ -143,7 +146,13 @@ class Job:
         self._done = True
         owner, self._owner = self._owner, None
         if owner is not None:
-            owner.finished(self)
+            try:
+                owner.finished(self)
+            except Exception:
+                # Its bookkeeping failed (a ledger's settlement that raised, against the
+                # ledger's contract): reported, and the job is still delivered to whoever
+                # waits for it, rather than never.
+                _log.exception("task %s ended, but recording its end failed", self.ref.task_id)
         if self._event is not None:
             self._event.set()
         first, self._listener = self._listener, None

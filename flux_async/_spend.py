@@ -13,6 +13,7 @@ It does no I/O of its own (the ledger's ``settle`` must not block).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -25,6 +26,8 @@ from .ledger import Ledger, SettledStatus
 from .models import Cost
 
 __all__ = ["Spend"]
+
+_log = logging.getLogger("flux_async")
 
 
 class _Account:
@@ -259,7 +262,12 @@ class Spend:
         """Record in the ledger how ``key``'s job ended and what it cost (None: nothing was
         charged), and move its reservation into the spent total (once: a key settled again
         changes nothing here)."""
-        self._ledger.settle(key, status, error=error, cost=cost)
+        try:
+            self._ledger.settle(key, status, error=error, cost=cost)
+        except Exception:
+            # A ledger must not raise here; one that does is reported, and this session's own
+            # totals still move on (a lost settlement costs a status check on recovery).
+            _log.exception("the ledger could not record how %s ended (%s)", key, status)
         account = self._drop(key)
         if self.observer is not None:
             model = None if account is None else account.model

@@ -625,3 +625,53 @@ async def test_a_caller_cancelled_before_its_submit_is_sent_sends_nothing() -> N
             assert await session.ledger.get("queued") is None
             assert session.statistics().abandoned_tasks == ()
         assert emu.stats()["requests"]["submit"] == 0
+
+
+class _RaisingSettlements(MemoryLedger):
+    """A ledger whose settlements raise (against the ledger's contract: they must not)."""
+
+    def settle(self, key: str, status: Any, *, error: str | None = None, cost: Any = None) -> None:
+        raise RuntimeError("settlement refused")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_ledger_whose_settlements_raise_loses_no_job(
+    provider: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each job is still delivered (a batch and a generate() call do not wait forever), the
+    # failure is reported, and the session's own totals still count each job as spent.
+    async with Emulator(Scenario(seed=1)) as emu:
+        async with session_for(emu, provider, ledger=_RaisingSettlements()) as session:
+            with anyio.fail_after(10):  # (the emulator's jobs end at once: only a hang takes long)
+                batch = [request(prompt=f"p{i}") for i in range(4)]
+                outcomes = [o async for o in session.as_completed(batch)]
+                result = await session.generate(request(prompt="one more"))
+            stats = session.statistics()
+        assert sorted(o.index for o in outcomes if o.ok) == [0, 1, 2, 3]
+        assert result.images
+        assert emu.stats()["duplicate_submits"] == 0
+    failed = [r for r in caplog.records if "could not record how" in r.getMessage()]
+    assert len(failed) == 5
+    # No reservation left held: each job counted as settled by the session's own totals.
+    assert stats.reserved_usd == 0
+    assert sum(m.settled_jobs for m in stats.spend_by_model.values()) == 5
+    assert sum(m.open_jobs for m in stats.spend_by_model.values()) == 0
+
+
+@pytest.mark.anyio
+async def test_a_job_whose_end_cannot_be_recorded_is_still_delivered(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Any failure in the bookkeeping of a job's end: reported, and the job delivered anyway.
+    def broken(self: Any, job: Any) -> None:
+        raise RuntimeError("bookkeeping broke")
+
+    monkeypatch.setattr("flux_async._jobs.Jobs.finished", broken)
+    async with Emulator(Scenario(seed=1)) as emu, session_for(emu, "toapis") as session:
+        with anyio.fail_after(10):
+            outcomes = [o async for o in session.as_completed([request(prompt=f"p{i}") for i in range(3)])]
+            result = await session.generate(request(prompt="one more"))
+    assert sorted(o.index for o in outcomes if o.ok) == [0, 1, 2]
+    assert result.images
+    assert len([r for r in caplog.records if "recording its end failed" in r.getMessage()]) == 4
