@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -30,6 +31,9 @@ __all__ = ["NOT_OPEN", "Context"]
 T = TypeVar("T")
 
 NOT_OPEN = "use the Session as `async with Session(...) as session:`"
+
+
+_STOCK_TIME = asyncio.BaseEventLoop.time
 
 
 class Context:
@@ -79,7 +83,10 @@ class Context:
         if self.clock is not None:
             return self.clock()
         # anyio.current_time() is the asyncio loop's time; read it directly (ten times cheaper).
-        return asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        if type(loop).time is _STOCK_TIME:  # time.monotonic() itself: read without its call
+            return time.monotonic()
+        return loop.time()
 
     def net(self) -> Transport:
         """The open transport (RuntimeError when the session is not open)."""

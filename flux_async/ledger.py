@@ -120,10 +120,6 @@ class Ledger(Protocol):
         ...
 
 
-def _now() -> float:
-    return time.time()
-
-
 class MemoryLedger:
     """A ledger in this process's memory: the default.
 
@@ -173,12 +169,12 @@ class MemoryLedger:
 
     def _accept_now(self, key: str, ref: TaskRef) -> None:
         """:meth:`accept` without a coroutine (for the session's submits, on this class only)."""
-        self._entries.accept(key, ref, _now())
+        self._entries.accept(key, ref, time.time())
 
     def settle(
         self, key: str, status: SettledStatus, *, error: str | None = None, cost: Cost | None = None
     ) -> None:
-        self._entries.settle(key, status, error, _now(), cost)
+        self._entries.settle(key, status, error, time.time(), cost)
 
     async def get(self, key: str) -> LedgerEntry | None:
         record = self._entries.get(key)
@@ -268,14 +264,14 @@ class FileLedger:
         return None
 
     async def accept(self, key: str, ref: TaskRef) -> None:
-        at = _now()
+        at = time.time()
         self._write({"op": "accept", "key": key, "ref": ref.to_dict(), "at": at}, sync=True)
         self._entries.accept(key, ref, at)
 
     def settle(
         self, key: str, status: SettledStatus, *, error: str | None = None, cost: Cost | None = None
     ) -> None:
-        at = _now()
+        at = time.time()
         if not self._entries.settle(key, status, error, at, cost):
             return
         record: dict[str, Any] = {"op": "settle", "key": key, "status": status, "at": at}

@@ -1690,3 +1690,54 @@ async def test_a_poll_on_a_free_connection_waits_a_turn_for_a_helper_and_then_a_
     await with_driver(sched, body)
     assert sorted(outcomes.values) == ["a", "b"]
     assert gate.free == 2
+
+
+# -- the default clock: the running loop's -----------------------------------------------------------
+
+
+class SkewedLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock is not time.monotonic() (as uvloop's, or a test's, may not be)."""
+
+    def time(self) -> float:
+        return 50_000.0 + super().time()
+
+
+def test_the_scheduler_keeps_time_by_a_loop_whose_clock_is_its_own() -> None:
+    # On the standard loops the scheduler reads time.monotonic() directly (their time() is
+    # that); on any other it must read the loop's own clock: its timers are set on it, and read
+    # from time.monotonic() they would be 50,000 s early (a driver that never sleeps).
+    states = iter([TaskStatus.RUNNING, TaskStatus.SUCCEEDED])
+    polled: list[float] = []
+
+    async def poll(ref: TaskRef) -> TaskState:
+        polled.append(asyncio.get_running_loop().time())
+        status = next(states)
+        return TaskState(task_id=ref.task_id, status=status, raw_status=status.value)
+
+    async def main() -> TaskState | BaseException:
+        # (Real time, the loop's own: a millisecond or two between the polls.)
+        policy = PollPolicy(first_poll=0.001, min_interval=0.001, max_interval=0.002, quantum=0.0)
+        sched = PollScheduler(poll, policy=policy)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[TaskState | BaseException] = loop.create_future()
+        started = loop.time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sched.run)
+            sched.watch(TaskRef(provider="toapis", task_id="t"), done.set_result)
+            with anyio.fail_after(5):
+                value = await done
+            tg.cancel_scope.cancel()
+        assert all(started < t < started + 5 for t in polled)
+        assert sched.statistics().wakeups < 50  # it slept between the polls
+        return value
+
+    for loop in (asyncio.new_event_loop(), SkewedLoop()):
+        try:
+            value = loop.run_until_complete(main())
+        finally:
+            loop.close()
+        assert isinstance(value, TaskState)
+        assert value.status is TaskStatus.SUCCEEDED
+        assert len(polled) == 2
+        polled.clear()
+        states = iter([TaskStatus.RUNNING, TaskStatus.SUCCEEDED])

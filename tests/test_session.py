@@ -8,6 +8,7 @@ something happen.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import math
@@ -768,3 +769,22 @@ async def test_polls_wait_their_turn_for_a_crowded_pool_and_every_connection_com
             assert not transport.take_connection()
             transport.let_go()
             transport.let_go()
+
+
+def test_the_sessions_clock_is_the_running_loops_own_on_any_loop() -> None:
+    class SkewedLoop(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return 50_000.0 + super().time()
+
+    async def main() -> None:
+        session = Session("toapis", api_key="k" * 32, base_url="http://127.0.0.1:9")
+        loop = asyncio.get_running_loop()
+        before = loop.time()
+        now = session._ctx.now()
+        assert before <= now <= loop.time()
+
+    for loop in (asyncio.new_event_loop(), SkewedLoop()):
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()

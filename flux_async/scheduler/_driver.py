@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -51,6 +52,7 @@ __all__ = ["DoneCallback", "PollScheduler"]
 logger = logging.getLogger(__name__)
 
 _DEFAULT_POLICY = PollPolicy()
+_STOCK_TIME = asyncio.BaseEventLoop.time
 
 # -- the scheduler ------------------------------------------------------------------------------
 
@@ -304,8 +306,9 @@ class PollScheduler:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return anyio.current_time()
-        self._clock = loop.time
-        return loop.time()
+        # The standard loops' time is time.monotonic() itself: read without a call of theirs.
+        self._clock = time.monotonic if type(loop).time is _STOCK_TIME else loop.time
+        return self._clock()
 
     # -- the driver --------------------------------------------------------------------------------
 
