@@ -19,6 +19,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ._http import HttpResponse
+from ._loop import STOCK_LOOP_TIME
 from ._throttle import Throttle
 from .errors import ConfigurationError, FluxError, RateLimitError
 from .models import TaskRef, TaskState
@@ -31,9 +32,6 @@ __all__ = ["NOT_OPEN", "Context"]
 T = TypeVar("T")
 
 NOT_OPEN = "use the Session as `async with Session(...) as session:`"
-
-
-_STOCK_TIME = asyncio.BaseEventLoop.time
 
 
 class Context:
@@ -84,7 +82,7 @@ class Context:
             return self.clock()
         # anyio.current_time() is the asyncio loop's time; read it directly (ten times cheaper).
         loop = asyncio.get_running_loop()
-        if type(loop).time is _STOCK_TIME:  # time.monotonic() itself: read without its call
+        if type(loop).time is STOCK_LOOP_TIME:  # time.monotonic() itself: read without its call
             return time.monotonic()
         return loop.time()
 

@@ -477,7 +477,6 @@ class Submitter:
             json.dumps(ref.to_dict(), sort_keys=True),
         )
 
-
     async def _send(self, request: GenerationRequest, key: str) -> tuple[TaskRef, float | None]:
         """POST the request, retrying only where no task can exist; resolve ambiguity safely.
         The accepted task, and its cost in US dollars when the submit answer reports one."""

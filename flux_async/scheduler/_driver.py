@@ -28,13 +28,13 @@ import itertools
 import logging
 import math
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
 import anyio.abc
 
+from .._loop import loop_clock
 from .._parking import Parking
 from ..errors import RateLimitError, TaskTimeoutError
 from ..models import TaskRef, TaskState, TaskStatus
@@ -52,7 +52,6 @@ __all__ = ["DoneCallback", "PollScheduler"]
 logger = logging.getLogger(__name__)
 
 _DEFAULT_POLICY = PollPolicy()
-_STOCK_TIME = asyncio.BaseEventLoop.time
 
 # -- the scheduler ------------------------------------------------------------------------------
 
@@ -122,6 +121,7 @@ class PollScheduler:
         # helping()), and whether a look at what they left is due in the loop's next turn.
         self._helpers: set[asyncio.Task[Any] | None] = set()
         self._unserved_check = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running run()'s
         self._runs = 0  # run() calls: a poll outliving its run leaves the next one's counts
         self._workers = 0
         # The driver's sleep: rung when a poll falls due before it would wake by itself.
@@ -268,6 +268,7 @@ class PollScheduler:
         """The driver: sends every due poll, until cancelled. Run it in the owner's task group."""
         if self._tg is not None:
             raise RuntimeError("PollScheduler.run() is already running")
+        self._loop = asyncio.get_running_loop()
         if self._default_clock:
             self._clock = self._loop_time  # this run's loop
         orders, alarm = self._orders, self._alarm
@@ -298,6 +299,7 @@ class PollScheduler:
             self._idle = Parking()
             self._workers = self._in_flight = 0
             self._runs += 1
+            self._loop = None
 
     def _loop_time(self) -> float:
         """The default clock: the running loop's time, as anyio.current_time() gives it, but
@@ -306,8 +308,7 @@ class PollScheduler:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return anyio.current_time()
-        # The standard loops' time is time.monotonic() itself: read without a call of theirs.
-        self._clock = time.monotonic if type(loop).time is _STOCK_TIME else loop.time
+        self._clock = loop_clock(loop)
         return self._clock()
 
     # -- the driver --------------------------------------------------------------------------------
@@ -386,9 +387,7 @@ class PollScheduler:
                 # Tasks other than the workers send polls too (a batch's submitters): one whose
                 # request is answered in this turn of the loop takes the order as it comes back
                 # for more. What none took goes to workers in the next turn (see _unserved).
-                if not self._unserved_check:
-                    self._unserved_check = True
-                    asyncio.get_running_loop().call_soon(self._unserved)
+                self._leave_for_helpers()
                 continue
             # One parked worker takes the order. With none parked, a new one starts unless
             # there are max_in_flight already: then a busy one takes it when its poll is done.
@@ -411,11 +410,9 @@ class PollScheduler:
                     self._alarm.ring()
                 continue
             self._orders.append((rec, due, gate))
-            if asyncio.current_task() in self._helpers:
+            if asyncio.current_task(self._loop) in self._helpers:
                 # The task letting the connection go sends the poll once its request is done.
-                if not self._unserved_check:
-                    self._unserved_check = True
-                    asyncio.get_running_loop().call_soon(self._unserved)
+                self._leave_for_helpers()
             elif not self._idle.wake_one():
                 self._alarm.ring()  # the driver starts a worker for it
             return True
@@ -495,6 +492,13 @@ class PollScheduler:
             wake_at = self._dispatch()
             if wake_at < self._alarm.at:
                 self._alarm.ring()
+
+    def _leave_for_helpers(self) -> None:
+        """Orders were left for the helpers: what none of them takes in this turn of the loop
+        goes to workers in the next (one look per turn)."""
+        if not self._unserved_check:
+            self._unserved_check = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._unserved)
 
     def _unserved(self) -> None:
         """The loop's turn after one in which orders were left for helpers (a connection a
