@@ -39,37 +39,30 @@ class Outbox:
     """Finished outcomes waiting for the consumer: a deque and a parked consumer.
 
     The consumer takes whatever is ready without a trip through the event loop (a memory object
-    stream checkpoints on every receive), and parks only when nothing is.
+    stream checkpoints on every receive), and parks only when nothing is. The batch appends to
+    ``items`` and wakes ``consumer`` itself (see ``Batch._deliver``), unless ``consumer_gone``.
     """
 
-    __slots__ = ("_consumer", "_items", "consumer_gone", "finished")
+    __slots__ = ("consumer", "consumer_gone", "finished", "items")
 
     def __init__(self) -> None:
-        self._items: deque[Outcome] = deque()
-        self._consumer = Parking()
+        self.items: deque[Outcome] = deque()
+        self.consumer = Parking()
         self.finished = False
         self.consumer_gone = False
-
-    def put(self, outcome: Outcome) -> bool:
-        """Queue an outcome; False when nobody will ever take it."""
-        if self.consumer_gone:
-            return False
-        self._items.append(outcome)
-        self._consumer.wake_one()
-        return True
 
     def finish(self) -> None:
         """No outcome will follow."""
         self.finished = True
-        self._consumer.wake_one()
+        self.consumer.wake_one()
 
     async def get(self) -> Outcome | None:
         """The next outcome, or None once finished and drained."""
-        while not self._items:
+        while not self.items:
             if self.finished:
                 return None
-            await self._consumer.wait()
-        return self._items.popleft()
+            await self.consumer.wait()
+        return self.items.popleft()
 
 
 class Batch:
@@ -120,20 +113,21 @@ class Batch:
 
     async def run(self) -> None:
         try:
-            with anyio.CancelScope() as scope:
-                self.scope = scope
-                async with anyio.create_task_group() as tg:
-                    self.tg = tg
-                    if isinstance(self.requests, AsyncIterable):
-                        await self._feed(self.requests)
+            async with anyio.create_task_group() as tg:
+                # Its own scope is the batch's (stop() cancels it): no scope above it of the
+                # batch's own, which every submit's shield would look through on its way down.
+                self.scope = tg.cancel_scope
+                self.tg = tg
+                if isinstance(self.requests, AsyncIterable):
+                    await self._feed(self.requests)
+                else:
+                    try:
+                        self.source = iter(self.requests)
+                    except Exception as exc:
+                        self._end_input(exc)
                     else:
-                        try:
-                            self.source = iter(self.requests)
-                        except Exception as exc:
-                            self._end_input(exc)
-                        else:
-                            self._start_submitter()
-                    await self.all_done.wait()
+                        self._start_submitter()
+                await self.all_done.wait()
         finally:
             self.tg = None
             self.outbox.finish()
@@ -301,7 +295,10 @@ class Batch:
     def _job_done(self, job: Job) -> None:
         held = self.indices.pop(job.ref.task_id, None)
         if isinstance(held, int):
-            self.job_done(job, held)
+            if self.stopped or self.download_to is not None:
+                self.job_done(job, held)
+            else:  # the common case, without the calls job_done makes for it
+                self._deliver(_outcome(held, job))
         elif held is not None:
             for index in held:
                 self.job_done(job, index)
@@ -333,7 +330,11 @@ class Batch:
         self._deliver(Outcome(index=index, request=job.request, task_id=job.task_id, result=result, files=tuple(files), cost=job.cost))
 
     def _deliver(self, outcome: Outcome) -> None:
-        if not self.outbox.put(outcome):
+        outbox = self.outbox
+        if not outbox.consumer_gone:
+            outbox.items.append(outcome)
+            outbox.consumer.wake_one()
+        else:  # nobody will ever take it
             job = self.waiting.get(outcome.task_id) if outcome.task_id is not None else None
             if job is not None:
                 self.session._jobs.abandon(job.ref)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ._http import HttpResponse
-from ._loop import STOCK_LOOP_TIME
+from ._loop import loop_clock
 from ._throttle import Throttle
 from .errors import ConfigurationError, FluxError, RateLimitError
 from .models import TaskRef, TaskState
@@ -34,6 +33,11 @@ T = TypeVar("T")
 NOT_OPEN = "use the Session as `async with Session(...) as session:`"
 
 
+def _running_loop_time() -> float:
+    """The running loop's time (anyio.current_time() on asyncio, read directly)."""
+    return loop_clock(asyncio.get_running_loop())()
+
+
 class Context:
     """The shared state of one session's I/O parts (see the module docstring)."""
 
@@ -43,6 +47,7 @@ class Context:
         "clock",
         "codec",
         "counts",
+        "now",
         "provider",
         "retry_policy",
         "rng",
@@ -69,6 +74,9 @@ class Context:
         self.retry_policy = retry_policy
         self.budget = RetryBudget(retry_policy)
         self.clock = clock
+        #: The session's clock: the injected one, else the running loop's time (read without
+        #: a call of ours once the session is open: see :meth:`open_clock`).
+        self.now: Callable[[], float] = clock if clock is not None else _running_loop_time
         self.sleep = sleep
         self.rng = rng
         self.counts: Counter[str] = Counter()
@@ -76,15 +84,17 @@ class Context:
         self.throttle = throttle or Throttle()
         self.transport: Transport | None = None  # set while the session is open
 
-    def now(self) -> float:
-        """The session's clock: the injected one, else the running loop's time."""
-        if self.clock is not None:
-            return self.clock()
-        # anyio.current_time() is the asyncio loop's time; read it directly (ten times cheaper).
-        loop = asyncio.get_running_loop()
-        if type(loop).time is STOCK_LOOP_TIME:  # time.monotonic() itself: read without its call
-            return time.monotonic()
-        return loop.time()
+    def open_clock(self) -> None:
+        """The session opens on the running loop: without an injected clock, :attr:`now` reads
+        that loop's clock directly from now on (``time.monotonic`` itself on the standard
+        loops: one C call, where a method would look the loop up each time)."""
+        if self.clock is None:
+            self.now = loop_clock(asyncio.get_running_loop())
+
+    def close_clock(self) -> None:
+        """The session closed: :attr:`now` looks for the running loop again."""
+        if self.clock is None:
+            self.now = _running_loop_time
 
     def net(self) -> Transport:
         """The open transport (RuntimeError when the session is not open)."""

@@ -192,12 +192,13 @@ def _error_for_state(state: TaskState, ref: TaskRef) -> BaseException | None:
     if state.status is TaskStatus.SUCCEEDED:
         if state.result is None or not state.result.images:
             return TaskFailedError("task completed without any image", task_id=state.task_id)
-        most = _most_images(ref)
-        if len(state.result.images) > most:
+        count = len(state.result.images)
+        # Every model makes at least one: a single image needs no look at its model.
+        if count > 1 and count > (most := _most_images(ref)):
             # A result listing more images than the model makes is not to be trusted: fetching
             # it could mean thousands of downloads and files for one job.
             return ProtocolError(
-                f"task {state.task_id} lists {len(state.result.images)} images, and "
+                f"task {state.task_id} lists {count} images, and "
                 f"{ref.model or 'its model'} makes at most {most}: not fetching them",
                 provider=ref.provider,
             )

@@ -294,11 +294,15 @@ class Entries:
     def settle(
         self, key: str, status: SettledStatus, error: str | None, at: float, cost: Cost | None = None
     ) -> bool:
+        settled = self._settled
         record = self._open.pop(key, None)
         if record is None:
-            record = self._settled.get(key)
+            record = settled.get(key)
             if record is None:
                 return False
+            settled.move_to_end(key)  # settled again: now the most recently settled
+        else:
+            settled[key] = record  # (an open key is never among the settled ones)
         models = self._spent.get(record.provider)
         if models is None:
             models = self._spent[record.provider] = {}
@@ -312,9 +316,6 @@ class Entries:
         record.settled_at = at
         record.cost = cost
         spent.add(record, 1)
-        settled = self._settled
-        settled[key] = record
-        settled.move_to_end(key)
         limit = self._settled_limit
         if limit is not None and len(settled) > limit:
             settled.popitem(last=False)

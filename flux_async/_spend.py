@@ -205,8 +205,12 @@ class Spend:
         budget when the price is unknown: then nothing is held."""
         if key in self._open:
             return None
-        account = self._account(model)
-        micros = self._price(account, images, "every job it submits")
+        account = self._accounts.get(model)
+        if account is None:
+            account = self._account(model)
+        unit = account.unit
+        # The common case (one image of a priced model) without a call.
+        micros = unit if images == 1 and unit is not None else self._price(account, images, "every job it submits")
         budget = self._budget
         if budget is not None and micros is not None and self.spent + self.reserved + micros > budget:
             raise BudgetExceededError(
@@ -268,7 +272,15 @@ class Spend:
             # A ledger must not raise here; one that does is reported, and this session's own
             # totals still move on (a lost settlement costs a status check on recovery).
             _log.exception("the ledger could not record how %s ended (%s)", key, status)
-        account = self._drop(key)
+        account = self._open.pop(key, None)  # _drop(key), without its call
+        if account is not None:
+            account.open_jobs -= 1
+            held = self._held.pop(key, None)
+            if held is None:
+                account.unknown_open -= 1
+            else:
+                account.reserved -= held
+                self.reserved -= held
         if self.observer is not None:
             model = None if account is None else account.model
             self.observer.settled(key, model, None if cost is None else cost.usd, cost is not None)

@@ -27,11 +27,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 
 import anyio
 
@@ -229,55 +230,49 @@ class Submitter:
             return None
         return await self._resolve(entry, digest)
 
-    async def submit(
+    def submit(
         self, request: GenerationRequest, key: str, digest: str
-    ) -> tuple[TaskRef, bool, Cost]:
+    ) -> Coroutine[Any, Any, tuple[TaskRef, bool, Cost]]:
         """Reserve the job's cost, write the intent, POST, write the acceptance under ``key``:
         the accepted task, whether this call created it (False: the key turned out to be
         taken: its task), and what the job is taken to cost until it settles (the provider's
         figure when its answer gives one). Raises BudgetExceededError before anything is written
-        or sent when the budget has no room for the job."""
-        ctx = self._ctx
+        or sent when the budget has no room for the job.
+
+        A plain function that returns the coroutine doing it (one coroutine less per submit);
+        LedgerError and OutageError are raised here, before anything is made."""
         if self.broken is not None:
             raise LedgerError(
                 f"the ledger could not record an accepted task earlier ({self.broken}); "
                 "this session sends nothing more"
             )
         user_key = request.idempotency_key is not None
-        while user_key and key in self._claims:  # the same key on its way here: share its task
+        if user_key and key in self._claims:
+            return self._submit_shared(request, key, digest)
+        # The breaker's probe: the one submit let through to see whether the provider is back.
+        probe = self.breaker.open_until is not None and self._check_breaker(request.model)
+        return self._submit(request, key, digest, user_key, probe)
+
+    async def _submit_shared(
+        self, request: GenerationRequest, key: str, digest: str
+    ) -> tuple[TaskRef, bool, Cost]:
+        """The same key is on its way here already: share its task (or submit, should that
+        submit end without one)."""
+        while key in self._claims:
             ref = await self.existing(request, digest)
             if ref is not None:
                 return ref, False, self._spend.cost_of(key, request.model)
-        breaker = self.breaker
-        probe = False
-        if breaker.open_until is not None:
-            self._check_breaker(request.model)
-            probe = True  # the one submit let through to see whether the provider is back
-        try:
-            answer = await self._submit(request, key, digest, user_key)
-        except BaseException as exc:
-            if isinstance(exc, (ServerError, TransportError, SubmissionUncertainError)):
-                if breaker.failed(ctx.now(), f"{type(exc).__name__}: {exc}"):
-                    logger.warning(
-                        "%d submits to %s failed in a row (last: %s): submission paused for %.0f s",
-                        breaker.streak, ctx.provider, breaker.last_error, breaker.pause,
-                    )
-            elif isinstance(exc, APIError) and not isinstance(exc, RateLimitError):
-                breaker.answered()  # refused on its merits: the provider is up
-            elif probe:
-                breaker.release()
-            raise
-        if probe:
-            breaker.release()  # answered by an existing task: nothing was learnt
-        return answer
+        probe = self.breaker.open_until is not None and self._check_breaker(request.model)
+        return await self._submit(request, key, digest, True, probe)
 
-    def _check_breaker(self, model: str) -> None:
-        """Raise OutageError while the breaker refuses submits (nothing is sent)."""
+    def _check_breaker(self, model: str) -> bool:
+        """Raise OutageError while the breaker refuses submits (nothing is sent); True
+        otherwise."""
         ctx = self._ctx
         breaker = self.breaker
         wait = breaker.refusal(ctx.now())
         if wait is None:
-            return
+            return True
         ctx.counts["outage_refusals"] += 1
         raise OutageError(
             f"submission to {ctx.provider} is paused: the last {breaker.streak} submits failed "
@@ -291,97 +286,115 @@ class Submitter:
         )
 
     async def _submit(
-        self, request: GenerationRequest, key: str, digest: str, user_key: bool
+        self, request: GenerationRequest, key: str, digest: str, user_key: bool, probe: bool
     ) -> tuple[TaskRef, bool, Cost]:
         ctx = self._ctx
-        # Paced before anything is written: a wait here leaves no intent behind.
-        wait = ctx.throttle.submit_delay(ctx.now())
-        if wait > 0.0:
-            await ctx.sleep(wait)
-            if self.breaker.open_until is not None and not self.breaker.probing:
-                self._check_breaker(request.model)  # it opened while this one waited
-        spend = self._spend
-        images = request.n or 1  # catalog.images_charged, inline on the hot path
-        # Checked and held with no await in between: no other submit can take the same room.
-        reserved = spend.reserve(key, request.model, images)
-        mine = reserved is not None  # else the key held one already (an earlier session's)
-        cost = reserved if reserved is not None else spend.cost_of(key, request.model)
-        fleet = self.fleet
-        if fleet is not None and mine:
-            # The account's budget, shared by every process: checked after this session's.
-            try:
-                await fleet.reserve(key, request.model, cost.usd)
-            except BaseException:
-                spend.release(key)  # nothing was written or sent
-                raise
-        written = False
-        claim: asyncio.Future[TaskRef] | None = None
-        if user_key:
-            # Claimed before the intent is written, so a second submit with the key waits for
-            # this one even while a (remote) ledger is still writing.
-            claim = asyncio.get_running_loop().create_future()
-            self._claims[key] = claim
-        sending = self._sending
-        sending.add(key)
-        memory = self._memory
+        breaker = self.breaker
         try:
-            while True:
+            # Paced before anything is written: a wait here leaves no intent behind.
+            wait = ctx.throttle.submit_delay(ctx.now())
+            if wait > 0.0:
+                await ctx.sleep(wait)
+                if breaker.open_until is not None and not breaker.probing:
+                    self._check_breaker(request.model)  # it opened while this one waited
+            spend = self._spend
+            images = request.n or 1  # catalog.images_charged, inline on the hot path
+            # Checked and held with no await in between: no other submit can take the same room.
+            reserved = spend.reserve(key, request.model, images)
+            mine = reserved is not None  # else the key held one already (an earlier session's)
+            cost = reserved if reserved is not None else spend.cost_of(key, request.model)
+            fleet = self.fleet
+            if fleet is not None and mine:
+                # The account's budget, shared by every process: checked after this session's.
                 try:
-                    if memory is not None:
-                        existing = memory._intend_now(
-                            key, ctx.provider, request.model, digest, time.time(), cost.usd, images
-                        )
-                    else:
-                        existing = await self._ledger.intend(
-                            key,
-                            provider=ctx.provider,
-                            model=request.model,
-                            digest=digest,
-                            at=time.time(),
-                            reserved_usd=cost.usd,
-                            images=images,
-                        )
-                except Exception as exc:
-                    raise LedgerError(
-                        f"the ledger could not record the intent to submit ({exc}); nothing was sent",
-                        key=key,
-                    ) from exc
-                if existing is None:
-                    written = True
-                    break
-                found = await self._resolve(existing, digest)
-                if found is not None:
-                    if mine:
-                        spend.release(key)  # the key's task exists: nothing more is sent
-                    if claim is not None:
-                        claim.set_result(found)
-                    return found, False, spend.cost_of(key, request.model)
-            ref, reported = await self._send(request, key)
+                    await fleet.reserve(key, request.model, cost.usd)
+                except BaseException:
+                    spend.release(key)  # nothing was written or sent
+                    raise
+            written = False
+            claim: asyncio.Future[TaskRef] | None = None
+            if user_key:
+                # Claimed before the intent is written, so a second submit with the key waits for
+                # this one even while a (remote) ledger is still writing.
+                claim = asyncio.get_running_loop().create_future()
+                self._claims[key] = claim
+            sending = self._sending
+            sending.add(key)
+            memory = self._memory
+            try:
+                while True:
+                    try:
+                        if memory is not None:
+                            existing = memory._intend_now(
+                                key, ctx.provider, request.model, digest, time.time(), cost.usd, images
+                            )
+                        else:
+                            existing = await self._ledger.intend(
+                                key,
+                                provider=ctx.provider,
+                                model=request.model,
+                                digest=digest,
+                                at=time.time(),
+                                reserved_usd=cost.usd,
+                                images=images,
+                            )
+                    except Exception as exc:
+                        raise LedgerError(
+                            f"the ledger could not record the intent to submit ({exc}); nothing was sent",
+                            key=key,
+                        ) from exc
+                    if existing is None:
+                        written = True
+                        break
+                    found = await self._resolve(existing, digest)
+                    if found is not None:
+                        if mine:
+                            spend.release(key)  # the key's task exists: nothing more is sent
+                        if claim is not None:
+                            claim.set_result(found)
+                        if probe:
+                            breaker.release()  # answered by an existing task: nothing was learnt
+                        return found, False, spend.cost_of(key, request.model)
+                ref, reported = await self._send(request, key)
+            except BaseException as exc:
+                if mine and not written:
+                    spend.release(key)  # no intent of ours was written: nothing was sent
+                if isinstance(exc, SubmissionUncertainError) and exc.cost is None:
+                    exc.cost = spend.reservation(key)  # in doubt: it counts as spent
+                if claim is not None:
+                    claim.set_exception(exc if isinstance(exc, Exception) else _ClaimDroppedError())
+                    claim.exception()  # retrieved here: a claim nobody waits on must not warn
+                raise
+            finally:
+                if claim is not None:
+                    del self._claims[key]
+                sending.discard(key)
+                if not sending and self._quiet is not None:
+                    self._quiet.set()
+                    self._quiet = None
+            if claim is not None:
+                claim.set_result(ref)
+            if reported is not None:
+                cost = spend.accepted(key, reported)
+            breaker.answered()
+            throttle = ctx.throttle
+            if throttle.rate is not None:
+                throttle.accepted(ctx.now())
+            if probe:
+                breaker.release()
+            return ref, True, cost
         except BaseException as exc:
-            if mine and not written:
-                spend.release(key)  # no intent of ours was written: nothing was sent
-            if isinstance(exc, SubmissionUncertainError) and exc.cost is None:
-                exc.cost = spend.reservation(key)  # in doubt: it counts as spent
-            if claim is not None:
-                claim.set_exception(exc if isinstance(exc, Exception) else _ClaimDroppedError())
-                claim.exception()  # retrieved here: a claim nobody waits on must not warn
+            if isinstance(exc, (ServerError, TransportError, SubmissionUncertainError)):
+                if breaker.failed(ctx.now(), f"{type(exc).__name__}: {exc}"):
+                    logger.warning(
+                        "%d submits to %s failed in a row (last: %s): submission paused for %.0f s",
+                        breaker.streak, ctx.provider, breaker.last_error, breaker.pause,
+                    )
+            elif isinstance(exc, APIError) and not isinstance(exc, RateLimitError):
+                breaker.answered()  # refused on its merits: the provider is up
+            elif probe:
+                breaker.release()
             raise
-        finally:
-            if claim is not None:
-                del self._claims[key]
-            sending.discard(key)
-            if not sending and self._quiet is not None:
-                self._quiet.set()
-                self._quiet = None
-        if claim is not None:
-            claim.set_result(ref)
-        if reported is not None:
-            cost = spend.accepted(key, reported)
-        self.breaker.answered()
-        throttle = ctx.throttle
-        if throttle.rate is not None:
-            throttle.accepted(ctx.now())
-        return ref, True, cost
 
     async def wait_quiet(self) -> None:
         """Return once no submit is on its way (each one answered and recorded)."""

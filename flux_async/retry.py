@@ -272,6 +272,7 @@ class RetryBudget:
     __slots__ = (
         "_capacity",
         "_floor",
+        "_folded",
         "_last",
         "_ratio",
         "_refill",
@@ -299,10 +300,28 @@ class RetryBudget:
         self._tokens = self._floor
         self._last: float | None = None
         self._requests = 0
+        self._folded = 0  # requests whose tokens are in _tokens (the rest are added lazily)
         self._retries = 0
         self._refused = 0
 
+    def _fold(self) -> None:
+        """Deposit the tokens of the requests recorded since the last look, one request at a
+        time as if each had been deposited when recorded (the same sums, rounding and all;
+        at most ``capacity / ratio`` steps)."""
+        pending = self._requests - self._folded
+        if not pending:
+            return
+        self._folded = self._requests
+        tokens, ratio, capacity = self._tokens, self._ratio, self._capacity
+        while pending and tokens < capacity:
+            tokens += ratio
+            if tokens > capacity:
+                tokens = capacity
+            pending -= 1
+        self._tokens = tokens
+
     def _advance(self, now: float | None) -> None:
+        self._fold()
         if now is None:
             return
         if self._last is not None and now > self._last and self._tokens < self._floor:
@@ -311,12 +330,11 @@ class RetryBudget:
             self._last = now
 
     def record_request(self, *, now: float | None = None) -> None:
-        """Count one first attempt (it earns ``ratio`` of a retry)."""
+        """Count one first attempt (it earns ``ratio`` of a retry, deposited when the bucket
+        is next looked at: a count per request, on every request's path)."""
         if now is not None:
             self._advance(now)
         self._requests += 1
-        tokens = self._tokens + self._ratio
-        self._tokens = tokens if tokens < self._capacity else self._capacity
 
     def try_spend_retry(self, *, now: float | None = None) -> bool:
         """Take one retry from the budget; False (and nothing spent) when it is exhausted."""
@@ -330,6 +348,7 @@ class RetryBudget:
 
     def statistics(self) -> RetryBudgetStatistics:
         """Tokens left, requests recorded, retries granted and refused."""
+        self._fold()
         return RetryBudgetStatistics(
             tokens=self._tokens,
             requests=self._requests,
@@ -338,6 +357,7 @@ class RetryBudget:
         )
 
     def __repr__(self) -> str:
+        self._fold()
         return (
             f"RetryBudget(ratio={self._ratio}, floor={self._floor}, capacity={self._capacity}, "
             f"tokens={self._tokens:.2f})"

@@ -253,6 +253,7 @@ class Session:
         if isinstance(transport, AiohttpTransport) and transport.gated:
             # Polls wait for this pool's connections without a task each (see PollScheduler).
             self._scheduler.use_gate(transport, self._ctx.poll_held)
+        self._ctx.open_clock()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -294,6 +295,7 @@ class Session:
             if to_open is not None and to_open.is_open:
                 await to_open.aclose()  # its queued settlements written, within its bound
             self._scheduler.use_gate(None)
+            self._ctx.close_clock()
             await self._close_transport()
 
     async def _close_transport(self) -> None:
@@ -534,7 +536,7 @@ class Session:
         tg.start_soon(batch.run)
         fatal: BaseException | None = None
         try:
-            ready = outbox._items
+            ready = outbox.items
             while (outcome := ready.popleft() if ready else await outbox.get()) is not None:
                 batch.release()
                 if outcome.task_id is not None:

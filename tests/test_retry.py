@@ -377,6 +377,70 @@ def test_budget_bound(
     assert 0 <= budget.statistics().tokens <= max(100.0, floor)
 
 
+class _EagerBudget:
+    """The budget's rules with every request's tokens deposited at once (as it was written
+    before deposits were made lazily): the reference the lazy one must match exactly."""
+
+    def __init__(self, ratio: float, floor: float, capacity: float, refill: float) -> None:
+        self.ratio, self.floor, self.capacity, self.refill = ratio, floor, max(capacity, floor), refill
+        self.tokens, self.last = floor, None
+
+    def advance(self, now: float | None) -> None:
+        if now is None:
+            return
+        if self.last is not None and now > self.last and self.tokens < self.floor:
+            self.tokens = min(self.floor, self.tokens + self.refill * (now - self.last))
+        if self.last is None or now > self.last:
+            self.last = now
+
+    def record(self, now: float | None) -> None:
+        if now is not None:
+            self.advance(now)
+        tokens = self.tokens + self.ratio
+        self.tokens = tokens if tokens < self.capacity else self.capacity
+
+    def spend(self, now: float | None) -> bool:
+        self.advance(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@given(
+    ratio=st.sampled_from([0.0, 0.1, 0.2, 1 / 3, 0.7, 1.0]),
+    floor=st.floats(0, 20),
+    capacity=st.sampled_from([0.5, 3.0, 100.0]),
+    refill=st.floats(0, 5),
+    events=st.lists(
+        st.tuples(st.booleans(), st.one_of(st.none(), st.floats(-5, 30))), max_size=300
+    ),
+)
+def test_budget_deposits_lazily_to_the_last_bit_of_the_eager_sums(
+    ratio: float,
+    floor: float,
+    capacity: float,
+    refill: float,
+    events: list[tuple[bool, float | None]],
+) -> None:
+    # Requests are only counted on their path; their tokens are deposited when the bucket is
+    # next looked at. Every decision, and the tokens to the last bit, are those of depositing
+    # each request's share when it came.
+    lazy = RetryBudget(
+        RetryPolicy(budget_ratio=ratio, budget_floor=floor), capacity=capacity, refill_per_second=refill
+    )
+    eager = _EagerBudget(ratio, floor, capacity, refill)
+    now = 1000.0
+    for is_request, step in events:
+        at = None if step is None else (now := now + step)
+        if is_request:
+            lazy.record_request(now=at)
+            eager.record(at)
+        else:
+            assert lazy.try_spend_retry(now=at) is eager.spend(at)
+    assert lazy.statistics().tokens == eager.tokens
+
+
 def test_budget_refills_the_floor_over_time_only() -> None:
     budget = RetryBudget(RetryPolicy(budget_ratio=0.0, budget_floor=2.0), refill_per_second=0.5)
     assert budget.try_spend_retry(now=0.0)

@@ -540,3 +540,17 @@ def test_recent_event_ids_are_bounded_and_deduplicated() -> None:
     for i in range(10_000):
         ids.add(f"forged-{i}")
     assert len(ids) == 3
+
+
+def test_the_drivers_record_starts_a_task_exactly_as_the_timing_state_does() -> None:
+    # Watch writes WatchState's start out instead of calling it: a slot added to one and not
+    # the other, or started differently, shows here.
+    from flux_async.models import TaskRef
+    from flux_async.scheduler._learned import Learned
+    from flux_async.scheduler._records import ProviderQueue, Watch
+
+    rec = Watch(TaskRef(provider="toapis", task_id="t"), lambda _: None, 1, ProviderQueue(), Learned(), 12.5, None)
+    plain = WatchState(12.5)
+    assert {name: getattr(rec, name) for name in WatchState.__slots__} == {
+        name: getattr(plain, name) for name in WatchState.__slots__
+    }

@@ -41,6 +41,13 @@ _OWNED_BY_THE_LIBRARY = frozenset({"client_business_id"})
 _KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+#: What the full check found for a plain request (one that sets a model, a prompt and a size or
+#: none, and nothing else), by (provider, model, size): the model's spec, the normal size and the
+#: ``n`` to send. Catalog data, so it never goes stale; bounded, because a size is free text.
+_PLAIN: dict[tuple[str, str, str | None], tuple[ModelSpec, str, int | None]] = {}
+_PLAIN_MOST = 512
+
+
 def _sizes_text(spec: ModelSpec, *, has_image: bool) -> str:
     """The sizes a request may use, as an error shows them."""
     spellings = (*spec.sizes, *spec.size_aliases)
@@ -314,8 +321,6 @@ def validate(request: GenerationRequest, provider: str) -> GenerationRequest:
         raise ValidationError(
             "request", request, "a flux_async.GenerationRequest", reason="not a GenerationRequest"
         )
-    spec = model_spec(provider, request.model)
-    _check_prompt(spec, request.prompt)
     # Read one by one only when one is set (a request usually sets none of them).
     unset = (
         request.n is None
@@ -324,6 +329,28 @@ def validate(request: GenerationRequest, provider: str) -> GenerationRequest:
         and request.prompt_upsampling is None
         and request.seed is None
     )
+    model, size = request.model, request.size
+    # A plain request (a model, a prompt, a size or none, nothing else) like one checked before
+    # needs only its prompt checked: the rest of the answer is known (see _PLAIN).
+    plain = (
+        unset
+        and not request.images
+        and not request.extra
+        and request.idempotency_key is None
+        and type(provider) is str
+        and type(model) is str
+        and (size is None or type(size) is str)
+    )
+    if plain:
+        known = _PLAIN.get((provider, model, size))
+        if known is not None:
+            spec, normal_size, n = known
+            _check_prompt(spec, request.prompt)
+            if normal_size == size and n is None:
+                return request
+            return attrs.evolve(request, size=normal_size, n=n)
+    spec = model_spec(provider, model)
+    _check_prompt(spec, request.prompt)
     for field in () if unset else _OPTIONAL_FIELDS:
         value = getattr(request, field)
         if value is not None and not spec.takes(field):
@@ -339,7 +366,7 @@ def validate(request: GenerationRequest, provider: str) -> GenerationRequest:
             f"at most {spec.max_images} image(s)",
             reason=f"{len(images)} images is too many for {spec.model} on {spec.provider}",
         )
-    size = _check_size(spec, request.size, has_image=bool(images))
+    normal_size = _check_size(spec, size, has_image=bool(images))
     n = request.n
     if spec.n_values is not None:
         if n is None:
@@ -367,6 +394,8 @@ def validate(request: GenerationRequest, provider: str) -> GenerationRequest:
         for i, (image, kind) in enumerate(zip(images, kinds, strict=True)):
             if kind != "url":
                 _check_local_image(spec, image, f"images[{i}]")
-    if size == request.size and n == request.n and response_format == request.response_format:
+    if plain and len(_PLAIN) < _PLAIN_MOST:
+        _PLAIN[(provider, model, size)] = (spec, normal_size, n)
+    if normal_size == size and n == request.n and response_format == request.response_format:
         return request  # already normal: no copy
-    return attrs.evolve(request, size=size, n=n, response_format=response_format)
+    return attrs.evolve(request, size=normal_size, n=n, response_format=response_format)
