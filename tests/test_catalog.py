@@ -792,3 +792,34 @@ def test_one_bad_field_is_named(case: tuple[str, GenerationRequest, str]) -> Non
     else:
         assert info.value.field == field
     assert info.value.allowed in str(info.value)
+
+
+def test_a_plain_request_checked_again_is_answered_alike_and_its_prompt_still_checked() -> None:
+    # The second plain request of a (provider, model, size) takes the quick way: the same
+    # normal form, and nothing but the prompt looked at again (which must still be looked at).
+    validate_module._PLAIN.clear()
+    first = catalog.validate(GenerationRequest(model="flux-kontext-pro", prompt="a"), "toapis")
+    assert ("toapis", "flux-kontext-pro", None) in validate_module._PLAIN
+    again = catalog.validate(GenerationRequest(model="flux-kontext-pro", prompt="b"), "toapis")
+    assert (first.size, again.size, again.prompt) == ("16:9", "16:9", "b")
+    same = GenerationRequest(model="flux-kontext-pro", prompt="c", size="1:1")
+    catalog.validate(same, "toapis")
+    assert catalog.validate(same, "toapis") is same  # already normal: no copy, either way
+    # Grok takes 1,000 characters (a limit of the model's, not of every request), and n.
+    grok = catalog.validate(GenerationRequest(model="grok-4-1-image", prompt="a" * 1000), "toapis")
+    assert (grok.size, grok.n) == ("1:1", 1)
+    assert catalog.validate(GenerationRequest(model="grok-4-1-image", prompt="b"), "toapis").n == 1
+    with pytest.raises(ValidationError) as info:
+        catalog.validate(GenerationRequest(model="grok-4-1-image", prompt="a" * 1001), "toapis")
+    assert info.value.field == "prompt"
+    # Known for one provider is not known for another: BFL takes a free ratio toapis refuses.
+    catalog.validate(GenerationRequest(model="flux-kontext-pro", prompt="a", size="5:4"), "bfl")
+    with pytest.raises(ValidationError):
+        catalog.validate(GenerationRequest(model="flux-kontext-pro", prompt="a", size="5:4"), "toapis")
+
+
+def test_the_plain_requests_remembered_are_bounded() -> None:
+    validate_module._PLAIN.clear()
+    for w in range(1, validate_module._PLAIN_MOST + 50):
+        catalog.validate(GenerationRequest(model="flux-kontext-pro", prompt="a", size=f"{w}:{w}"), "bfl")
+    assert len(validate_module._PLAIN) == validate_module._PLAIN_MOST
