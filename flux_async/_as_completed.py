@@ -176,7 +176,12 @@ class Batch:
         except Exception as exc:
             self._end_input(exc)
             return None
-        return self._take(request)
+        # (_take, without its call: every input of a plain iterable comes here)
+        self.free -= 1
+        self.pending += 1
+        index = self.next_index
+        self.next_index = index + 1
+        return index, request
 
     def _end_input(self, error: BaseException | None) -> None:
         """The input is exhausted (or broke: its error is raised once every job is delivered)."""
@@ -268,30 +273,6 @@ class Batch:
                 cost = exc.cost if isinstance(exc, SubmissionUncertainError) else None
                 self._deliver(Outcome(index=index, request=request, error=exc, cost=cost))
 
-    def accepted(self, job: Job, index: int) -> None:
-        """Input ``index``'s task was accepted (or found under its key): synchronously, before
-        any checkpoint."""
-        task_id = job.ref.task_id
-        self.waiting[task_id] = job
-        if self.stopped:
-            # A POST that was already on the wire when the consumer left.
-            self.session._jobs.abandon(job.ref)
-        # The job's inputs (one, or more sharing an idempotency key) and one listener for
-        # them: no closure per job.
-        held = self.indices.get(task_id)
-        if held is None:
-            self.indices[task_id] = index
-            job._add_listener(self._on_job_done)
-        elif isinstance(held, int):
-            self.indices[task_id] = [held, index]
-        else:
-            held.append(index)
-        if self.on_submit is not None:
-            try:
-                self.on_submit(index, job.ref)
-            except Exception:
-                logger.exception("on_submit failed for input %d (task %s)", index, job.ref.task_id)
-
     def _job_done(self, job: Job) -> None:
         held = self.indices.pop(job.ref.task_id, None)
         if isinstance(held, int):
@@ -355,7 +336,30 @@ class _Acceptor:
         self.on_accept = self.accepted
 
     def accepted(self, job: Job) -> None:
-        self.batch.accepted(job, self.index)
+        """Input ``index``'s task was accepted (or found under its key): synchronously, before
+        any checkpoint."""
+        batch, index = self.batch, self.index
+        task_id = job.ref.task_id
+        batch.waiting[task_id] = job
+        if batch.stopped:
+            # A POST that was already on the wire when the consumer left.
+            batch.session._jobs.abandon(job.ref)
+        # The job's inputs (one, or more sharing an idempotency key) and one listener for
+        # them: no closure per job.
+        indices = batch.indices
+        held = indices.get(task_id)
+        if held is None:
+            indices[task_id] = index
+            job._add_listener(batch._on_job_done)
+        elif isinstance(held, int):
+            indices[task_id] = [held, index]
+        else:
+            held.append(index)
+        if batch.on_submit is not None:
+            try:
+                batch.on_submit(index, job.ref)
+            except Exception:
+                logger.exception("on_submit failed for input %d (task %s)", index, job.ref.task_id)
 
 
 def _outcome(index: int, job: Job) -> Outcome:

@@ -123,15 +123,24 @@ class Context:
         except BaseException:
             gate.let_go()
             raise
-        return self._read_poll(await gate.send(request, held=True), ref)
+        response = await gate.send(request, held=True)
+        try:  # (_read_poll, without its call: every poll of a batch comes here)
+            return self.codec.parse_poll(response, ref=ref)
+        except RateLimitError as exc:
+            self._rate_limited(exc)
+            raise
 
     def _read_poll(self, response: HttpResponse, ref: TaskRef) -> TaskState:
         try:
             return self.codec.parse_poll(response, ref=ref)
         except RateLimitError as exc:
-            delay = retry_delay(self.retry_policy, 0, self.rng, retry_after=exc.retry_after)
-            self.throttle.rate_limited(self.now(), delay)
+            self._rate_limited(exc)
             raise
+
+    def _rate_limited(self, exc: RateLimitError) -> None:
+        """A poll was answered 429: the session's submits pause and slow down too."""
+        delay = retry_delay(self.retry_policy, 0, self.rng, retry_after=exc.retry_after)
+        self.throttle.rate_limited(self.now(), delay)
 
     def check_polling_host(self, url: str) -> None:
         """Refuse to send the key to a polling URL on a host we do not trust.

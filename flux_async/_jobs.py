@@ -19,13 +19,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import anyio
-
 from ._active import ActiveLimiter
 from ._config import Limits
 from ._context import Context
 from ._fleet import Fleet
 from ._job import Job
+from ._parking import Slots
 from ._spend import Spend
 from ._submit import Submitter, request_digest
 from ._uploads import Uploads
@@ -79,7 +78,7 @@ class Jobs:
         self._submitter = submitter
         self._uploads = uploads
         self.limiter = limiter
-        self._slots = anyio.Semaphore(limits.max_concurrent_submits)
+        self._slots = Slots(limits.max_concurrent_submits)
         self.watched: dict[str, Job] = {}  # task id -> its job, while it is watched
         self.abandoned: dict[str, TaskRef] = {}
         #: A webhook was asked for every task: the scheduler polls them sparsely, as a net.
@@ -185,9 +184,9 @@ class Jobs:
     ) -> Job:
         fleet = self.fleet
         slots = self._slots
-        try:
-            slots.acquire_nowait()  # no trip through the event loop when a slot is free
-        except anyio.WouldBlock:
+        if slots.free:  # no trip through the event loop (nor a call) when a slot is free
+            slots.free -= 1
+        else:
             await slots.acquire()
         try:
             if checked.images:

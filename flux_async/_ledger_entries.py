@@ -285,7 +285,9 @@ class Entries:
         spent.unpriced_images += unpriced_images
 
     def accept(self, key: str, ref: TaskRef, at: float) -> None:
-        record = self.get(key)
+        record = self._open.get(key)  # (get(key), without its call: the key is open)
+        if record is None:
+            record = self._settled.get(key)
         if record is None:
             raise KeyError(f"no intent recorded for {key!r}")
         record.ref = ref

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-__all__ = ["Parking"]
+__all__ = ["Parking", "Slots"]
 
 
 class Parking:
@@ -52,3 +52,40 @@ class Parking:
         for future in waiters:
             if not future.done():
                 future.set_result(None)
+
+
+class Slots:
+    """A counting semaphore whose free count is read and taken without a call: the hot path
+    does ``if slots.free: slots.free -= 1`` and awaits :meth:`acquire` only when none is free.
+    :meth:`release` hands a slot straight to the longest waiter. asyncio only, like
+    :class:`Parking`; a waiter cancelled after it was handed a slot passes the slot on."""
+
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting for one if none is free."""
+        if self.free:
+            self.free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release()  # it was handed a slot as it was cancelled: not lost
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter, else to the free count."""
+        waiters = self._waiters
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.free += 1

@@ -38,7 +38,6 @@ import anyio
 
 from ._context import Context
 from ._fleet import Fleet
-from ._http import HttpResponse
 from ._spend import Spend
 from ._throttle import Breaker
 from .errors import (
@@ -519,7 +518,9 @@ class Submitter:
                     # the read timeout) and its task recorded even if the caller is cancelled.
                     with _post_shield():
                         response = await (ctx.transport or ctx.net()).send(http)
-                        ref = self._parse_submit(response, request.model)
+                        if not 200 <= response.status < 300:
+                            raise codec.parse_error(response)
+                        ref = codec.parse_submit(response, model=request.model)
                         if not self._accepted_now(key, ref):
                             await self._record_acceptance(key, ref)
                         return ref, codec.submit_cost(response)
@@ -613,12 +614,6 @@ class Submitter:
         )
         await ctx.sleep(delay)
         return True
-
-    def _parse_submit(self, response: HttpResponse, model: str) -> TaskRef:
-        codec = self._ctx.codec
-        if 200 <= response.status < 300:
-            return codec.parse_submit(response, model=model)
-        raise codec.parse_error(response)
 
     async def _lookup(self, cbid: str, model: str, *, cause: BaseException | None) -> TaskRef | None:
         """Find a task by its client_business_id; raise SubmissionUncertainError if we cannot tell."""

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from flux_async._parking import Parking
+from flux_async._parking import Parking, Slots
 
 
 async def _settle() -> None:
@@ -55,3 +55,39 @@ async def test_a_cancelled_waiter_is_skipped() -> None:
     assert woken == [1]
     assert first.cancelled()
     await second
+
+
+@pytest.mark.anyio
+async def test_slots_are_taken_in_waiting_order_and_never_lost_to_a_cancelled_waiter() -> None:
+    slots = Slots(1)
+    await slots.acquire()  # the one slot is taken
+    assert slots.free == 0
+    got: list[int] = []
+
+    async def taker(n: int) -> None:
+        await slots.acquire()
+        got.append(n)
+
+    tasks = [asyncio.create_task(taker(n)) for n in range(3)]
+    await _settle()
+    tasks[1].cancel()  # cancelled while waiting: skipped
+    await _settle()
+    slots.release()  # handed to the first waiter, not to the free count
+    assert slots.free == 0
+    await _settle()
+    assert got == [0]
+    slots.release()  # the second was cancelled: the third gets it
+    await _settle()
+    assert got == [0, 2]
+    # Handed a slot and cancelled before it ran: the slot goes on, to the free count here.
+    waiter = asyncio.create_task(taker(3))
+    await _settle()
+    slots.release()
+    waiter.cancel()
+    await _settle()
+    assert waiter.cancelled() and got == [0, 2]
+    assert slots.free == 1
+    slots.release()
+    slots.release()
+    assert slots.free == 3
+    await asyncio.gather(*tasks, return_exceptions=True)
