@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 
 from ._job import Job
 from ._parking import Parking
-from ._submit import submitting_task
+from ._submit import TaskShield, submitting_task
 from ._values import new_outcome
 from .errors import BudgetExceededError, OutageError, SubmissionUncertainError
 from .models import GenerationRequest, Outcome, TaskRef
@@ -108,6 +108,10 @@ class Batch:
         self._on_job_done = self._job_done  # one bound method for every job
         self.queue: deque[tuple[int, GenerationRequest]] = deque()  # read by the feeder
         self.submitters = 0
+        #: The submitters' shields: their scopes are shielded from the batch's own, so the
+        #: batch cancels each itself (see _cancel_submitters).
+        self.shields: set[TaskShield] = set()
+        self.cancelled = False  # the submitters were told to stop
         self.idle = Parking()  # submitters with nothing to take
         self.feeder = Parking()  # the feeder of an async input, waiting for a free slot
 
@@ -118,16 +122,23 @@ class Batch:
                 # batch's own, which every submit's shield would look through on its way down.
                 self.scope = tg.cancel_scope
                 self.tg = tg
-                if isinstance(self.requests, AsyncIterable):
-                    await self._feed(self.requests)
-                else:
-                    try:
-                        self.source = iter(self.requests)
-                    except Exception as exc:
-                        self._end_input(exc)
+                try:
+                    if isinstance(self.requests, AsyncIterable):
+                        await self._feed(self.requests)
                     else:
-                        self._start_submitter()
-                await self.all_done.wait()
+                        try:
+                            self.source = iter(self.requests)
+                        except Exception as exc:
+                            self._end_input(exc)
+                        else:
+                            self._start_submitter()
+                    await self.all_done.wait()
+                except BaseException:
+                    # Cancelled (the consumer left, the session closes, a scope above it was
+                    # cancelled) or a task of the batch failed: the submitters, whose scopes
+                    # are shielded from this, are cancelled in turn.
+                    self._cancel_submitters()
+                    raise
         finally:
             self.tg = None
             self.outbox.finish()
@@ -216,6 +227,7 @@ class Batch:
         self.feeder.wake_all()
         if self.scope is not None:
             self.scope.cancel()
+        self._cancel_submitters()
         if self.waiting:
             for job in self.waiting.values():
                 self.session._jobs.abandon(job.ref)
@@ -227,12 +239,25 @@ class Batch:
                 " ..." if len(self.waiting) > 20 else "",
             )
 
+    def _cancel_submitters(self) -> None:
+        """Cancel every submitter: at once, or as soon as its POST on the wire is done."""
+        self.cancelled = True
+        for shield in list(self.shields):
+            shield.cancel()
+
     async def _submitter(self) -> None:
         try:
-            # Its POSTs share one cancel scope, shielded in turn. And it sends the polls that
-            # get a connection from one of its POSTs (see PollScheduler.helping).
-            with submitting_task(), self.session._scheduler.helping():
-                await self._submit_inputs(_Acceptor(self))
+            # Its POSTs share one cancel scope, shielded from the batch's (which cancels it
+            # through its shield). And it sends the polls that get a connection from one of
+            # its POSTs (see PollScheduler.helping).
+            with submitting_task() as shield, self.session._scheduler.helping():
+                self.shields.add(shield)
+                try:
+                    if self.cancelled:  # started as the batch was cancelled
+                        shield.cancel()
+                    await self._submit_inputs(_Acceptor(self))
+                finally:
+                    self.shields.discard(shield)
         finally:
             self.submitters -= 1
 

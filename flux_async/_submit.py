@@ -61,59 +61,74 @@ from .retry import (
     should_retry,
 )
 
-__all__ = ["Submitter", "request_digest", "submitting_task"]
+__all__ = ["Submitter", "TaskShield", "request_digest", "submitting_task"]
 
 logger = logging.getLogger("flux_async")
 
-class _TaskShield:
-    """The one cancel scope of a task that sends many submits (see :func:`submitting_task`),
-    used as a POST's shield: entering raises the scope's shield, leaving lowers it again."""
+class TaskShield:
+    """The one cancel scope of a task that sends many submits (see :func:`submitting_task`).
 
-    __slots__ = ("scope", "task")
+    The scope is shielded for good: no cancellation from outside reaches the task by itself.
+    Its owner cancels it with :meth:`cancel`, which waits for a POST on the wire to be done.
+    It is each POST's shield: entering marks a POST on the wire (two attribute writes, where
+    raising and lowering an anyio scope's shield costs a walk up every scope above it), and
+    leaving delivers a cancellation that came meanwhile, at the task's next checkpoint."""
+
+    __slots__ = ("cancelled", "posting", "scope", "task")
 
     def __init__(self, scope: anyio.CancelScope, task: asyncio.Task[object] | None) -> None:
         self.scope = scope
         self.task = task
+        self.posting = False
+        self.cancelled = False
 
     def __enter__(self) -> None:
-        self.scope.shield = True
+        self.posting = True
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        # Lowered, a cancellation that came while it was raised is delivered at the task's
-        # next checkpoint, as it would be on leaving a shielded scope of its own.
-        self.scope.shield = False
+        self.posting = False
+        if self.cancelled:
+            self.scope.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the task: at once, or as soon as its POST on the wire is done."""
+        self.cancelled = True
+        if not self.posting:
+            self.scope.cancel()
 
 
-_TASK_SHIELD: ContextVar[_TaskShield | None] = ContextVar("flux_async_task_shield", default=None)
+_TASK_SHIELD: ContextVar[TaskShield | None] = ContextVar("flux_async_task_shield", default=None)
 
 
 @contextmanager
-def submitting_task() -> Iterator[None]:
-    """Run the calling task's submits under one cancel scope of its own.
+def submitting_task() -> Iterator[TaskShield]:
+    """Run the calling task's submits under one cancel scope of its own, shielded from every
+    cancellation from outside; the caller cancels the task through the shield it yields
+    (``shield.cancel()``), and must do so whenever the task is to stop.
 
     For a task that sends many submits one after another (a batch's submitter). Each POST then
-    raises this scope's shield while it is on the wire, and lowers it after, instead of
-    entering a shielded scope of its own (whose entry and exit cost about 2% of a job's CPU).
-    The guarantee is the same: no cancellation reaches the POST, and one that came meanwhile
-    is delivered at the next checkpoint after it. It relies on the POST running directly in
-    this scope (no cancel scope of its own in between); anywhere else, and in any other task,
-    each POST enters a shielded scope of its own.
+    marks the shield instead of entering a shielded scope of its own (whose entry and exit
+    cost about 2% of a job's CPU). The guarantee is the same: no cancellation reaches the POST,
+    and one that came meanwhile is delivered at the next checkpoint after it. It relies on the
+    POST running directly in this scope (no cancel scope of its own in between); anywhere
+    else, and in any other task, each POST enters a shielded scope of its own.
     """
-    with anyio.CancelScope() as scope:
-        token = _TASK_SHIELD.set(_TaskShield(scope, asyncio.current_task()))
+    with anyio.CancelScope(shield=True) as scope:
+        shield = TaskShield(scope, asyncio.current_task())
+        token = _TASK_SHIELD.set(shield)
         try:
-            yield
+            yield shield
         finally:
             _TASK_SHIELD.reset(token)
 
 
 def _post_shield() -> AbstractContextManager[object]:
-    """What shields a POST: the submitting task's own scope when it has one that is not
-    shielded already (see :func:`submitting_task`), else a shielded scope of its own."""
+    """What shields a POST: the submitting task's own shield when it has one not in use
+    already (see :func:`submitting_task`), else a shielded scope of its own."""
     held = _TASK_SHIELD.get()
-    if held is not None and held.task is asyncio.current_task() and not held.scope.shield:
+    if held is not None and held.task is asyncio.current_task() and not held.posting:
         return held
     return anyio.CancelScope(shield=True)
 
@@ -291,8 +306,10 @@ class Submitter:
         breaker = self.breaker
         try:
             # Paced before anything is written: a wait here leaves no intent behind.
-            wait = ctx.throttle.submit_delay(ctx.now())
-            if wait > 0.0:
+            throttle = ctx.throttle
+            if not throttle.limited:  # nothing binds: the submit is only counted
+                throttle.count(ctx.now())
+            elif (wait := throttle.submit_delay(ctx.now())) > 0.0:
                 await ctx.sleep(wait)
                 if breaker.open_until is not None and not breaker.probing:
                     self._check_breaker(request.model)  # it opened while this one waited
@@ -376,7 +393,6 @@ class Submitter:
             if reported is not None:
                 cost = spend.accepted(key, reported)
             breaker.answered()
-            throttle = ctx.throttle
             if throttle.rate is not None:
                 throttle.accepted(ctx.now())
             if probe:

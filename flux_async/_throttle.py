@@ -91,7 +91,7 @@ class Throttle:
             elif self.paused_until <= now and reserve:
                 self.limited = False
         if reserve:
-            self._count(start)
+            self.count(start)
         return start - now
 
     # -- what the answers say ------------------------------------------------------------------
@@ -142,8 +142,9 @@ class Throttle:
             return cap
         return rate if cap is None else min(rate, cap)
 
-    def _count(self, at: float) -> None:
-        """One submit sent at ``at``: two one-second buckets for the measured rate."""
+    def count(self, at: float) -> None:
+        """One submit sent at ``at`` (what :meth:`submit_delay` does for a submit while
+        nothing is :attr:`limited`): two one-second buckets for the measured rate."""
         elapsed = at - self._bucket_start
         if elapsed >= 1.0:
             self._count_prev = self._count_now if elapsed < 2.0 else 0

@@ -182,7 +182,11 @@ class TaskStatus(enum.Enum):
     @property
     def terminal(self) -> bool:
         """True once the task can change no more."""
-        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+        return self not in _UNDERWAY
+
+
+#: The statuses of a task that can still change.
+_UNDERWAY = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
 
 
 @attrs.frozen
@@ -219,7 +223,7 @@ class TaskState:
     @property
     def terminal(self) -> bool:
         """True once the task can change no more."""
-        return self.status.terminal
+        return self.status not in _UNDERWAY  # (status.terminal, without its call)
 
 
 @attrs.frozen(kw_only=True)

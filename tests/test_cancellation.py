@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from flux_async import GenerationRequest, Outcome
@@ -305,3 +306,114 @@ async def test_closing_the_session_under_an_open_batch_lists_every_accepted_task
                 _check_accounting(data, {first[0].task_id or ""}, session)
             finally:
                 await stream.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("room", [2, 50], ids=["parked for room", "posting"])
+async def test_closing_the_session_under_a_batch_still_submitting_stops_its_submitters(
+    provider: str, room: int
+) -> None:
+    # A batch's submitters are shielded from every cancellation from outside; the batch
+    # cancels them itself when it is cancelled. The caller keeps the iterator open and leaves
+    # the session while inputs remain: with little room the submitters are parked for it (they
+    # must be woken by the cancellation, or the close never ends); with room both have a POST
+    # on the wire, answered only once the batch was cancelled: each is finished and its task
+    # recorded, and then no other POST is sent.
+    scenario = Scenario(seed=5, api_keys=(KEY,), duration=Duration.fixed(0))
+    limits = Limits(max_concurrent_submits=2, max_outstanding=room)
+    before = _pending_tasks()
+    held = 0
+    both_held = anyio.Event()
+    release = anyio.Event()
+    with anyio.fail_after(10):
+        async with Emulator(scenario) as emu:
+            session = Session(provider, api_key=KEY, base_url=emu.base_url(provider),
+                              poll_policy=FAST, limits=limits)
+            stream = session.as_completed(_requests(12, "close"))
+            async with session:
+                transport = session._net()
+                send = transport.send
+                posts = 0
+
+                async def spy(request: Any, **kwargs: Any) -> Any:
+                    nonlocal posts, held
+                    if request.method == "POST":
+                        posts += 1
+                        if posts > 1 and room > 2:  # on the wire until the batch is cancelled
+                            held += 1
+                            if held == 2:
+                                both_held.set()
+                            await release.wait()
+                    return await send(request, **kwargs)
+
+                transport.send = spy  # type: ignore[method-assign]
+                first = await stream.__anext__()
+                if room > 2:
+                    await both_held.wait()
+                    (batch,) = session._batches
+                    cancel_submitters = batch._cancel_submitters
+
+                    def cancel_then_answer() -> None:
+                        cancel_submitters()
+                        release.set()
+
+                    batch._cancel_submitters = cancel_then_answer  # type: ignore[method-assign]
+                posts_at_close = posts
+            data = emu.stats()
+            try:
+                assert posts < 12  # the batch stopped early
+                assert data["requests"]["submit"] == posts_at_close  # nothing sent after
+                assert data["tasks_created"] == posts_at_close
+                _check_accounting(data, {first.task_id or ""}, session)
+            finally:
+                await stream.aclose()
+    assert transport.statistics().open_connections == 0
+    assert not _pending_tasks() - before
+
+
+@pytest.mark.anyio
+async def test_a_submitting_tasks_shield_holds_off_every_cancellation_but_its_owners_until_the_post_is_done() -> None:
+    # The mechanism under a batch's submitters: a scope shielded from outside, cancelled by
+    # its owner through the shield; a cancellation that comes while a POST is on the wire is
+    # delivered at the first checkpoint after it, never inside it.
+    from flux_async._submit import _post_shield, submitting_task
+
+    steps: list[str] = []
+    on_wire = anyio.Event()
+    answered = anyio.Event()
+    shields: list[Any] = []
+
+    async def submitter() -> None:
+        with submitting_task() as shield:
+            shields.append(shield)
+            with _post_shield() as held:
+                assert held is None  # the task's own shield, not a scope of its own
+                on_wire.set()
+                await answered.wait()  # a checkpoint on the wire: no cancellation here
+                steps.append("answered")
+            steps.append("recorded")  # no checkpoint between the answer and its record
+            await anyio.lowlevel.checkpoint()  # the first checkpoint after it: cancelled here
+            steps.append("sent another")
+        steps.append("stopped")
+
+    outer = anyio.CancelScope()
+
+    async def under_a_scope_of_its_callers() -> None:
+        with outer:
+            await submitter()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(under_a_scope_of_its_callers)
+            await on_wire.wait()
+            outer.cancel()  # from outside: held off for good
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            assert steps == []
+            shields[0].cancel()  # its owner's: held off while the POST is on the wire
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            assert steps == []
+            answered.set()
+    assert steps == ["answered", "recorded", "stopped"]

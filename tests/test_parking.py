@@ -85,7 +85,8 @@ async def test_slots_are_taken_in_waiting_order_and_never_lost_to_a_cancelled_wa
     slots.release()
     waiter.cancel()
     await _settle()
-    assert waiter.cancelled() and got == [0, 2]
+    assert waiter.cancelled()
+    assert got == [0, 2]
     assert slots.free == 1
     slots.release()
     slots.release()
