@@ -185,8 +185,9 @@ class TaskStatus(enum.Enum):
         return self not in _UNDERWAY
 
 
-#: The statuses of a task that can still change.
-_UNDERWAY = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
+#: The statuses of a task that can still change (a tuple: a member is found by identity, where
+#: a set would hash it with a call of Enum's).
+_UNDERWAY = (TaskStatus.QUEUED, TaskStatus.RUNNING)
 
 
 @attrs.frozen
