@@ -224,7 +224,15 @@ class Spend:
                 reserved_usd=from_micros(self.reserved),
                 needed_usd=from_micros(micros),
             )
-        self._hold(key, account, micros)
+        # _hold(key, account, micros), without its call
+        self._open[key] = account
+        account.open_jobs += 1
+        if micros is None:
+            account.unknown_open += 1
+        else:
+            self._held[key] = micros
+            account.reserved += micros
+            self.reserved += micros
         if images == 1 or micros is None:
             return account.unit_cost
         return Cost(from_micros(micros), "price_table")

@@ -381,7 +381,8 @@ class Session:
         """Validate, then submit in the calling task (a batch's submitter, owned by the session)
         when the returned coroutine is awaited. A plain function, so that a submit's await goes
         through one coroutine less; a bad request raises here, before anything is made."""
-        self._task_group()
+        if self._tg is None:
+            raise RuntimeError(NOT_OPEN)
         checked = catalog.validate(request, self.provider)
         return self._jobs.submit(request, checked, on_accept=on_accept)
 

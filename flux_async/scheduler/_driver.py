@@ -184,8 +184,10 @@ class PollScheduler:
         self._watches[task_id] = rec
         if push:  # not counted as running: a lost webhook would make it look longer than it is
             rec.push = True
-        else:
-            km.enrol(rec)
+        else:  # km.enrol(rec), without its call
+            rec.live = True
+            km.running.append(rec)
+            km.alive += 1
         if initial is not None:
             if initial.terminal:
                 self._ready.append((rec, initial))

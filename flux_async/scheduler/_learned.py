@@ -73,9 +73,11 @@ class LogStats:
             self.t = now
         self.n += 1
         total = old + weight
-        d = x - self.mean
-        self.mean += weight * d / total
-        self.var = (old * self.var + weight * d * (x - self.mean)) / total
+        mean = self.mean
+        d = x - mean
+        mean += weight * d / total
+        self.mean = mean
+        self.var = (old * self.var + weight * d * (x - mean)) / total
         self.noise += weight * (noise - self.noise) / total
         self.weight = total
 
@@ -131,7 +133,8 @@ class Learned:
     # -- the running set ---------------------------------------------------------------------
 
     def enrol(self, task: Running) -> None:
-        """Count ``task`` as running (its ``live`` flag is set here)."""
+        """Count ``task`` as running (its ``live`` flag is set here). The driver writes these
+        three lines out for each task it watches: a change here goes there too."""
         task.live = True
         self.running.append(task)
         self.alive += 1
