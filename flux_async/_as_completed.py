@@ -118,8 +118,8 @@ class Batch:
     async def run(self) -> None:
         try:
             async with anyio.create_task_group() as tg:
-                # Its own scope is the batch's (stop() cancels it): no scope above it of the
-                # batch's own, which every submit's shield would look through on its way down.
+                # Its own scope is the batch's: stop() cancels it (and the submitters, whose
+                # scopes are shielded from it, through their shields).
                 self.scope = tg.cancel_scope
                 self.tg = tg
                 try:
