@@ -224,15 +224,7 @@ class Spend:
                 reserved_usd=from_micros(self.reserved),
                 needed_usd=from_micros(micros),
             )
-        # _hold(key, account, micros), without its call
-        self._open[key] = account
-        account.open_jobs += 1
-        if micros is None:
-            account.unknown_open += 1
-        else:
-            self._held[key] = micros
-            account.reserved += micros
-            self.reserved += micros
+        self._hold(key, account, micros)
         if images == 1 or micros is None:
             return account.unit_cost
         return Cost(from_micros(micros), "price_table")
@@ -280,15 +272,7 @@ class Spend:
             # A ledger must not raise here; one that does is reported, and this session's own
             # totals still move on (a lost settlement costs a status check on recovery).
             _log.exception("the ledger could not record how %s ended (%s)", key, status)
-        account = self._open.pop(key, None)  # _drop(key), without its call
-        if account is not None:
-            account.open_jobs -= 1
-            held = self._held.pop(key, None)
-            if held is None:
-                account.unknown_open -= 1
-            else:
-                account.reserved -= held
-                self.reserved -= held
+        account = self._drop(key)
         if self.observer is not None:
             model = None if account is None else account.model
             self.observer.settled(key, model, None if cost is None else cost.usd, cost is not None)
